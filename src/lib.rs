@@ -1,8 +1,34 @@
 //! tim-gateway: a caching, signing, quota-keeping reverse proxy for Tencent Cloud Chat's REST API.
 //!
+//! - [`admin`]: `/healthz`, `/readyz` on the admin listener.
+//! - [`catalogue`]: the known commands, their access and quotas.
+//! - [`cli`]: the subcommands behind the binary.
+//! - [`config`]: TOML file + `TIM_GATEWAY__…` env overrides → validated `Config`, all problems at once.
+//! - [`error`]: gateway-made errors in Tencent's envelope.
+//! - [`gateway`]: assemble and run the proxy and admin listeners; shutdown.
+//! - [`proxy`]: the client-facing handler, phase by phase.
 //! - [`region`]: regional domains and upstream origins.
+//! - [`route`]: client path → app and command.
+//! - [`sandbox`]: in-process HTTPS look-alike of Tencent's REST API, with test knobs.
+//! - [`server`]: accept loop, HTTP/1.1 serving, graceful drain.
+//! - [`shutdown`]: SIGTERM / SIGINT.
+//! - [`signer`]: per-app admin UserSig, re-minted early.
+//! - [`upstream`]: pooled HTTPS client to Tencent, signed URL.
 //! - [`usersig`]: mint and verify TLSSigAPIv2 UserSigs (pure).
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod catalogue;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod proxy;
 pub mod region;
+pub mod route;
+pub mod sandbox;
+pub mod server;
+pub mod shutdown;
+pub mod signer;
+pub mod upstream;
 pub mod usersig;

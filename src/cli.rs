@@ -1,0 +1,323 @@
+//! The command line: `serve | demo | sandbox | usersig | check-config`.
+//!
+//! Each subcommand is a thin shell over the library; `anyhow` is allowed here (STYLE.md §3).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, ConfigError, Env};
+use crate::gateway::{Gateway, DEFAULT_SHUTDOWN_GRACE};
+use crate::sandbox::{Sandbox, SandboxApp, SandboxOptions};
+use crate::usersig::{self, SecretKey};
+
+/// The environment variable the secret key is read from by default.
+pub const SECRET_KEY_ENV: &str = "TIM_GATEWAY_SECRET_KEY";
+
+/// The demo's app: a made-up SDKAppID and the public key of reference §3's known answers.
+pub const DEMO_SDKAPPID: u64 = 1_400_000_000;
+pub const DEMO_IDENTIFIER: &str = "administrator";
+pub const DEMO_SECRET_KEY: &str =
+    "5bd2850fff3ecb11d7c805251c51ee463a25727bddc2385f3fa8bfee1bb93b5e";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tim-gateway",
+    version,
+    about = "A caching, signing reverse proxy for Tencent Cloud Chat's REST API"
+)]
+pub struct Cli {
+    /// Log format on stderr. The filter comes from RUST_LOG (default: info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "TIM_GATEWAY_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (the production job).
+    Serve {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// How long in-flight requests may take to finish after SIGTERM.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "25s")]
+        shutdown_grace: Duration,
+    },
+    /// Run the gateway against the embedded Tencent look-alike, with demo credentials.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9443")]
+        sandbox_listen: SocketAddr,
+    },
+    /// Run only the Tencent look-alike (HTTPS), for your own integration tests.
+    Sandbox {
+        #[arg(long, default_value = "127.0.0.1:9443")]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = DEMO_SDKAPPID)]
+        sdkappid: u64,
+        /// Admin account(s) the sandbox accepts as `identifier`.
+        #[arg(long = "admin", default_value = DEMO_IDENTIFIER)]
+        admins: Vec<String>,
+        /// Secret key file; else TIM_GATEWAY_SECRET_KEY; else the demo key.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// Where to write the CA certificate clients must trust.
+        #[arg(long, default_value = "tim-gateway-sandbox-ca.pem")]
+        ca_out: PathBuf,
+        /// Calls per second per command before answering 60007.
+        #[arg(long, default_value_t = 200)]
+        quota: u32,
+    },
+    /// Mint a UserSig (secret key from TIM_GATEWAY_SECRET_KEY or --key-file).
+    Usersig {
+        #[arg(long)]
+        sdkappid: u64,
+        #[arg(long)]
+        identifier: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        expire: u64,
+        /// Mint time as unix seconds (default: now).
+        #[arg(long)]
+        time: Option<u64>,
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
+    /// Validate a configuration file and explain every problem in it.
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+/// What the process should exit with.
+pub enum Exit {
+    Ok,
+    /// The configuration is invalid (exit code 2).
+    BadConfig,
+}
+
+fn read_key(key_file: Option<&Path>, env: &Env) -> anyhow::Result<Option<SecretKey>> {
+    if let Some(path) = key_file {
+        let key = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the key file {}", path.display()))?;
+        let key = SecretKey::new(key);
+        if key.is_empty() {
+            bail!("the key file {} is empty", path.display());
+        }
+        return Ok(Some(key));
+    }
+    Ok(env
+        .get(SECRET_KEY_ENV)
+        .map(SecretKey::new)
+        .filter(|k| !k.is_empty()))
+}
+
+fn print_config_error(error: &ConfigError) {
+    eprintln!("{error}");
+}
+
+/// Runs one subcommand to completion.
+///
+/// # Errors
+/// Anything that stops the subcommand, explained for a human.
+pub async fn run(command: Command) -> anyhow::Result<Exit> {
+    let env = Env::from_process();
+    match command {
+        Command::Serve {
+            config,
+            shutdown_grace,
+        } => {
+            let loaded = match Config::load(&config, &env) {
+                Ok(loaded) => loaded,
+                Err(error) => {
+                    print_config_error(&error);
+                    return Ok(Exit::BadConfig);
+                }
+            };
+            for warning in &loaded.warnings {
+                tracing::warn!(key = %warning.key, "{}", warning.message);
+            }
+            let gateway = Gateway::start(&loaded.config, shutdown_grace).await?;
+            crate::shutdown::signal().await;
+            tracing::info!(grace = ?shutdown_grace, "draining");
+            if !gateway.shutdown().await {
+                tracing::warn!("some requests did not finish within the grace period");
+            }
+            tracing::info!("stopped");
+            Ok(Exit::Ok)
+        }
+        Command::Demo {
+            listen,
+            admin_listen,
+            sandbox_listen,
+        } => demo(listen, admin_listen, sandbox_listen)
+            .await
+            .map(|()| Exit::Ok),
+        Command::Sandbox {
+            listen,
+            sdkappid,
+            admins,
+            key_file,
+            ca_out,
+            quota,
+        } => {
+            let key = read_key(key_file.as_deref(), &env)?
+                .unwrap_or_else(|| SecretKey::new(DEMO_SECRET_KEY));
+            let sandbox = Sandbox::start(
+                listen,
+                SandboxOptions {
+                    apps: vec![SandboxApp {
+                        sdkappid,
+                        key,
+                        admins,
+                    }],
+                    quota_per_second: quota,
+                    ..SandboxOptions::default()
+                },
+            )
+            .await
+            .with_context(|| format!("cannot start the sandbox on {listen}"))?;
+            std::fs::write(&ca_out, sandbox.ca_pem())
+                .with_context(|| format!("cannot write {}", ca_out.display()))?;
+            println!("sandbox listening on {}", sandbox.endpoint());
+            println!("CA certificate written to {}", ca_out.display());
+            crate::shutdown::signal().await;
+            sandbox.shutdown().await;
+            Ok(Exit::Ok)
+        }
+        Command::Usersig {
+            sdkappid,
+            identifier,
+            expire,
+            time,
+            key_file,
+        } => {
+            let Some(key) = read_key(key_file.as_deref(), &env)? else {
+                bail!("no secret key: set {SECRET_KEY_ENV} or pass --key-file");
+            };
+            let time = time.unwrap_or_else(|| {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0)
+            });
+            println!(
+                "{}",
+                usersig::mint(&key, sdkappid, &identifier, time, expire).expose()
+            );
+            Ok(Exit::Ok)
+        }
+        Command::CheckConfig { config } => match Config::load(&config, &env) {
+            Ok(loaded) => {
+                for warning in &loaded.warnings {
+                    println!("warning: {}: {}", warning.key, warning.message);
+                }
+                let c = &loaded.config;
+                println!(
+                    "{}: valid; {} app(s), default app {:?}; client listener {}, admin listener {}",
+                    config.display(),
+                    c.apps.len(),
+                    c.apps[c.default_app].name,
+                    c.server.listen,
+                    c.server.admin_listen
+                );
+                for app in &c.apps {
+                    println!(
+                        "  app {:?}: sdkappid {}, identifier {:?}, upstream {}",
+                        app.name, app.sdkappid, app.identifier, app.origins.primary
+                    );
+                }
+                Ok(Exit::Ok)
+            }
+            Err(error) => {
+                print_config_error(&error);
+                Ok(Exit::BadConfig)
+            }
+        },
+    }
+}
+
+/// Robots the demo's sandbox starts with, so the first get_all_robots shows something.
+const DEMO_ROBOTS: [&str; 2] = ["@RBT#welcome", "@RBT#helpdesk"];
+
+async fn demo(
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+    sandbox_listen: SocketAddr,
+) -> anyhow::Result<()> {
+    let sandbox = Sandbox::start(
+        sandbox_listen,
+        SandboxOptions {
+            apps: vec![SandboxApp {
+                sdkappid: DEMO_SDKAPPID,
+                key: SecretKey::new(DEMO_SECRET_KEY),
+                admins: vec![DEMO_IDENTIFIER.to_owned()],
+            }],
+            ..SandboxOptions::default()
+        },
+    )
+    .await
+    .with_context(|| format!("cannot start the sandbox on {sandbox_listen}"))?;
+    for robot in DEMO_ROBOTS {
+        sandbox.add_robot(DEMO_SDKAPPID, robot);
+    }
+    tracing::info!(endpoint = %sandbox.endpoint(), "sandbox (Tencent look-alike) started");
+
+    let ca_path =
+        std::env::temp_dir().join(format!("tim-gateway-demo-ca-{}.pem", std::process::id()));
+    std::fs::write(&ca_path, sandbox.ca_pem())
+        .with_context(|| format!("cannot write {}", ca_path.display()))?;
+    let env = Env::from_map(HashMap::from([
+        (SECRET_KEY_ENV.to_owned(), DEMO_SECRET_KEY.to_owned()),
+        (
+            "TIM_GATEWAY__APPS__DEMO__ENDPOINT".to_owned(),
+            sandbox.endpoint(),
+        ),
+        (
+            "TIM_GATEWAY__UPSTREAM__CA_FILE".to_owned(),
+            ca_path.display().to_string(),
+        ),
+        ("TIM_GATEWAY__SERVER__LISTEN".to_owned(), listen.to_string()),
+        (
+            "TIM_GATEWAY__SERVER__ADMIN_LISTEN".to_owned(),
+            admin_listen.to_string(),
+        ),
+    ]));
+    let loaded = Config::from_toml_str(include_str!("../config/demo.toml"), &env)
+        .map_err(|e| anyhow::anyhow!("the built-in demo config is invalid: {e}"))?;
+    let gateway = Gateway::start(&loaded.config, DEFAULT_SHUTDOWN_GRACE).await?;
+    let base = format!("http://{}", gateway.client_addr());
+    println!(
+        "\ntim-gateway demo: gateway on {base}, admin on http://{admin}, Tencent look-alike on {sandbox}\n\
+         Try (Ctrl-C stops the demo):\n\n\
+         curl -s {base}/v4/openim_robot_http_svc/get_all_robots -d '{{}}'\n\
+         curl -s {base}/v4/openim_robot_http_svc/create_robot -d '{{\"UserID\":\"@RBT#demo_bot\",\"Nick\":\"Demo bot\"}}'\n\
+         curl -s {base}/v4/openim_robot_http_svc/get_all_robots\n\
+         curl -s {base}/v4/openim_robot_http_svc/delete_robot -d '{{\"Robot_Account\":\"@RBT#demo_bot\"}}'\n\
+         curl -s -i {base}/v4/openim_robot_http_svc/create_robot -d 'not json'\n\
+         curl -s http://{admin}/readyz\n",
+        admin = gateway.admin_addr(),
+        sandbox = sandbox.endpoint(),
+    );
+    crate::shutdown::signal().await;
+    gateway.shutdown().await;
+    sandbox.shutdown().await;
+    let _ = std::fs::remove_file(&ca_path);
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! Gateway-made errors → HTTP status + gateway ErrorCode + Tencent's envelope.
+//!
+//! Clients already check `ErrorCode` in Tencent's JSON envelope, so errors the gateway makes
+//! itself use the same envelope, with codes from a range no Tencent code uses: 7 digits,
+//! `19xxxxx` (Tencent's are at most 6 digits). The codes are part of the interface, documented
+//! in the README; never renumber one.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+use crate::upstream::UpstreamError;
+
+/// First code of the gateway's own range; every [`GatewayError`] code lies in
+/// `GATEWAY_CODE_BASE..GATEWAY_CODE_BASE + 100_000`.
+pub const GATEWAY_CODE_BASE: i64 = 1_900_000;
+
+/// Everything that makes the gateway answer on its own instead of relaying Tencent's answer.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("no such route: use POST /v4/{{service}}/{{command}} or /apps/{{app}}/v4/{{service}}/{{command}}")]
+    NoRoute,
+    #[error("unknown app; configured apps are listed by `tim-gateway check-config`")]
+    UnknownApp,
+    #[error("command {0} is not in the gateway's catalogue")]
+    UnknownCommand(String),
+    #[error("method not allowed: use POST{}", if *.allows_get { " (or GET for a cacheable read with no body)" } else { "" })]
+    MethodNotAllowed { allows_get: bool },
+    #[error("the request body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("the request body must be a JSON object")]
+    NotAnObject,
+    #[error("this command needs a JSON object body; an empty body is only accepted for reads")]
+    EmptyBody,
+    #[error("the request body exceeds the limit of {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("reading the request body failed")]
+    ClientBody,
+    #[error("could not connect to Tencent: {0}")]
+    UpstreamConnect(String),
+    #[error("Tencent did not answer within {0:?}")]
+    UpstreamTimeout(std::time::Duration),
+    #[error("Tencent's answer was unusable: {0}")]
+    UpstreamProtocol(String),
+    #[error("Tencent answered HTTP {0} without a JSON body")]
+    UpstreamHttpStatus(u16),
+    #[error("the gateway is shutting down")]
+    Draining,
+}
+
+impl GatewayError {
+    /// The gateway ErrorCode, stable across releases.
+    pub fn code(&self) -> i64 {
+        GATEWAY_CODE_BASE
+            + match self {
+                GatewayError::NoRoute => 4001,
+                GatewayError::UnknownApp => 4002,
+                GatewayError::UnknownCommand(_) => 4003,
+                GatewayError::MethodNotAllowed { .. } => 4004,
+                GatewayError::InvalidJson(_) => 4005,
+                GatewayError::NotAnObject => 4006,
+                GatewayError::EmptyBody => 4007,
+                GatewayError::BodyTooLarge { .. } => 4008,
+                GatewayError::ClientBody => 4009,
+                GatewayError::UpstreamConnect(_) => 5001,
+                GatewayError::UpstreamTimeout(_) => 5002,
+                GatewayError::UpstreamProtocol(_) => 5003,
+                GatewayError::UpstreamHttpStatus(_) => 5004,
+                GatewayError::Draining => 5005,
+            }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::NoRoute | GatewayError::UnknownApp | GatewayError::UnknownCommand(_) => {
+                StatusCode::NOT_FOUND
+            }
+            GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::InvalidJson(_)
+            | GatewayError::NotAnObject
+            | GatewayError::EmptyBody
+            | GatewayError::ClientBody => StatusCode::BAD_REQUEST,
+            GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::UpstreamConnect(_)
+            | GatewayError::UpstreamProtocol(_)
+            | GatewayError::UpstreamHttpStatus(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The Tencent envelope `{"ActionStatus":"FAIL","ErrorInfo":..,"ErrorCode":..}`.
+    pub fn envelope(&self) -> Bytes {
+        let body = serde_json::json!({
+            "ActionStatus": "FAIL",
+            "ErrorInfo": self.to_string(),
+            "ErrorCode": self.code(),
+        });
+        Bytes::from(serde_json::to_vec(&body).expect("a json! value always serialises"))
+    }
+
+    /// The full HTTP answer for this error.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(self.envelope()));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let GatewayError::MethodNotAllowed { allows_get } = self {
+            headers.insert(
+                header::ALLOW,
+                HeaderValue::from_static(if allows_get { "POST, GET" } else { "POST" }),
+            );
+        }
+        response
+    }
+}
+
+impl From<UpstreamError> for GatewayError {
+    fn from(error: UpstreamError) -> Self {
+        match error {
+            UpstreamError::Connect(reason) => GatewayError::UpstreamConnect(reason),
+            UpstreamError::Timeout(after) => GatewayError::UpstreamTimeout(after),
+            UpstreamError::Protocol(reason) => GatewayError::UpstreamProtocol(reason),
+            UpstreamError::HttpStatus(status) => GatewayError::UpstreamHttpStatus(status),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every gateway error has a distinct code inside the documented range, in Tencent's envelope.
+    #[test]
+    fn codes_are_distinct_and_in_range() {
+        let errors = [
+            GatewayError::NoRoute,
+            GatewayError::UnknownApp,
+            GatewayError::UnknownCommand("a/b".into()),
+            GatewayError::MethodNotAllowed { allows_get: false },
+            GatewayError::InvalidJson("x".into()),
+            GatewayError::NotAnObject,
+            GatewayError::EmptyBody,
+            GatewayError::BodyTooLarge { limit: 1 },
+            GatewayError::ClientBody,
+            GatewayError::UpstreamConnect("x".into()),
+            GatewayError::UpstreamTimeout(std::time::Duration::from_secs(1)),
+            GatewayError::UpstreamProtocol("x".into()),
+            GatewayError::UpstreamHttpStatus(502),
+            GatewayError::Draining,
+        ];
+        let mut codes: Vec<i64> = errors.iter().map(GatewayError::code).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), errors.len());
+        assert!(codes
+            .iter()
+            .all(|c| (GATEWAY_CODE_BASE..GATEWAY_CODE_BASE + 100_000).contains(c)));
+        let envelope: serde_json::Value =
+            serde_json::from_slice(&GatewayError::NotAnObject.envelope()).unwrap();
+        assert_eq!(envelope["ActionStatus"], "FAIL");
+        assert_eq!(envelope["ErrorCode"], 1_904_006);
+    }
+}

@@ -1,0 +1,154 @@
+//! A running gateway: the proxy on the client listener and the admin endpoints, with one
+//! shutdown switch for both.
+//!
+//! Shutdown order (STYLE.md §7): readiness flips to not-ready first, then the listeners close
+//! and in-flight requests get `grace` to finish.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Request;
+use hyper::body::Incoming;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::proxy::Proxy;
+use crate::server::{self, Handler};
+use crate::upstream::{UpstreamBuildError, UpstreamClient, UpstreamSettings};
+
+/// Grace period for in-flight requests after a shutdown signal; below Kubernetes' default
+/// 30 s `terminationGracePeriodSeconds`.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+
+/// The gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("cannot build the upstream client: {0}")]
+    Upstream(#[from] UpstreamBuildError),
+}
+
+impl Handler for Proxy {
+    async fn handle(
+        &self,
+        request: Request<Incoming>,
+    ) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+        Proxy::handle(self, request).await
+    }
+}
+
+/// Handle to a running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    client_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    proxy: Arc<Proxy>,
+    /// Shared with `/readyz`.
+    is_draining: Arc<AtomicBool>,
+    /// `true` once shutdown has begun; both servers watch it.
+    stop: watch::Sender<bool>,
+    client_task: JoinHandle<bool>,
+    admin_task: JoinHandle<bool>,
+}
+
+impl Gateway {
+    /// Binds both listeners, mints every app's UserSig and starts serving.
+    ///
+    /// # Errors
+    /// A listener cannot be bound or the upstream TLS setup fails.
+    pub async fn start(config: &Config, grace: Duration) -> Result<Gateway, StartError> {
+        let upstream = UpstreamClient::new(&UpstreamSettings {
+            connect_timeout: config.upstream.connect_timeout,
+            request_timeout: config.upstream.request_timeout,
+            pool_idle_timeout: config.upstream.pool_idle_timeout,
+            pool_max_idle_per_host: config.upstream.pool_max_idle_per_host,
+            extra_ca_pem: config.upstream.extra_ca_pem.clone(),
+        })?;
+        let bind = |addr: SocketAddr| {
+            server::bind(addr).map_err(|source| StartError::Bind { addr, source })
+        };
+        let client_listener = bind(config.server.listen)?;
+        let admin_listener = bind(config.server.admin_listen)?;
+        let client_addr = client_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: config.server.listen,
+                source,
+            })?;
+        let admin_addr = admin_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: config.server.admin_listen,
+                source,
+            })?;
+
+        let proxy = Arc::new(Proxy::new(config, upstream));
+        let is_draining = Arc::new(AtomicBool::new(false));
+        let (stop, _) = watch::channel(false);
+        let stopped = |stop: &watch::Sender<bool>| {
+            let mut rx = stop.subscribe();
+            async move {
+                let _ = rx.wait_for(|is_stopping| *is_stopping).await;
+            }
+        };
+        let client_task = tokio::spawn(server::run(
+            client_listener,
+            Arc::clone(&proxy),
+            stopped(&stop),
+            grace,
+        ));
+        let admin = Arc::new(Admin {
+            proxy: Arc::clone(&proxy),
+            is_draining: Arc::clone(&is_draining),
+        });
+        let admin_task = tokio::spawn(server::run(admin_listener, admin, stopped(&stop), grace));
+        for app in proxy.apps() {
+            tracing::info!(
+                app = %app.name,
+                sdkappid = app.signer.sdkappid(),
+                identifier = app.signer.identifier(),
+                upstream = %app.origins.primary,
+                "app ready"
+            );
+        }
+        tracing::info!(addr = %client_addr, "client listener bound");
+        tracing::info!(addr = %admin_addr, "admin listener bound");
+        Ok(Gateway {
+            client_addr,
+            admin_addr,
+            proxy,
+            is_draining,
+            stop,
+            client_task,
+            admin_task,
+        })
+    }
+
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
+    }
+
+    /// Flips readiness, closes the listeners and drains; returns `true` if everything in
+    /// flight finished within the grace period.
+    pub async fn shutdown(self) -> bool {
+        self.is_draining.store(true, Ordering::Release);
+        let _ = self.stop.send(true);
+        let client = self.client_task.await.unwrap_or(false);
+        let admin = self.admin_task.await.unwrap_or(false);
+        client && admin
+    }
+}

@@ -1,0 +1,597 @@
+//! An in-process look-alike of Tencent Cloud Chat's REST API over HTTPS, for tests and demos.
+//!
+//! [`Sandbox::start`] binds a listener, makes a throwaway CA and leaf certificate, and serves
+//! HTTP/1.1 keep-alive over TLS, one task per connection, until [`Sandbox::shutdown`] or drop
+//! (`tls`). Each request goes through Tencent's checks in Tencent's order (`checks`) and, if it
+//! passes, through the command handlers (`robots`). Answers are HTTP 200 with Tencent's JSON
+//! envelope, `ActionStatus`, `ErrorInfo`, `ErrorCode` first (reference §1).
+//!
+//! Test knobs add latency, inject error codes, drop connections and skew the clock; counters and
+//! a bounded log of received requests let tests assert on what the upstream saw. The server never
+//! panics on input and never logs keys or UserSigs.
+
+mod checks;
+mod robots;
+mod tls;
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+
+use crate::usersig::SecretKey;
+use checks::{CheckError, SlidingWindow};
+use robots::AppState;
+
+/// Largest request body the sandbox reads; Tencent's bodies are a few KiB.
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// How many received requests are kept per command for [`Sandbox::requests`].
+const RECORDED_PER_COMMAND: usize = 1000;
+
+/// One app the sandbox serves.
+#[derive(Debug, Clone)]
+pub struct SandboxApp {
+    pub sdkappid: u64,
+    pub key: SecretKey,
+    /// Identifiers accepted as app admins (reference §1); others get 60010.
+    pub admins: Vec<String>,
+}
+
+/// How the sandbox behaves; fixed at start.
+#[derive(Debug, Clone)]
+pub struct SandboxOptions {
+    pub apps: Vec<SandboxApp>,
+    /// Per (sdkappid, command) calls allowed in any sliding 1 s window; Tencent's is 200 (reference §4).
+    pub quota_per_second: u32,
+    /// Failed UserSig checks per sdkappid within 60 s after which the app is locked out for 60 s with 70050; 0 disables.
+    pub lockout_after_failures: u32,
+}
+
+impl Default for SandboxOptions {
+    fn default() -> Self {
+        SandboxOptions {
+            apps: Vec::new(),
+            quota_per_second: 200,
+            lockout_after_failures: 30,
+        }
+    }
+}
+
+/// One request as the sandbox received it.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub method: String,
+    pub path: String,
+    /// Query parameters in the order received, percent-decoded.
+    pub query: Vec<(String, String)>,
+    pub body: bytes::Bytes,
+    /// The ErrorCode the sandbox answered with (0 = success), or [`RecordedRequest::NO_ANSWER`].
+    pub error_code: i64,
+}
+
+impl RecordedRequest {
+    /// `error_code` of a request closed without an answer by [`Sandbox::drop_connections`].
+    pub const NO_ANSWER: i64 = -1;
+}
+
+/// Handle to a running sandbox. Dropping it, or calling [`Sandbox::shutdown`], stops the accept
+/// loop and closes every connection.
+pub struct Sandbox {
+    addr: SocketAddr,
+    ca_pem: String,
+    shared: Arc<Shared>,
+    /// Dropping or firing it tells the accept loop to stop.
+    stop: Option<oneshot::Sender<()>>,
+    accept_loop: Option<JoinHandle<()>>,
+}
+
+impl fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sandbox {
+    /// Binds `listen` (port 0 picks a free one), makes the certificates and starts serving.
+    ///
+    /// # Errors
+    /// The bind error, or an `io::Error` of kind `Other` if the certificates cannot be made.
+    pub async fn start(listen: SocketAddr, options: SandboxOptions) -> std::io::Result<Sandbox> {
+        let identity = tls::identity().map_err(std::io::Error::other)?;
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::new(options));
+        let (stop, stopped) = oneshot::channel();
+        let accept_loop = tokio::spawn(tls::accept_loop(
+            listener,
+            TlsAcceptor::from(identity.config),
+            Arc::clone(&shared),
+            stopped,
+        ));
+        tracing::debug!(%addr, "sandbox listening");
+        Ok(Sandbox {
+            addr,
+            ca_pem: identity.ca_pem,
+            shared,
+            stop: Some(stop),
+            accept_loop: Some(accept_loop),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `https://127.0.0.1:PORT`, or `https://[::1]:PORT`; an unspecified listen address is
+    /// replaced by loopback, since the certificate names only loopback.
+    pub fn endpoint(&self) -> String {
+        endpoint_for(self.addr)
+    }
+
+    /// PEM of the CA that signed the sandbox's certificate; clients trust this.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// Waits `d` before answering every request (after it is counted, before it is checked).
+    pub fn set_latency(&self, d: Duration) {
+        *lock(&self.shared.knobs.latency) = d;
+    }
+
+    /// The next `times` calls of `command` ("service/command") that pass every check answer
+    /// `code` with ErrorInfo "injected by the sandbox", without touching state. Replaces an
+    /// earlier injection for the same command; `times` = 0 cancels it.
+    pub fn inject_error(&self, command: &str, code: i64, times: u32) {
+        let mut injected = lock(&self.shared.knobs.injected);
+        if times == 0 {
+            injected.remove(command);
+        } else {
+            injected.insert(command.to_owned(), (code, times));
+        }
+    }
+
+    /// The next `n` requests, of any command, are read fully and then their connection is
+    /// closed without a response. Replaces an earlier count.
+    pub fn drop_connections(&self, n: u32) {
+        self.shared.knobs.drops.store(n, Ordering::SeqCst);
+    }
+
+    /// The sandbox's clock for UserSig expiry becomes real unix time + `millis`.
+    pub fn set_clock_skew(&self, millis: i64) {
+        self.shared
+            .knobs
+            .clock_skew_ms
+            .store(millis, Ordering::SeqCst);
+    }
+
+    /// Requests received for "service/command", rejected and dropped ones included.
+    pub fn calls(&self, command: &str) -> u64 {
+        lock(&self.shared.stats)
+            .commands
+            .get(command)
+            .map_or(0, |c| c.calls)
+    }
+
+    /// Requests received, malformed paths included.
+    pub fn total_calls(&self) -> u64 {
+        lock(&self.shared.stats).total
+    }
+
+    /// The most calls of `command` received within any sliding 1 s window so far.
+    pub fn max_calls_in_window(&self, command: &str) -> u64 {
+        lock(&self.shared.stats)
+            .commands
+            .get(command)
+            .map_or(0, |c| c.max_in_window)
+    }
+
+    /// The last (up to 1000) requests received for `command`, oldest first.
+    pub fn requests(&self, command: &str) -> Vec<RecordedRequest> {
+        lock(&self.shared.stats)
+            .commands
+            .get(command)
+            .map_or_else(Vec::new, |c| c.recorded.iter().cloned().collect())
+    }
+
+    /// The app's chatbot UserIDs, sorted; empty for an unknown app.
+    pub fn robots(&self, sdkappid: u64) -> Vec<String> {
+        self.shared
+            .apps
+            .get(&sdkappid)
+            .map_or_else(Vec::new, |app| {
+                lock(&app.state).robots.iter().cloned().collect()
+            })
+    }
+
+    /// Adds a chatbot behind the API's back (no validation); ignored for an unknown app.
+    pub fn add_robot(&self, sdkappid: u64, user_id: &str) {
+        if let Some(app) = self.shared.apps.get(&sdkappid) {
+            lock(&app.state).robots.insert(user_id.to_owned());
+        }
+    }
+
+    /// Forgets calls, windows and recorded requests. Tencent-side state (quota windows,
+    /// lockouts, bots, accounts) is kept, as it would be upstream.
+    pub fn reset_counters(&self) {
+        *lock(&self.shared.stats) = Stats::default();
+    }
+
+    /// Stops accepting, closes every connection and waits until that is done.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            // An error means the loop already ended; either way it is stopping.
+            let _ = stop.send(());
+        }
+        if let Some(accept_loop) = self.accept_loop.take() {
+            if let Err(e) = accept_loop.await {
+                tracing::debug!(error = %e, "sandbox accept loop ended abnormally");
+            }
+        }
+    }
+}
+
+fn endpoint_for(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    // SocketAddr's Display brackets IPv6 and drops no information we need.
+    format!("https://{}", SocketAddr::new(ip, addr.port()))
+}
+
+/// Unix seconds on the sandbox's clock: real time plus `skew_ms`, floored, never before 1970.
+fn unix_now(skew_ms: i64) -> u64 {
+    let real_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let ms = real_ms.saturating_add(skew_ms).max(0);
+    // Non-negative, so the cast is lossless.
+    (ms / 1000) as u64
+}
+
+/// A std mutex that shrugs off poisoning: every critical section here is a few field updates
+/// that leave the state consistent, and the server must not panic because a test thread did.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// State shared by the handle, the accept loop and every connection.
+pub(super) struct Shared {
+    /// Apps by sdkappid; the set is fixed at start, their state is not.
+    apps: HashMap<u64, App>,
+    quota_per_second: u32,
+    lockout_after_failures: u32,
+    knobs: Knobs,
+    /// What was received, per "service/command"; cleared by `reset_counters`.
+    stats: Mutex<Stats>,
+    /// Tencent's per-(sdkappid, "service/command") frequency windows (reference §4).
+    quota: Mutex<HashMap<(u64, String), SlidingWindow>>,
+}
+
+struct App {
+    key: SecretKey,
+    admins: Vec<String>,
+    /// Chatbots, accounts and the lockout; changed by the checks and the command handlers.
+    state: Mutex<AppState>,
+}
+
+/// The test knobs; each is read once per request.
+#[derive(Default)]
+struct Knobs {
+    /// Added before answering every request.
+    latency: Mutex<Duration>,
+    /// "service/command" → (ErrorCode, calls left to answer with it).
+    injected: Mutex<HashMap<String, (i64, u32)>>,
+    /// Requests left to drop without an answer.
+    drops: AtomicU32,
+    /// Milliseconds added to real time for UserSig expiry.
+    clock_skew_ms: AtomicI64,
+}
+
+impl Knobs {
+    /// Consumes one pending drop, if any.
+    fn take_drop(&self) -> bool {
+        self.drops
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    /// Consumes one injected answer for `command`, if any.
+    fn take_injection(&self, command: &str) -> Option<i64> {
+        let mut injected = lock(&self.injected);
+        let (code, left) = injected.get_mut(command)?;
+        let code = *code;
+        *left = left.saturating_sub(1);
+        if *left == 0 {
+            injected.remove(command);
+        }
+        Some(code)
+    }
+}
+
+#[derive(Default)]
+struct Stats {
+    total: u64,
+    commands: HashMap<String, CommandStats>,
+}
+
+#[derive(Default)]
+struct CommandStats {
+    calls: u64,
+    /// Arrivals in the last second, for `max_in_window`.
+    window: SlidingWindow,
+    max_in_window: u64,
+    /// The last [`RECORDED_PER_COMMAND`] requests, oldest first.
+    recorded: VecDeque<RecordedRequest>,
+}
+
+/// Why a connection ends without an answer to its request.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ServeError {
+    #[error("connection dropped on purpose by the sandbox's drop_connections knob")]
+    Dropped,
+    #[error("reading the request body failed: {0}")]
+    Body(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl Shared {
+    fn new(options: SandboxOptions) -> Shared {
+        let apps = options
+            .apps
+            .into_iter()
+            .map(|app| {
+                let entry = App {
+                    key: app.key,
+                    admins: app.admins,
+                    state: Mutex::default(),
+                };
+                (app.sdkappid, entry)
+            })
+            .collect();
+        Shared {
+            apps,
+            quota_per_second: options.quota_per_second,
+            lockout_after_failures: options.lockout_after_failures,
+            knobs: Knobs::default(),
+            stats: Mutex::default(),
+            quota: Mutex::default(),
+        }
+    }
+
+    /// Counts an arrival; `command` is `None` for a malformed path.
+    fn count_arrival(&self, command: Option<&str>, now: Instant) {
+        let mut stats = lock(&self.stats);
+        stats.total += 1;
+        if let Some(command) = command {
+            let entry = stats.commands.entry(command.to_owned()).or_default();
+            entry.calls += 1;
+            let in_window = entry.window.arrive(now) as u64;
+            entry.max_in_window = entry.max_in_window.max(in_window);
+        }
+    }
+
+    fn record(&self, command: &str, request: RecordedRequest) {
+        let mut stats = lock(&self.stats);
+        let recorded = &mut stats
+            .commands
+            .entry(command.to_owned())
+            .or_default()
+            .recorded;
+        if recorded.len() == RECORDED_PER_COMMAND {
+            recorded.pop_front();
+        }
+        recorded.push_back(request);
+    }
+}
+
+/// Answers one request, or ends the connection without an answer.
+pub(super) async fn handle(
+    shared: Arc<Shared>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ServeError> {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_owned();
+    let query = checks::parse_query(parts.uri.query().unwrap_or(""));
+    let command = checks::parse_path(&path).map(|(s, c)| format!("{s}/{c}"));
+    // The whole body is read before anything else, so a dropped request was fully sent.
+    let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(CheckError::BodyTooLarge(MAX_BODY_BYTES)),
+        Err(e) => return Err(ServeError::Body(e)),
+    };
+    shared.count_arrival(command.as_deref(), Instant::now());
+    let recorded = |error_code| RecordedRequest {
+        method: parts.method.to_string(),
+        path: path.clone(),
+        query: query.clone(),
+        body: body.clone().unwrap_or_default(),
+        error_code,
+    };
+
+    if shared.knobs.take_drop() {
+        if let Some(command) = &command {
+            shared.record(command, recorded(RecordedRequest::NO_ANSWER));
+        }
+        return Err(ServeError::Dropped);
+    }
+    let latency = *lock(&shared.knobs.latency);
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+
+    let (code, info, fields) = match checks::evaluate(
+        &shared,
+        &parts.method,
+        &path,
+        &query,
+        body.as_ref().map_err(Clone::clone),
+    ) {
+        Ok(fields) => (0, String::new(), fields),
+        Err(e) => (e.code(), e.to_string(), Vec::new()),
+    };
+    tracing::debug!(
+        command = command.as_deref().unwrap_or("-"),
+        code,
+        "sandbox answered"
+    );
+    if let Some(command) = &command {
+        shared.record(command, recorded(code));
+    }
+    let response = Response::builder()
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(robots::envelope(code, &info, &fields)));
+    // Building from a static header and a Full body cannot fail; the fallback keeps the
+    // no-panic promise without an `expect`.
+    Ok(response.unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::tls::test_support::{admin_sig, code, post, sandbox, send, signed_query, APP};
+    use super::*;
+
+    /// Endpoints use loopback for unspecified addresses and bracket IPv6.
+    #[test]
+    fn endpoint_names_loopback() {
+        let cases = [
+            ("127.0.0.1:8443", "https://127.0.0.1:8443"),
+            ("0.0.0.0:1", "https://127.0.0.1:1"),
+            ("[::1]:2", "https://[::1]:2"),
+            ("[::]:3", "https://[::1]:3"),
+        ];
+        for (addr, expected) in cases {
+            assert_eq!(endpoint_for(addr.parse().unwrap()), expected);
+        }
+    }
+
+    /// Skew moves the UserSig clock in milliseconds, floored to seconds.
+    #[test]
+    fn unix_now_applies_skew() {
+        let now = unix_now(0);
+        assert!(unix_now(10_000) >= now + 9);
+        assert_eq!(unix_now(i64::MIN), 0);
+    }
+
+    /// An injected error answers `times` calls with its code and leaves state alone; the call
+    /// after that runs normally.
+    #[tokio::test]
+    async fn injected_error_answers_then_clears() {
+        let (sandbox, client) = sandbox(SandboxOptions::default()).await;
+        let path = format!("/v4/openim_robot_http_svc/create_robot?{}", signed_query());
+        let body = r#"{"UserID":"@RBT#1"}"#;
+        sandbox.inject_error("openim_robot_http_svc/create_robot", 10002, 2);
+        for _ in 0..2 {
+            let reply = post(&client, &sandbox, &path, body).await.unwrap();
+            assert_eq!(
+                std::str::from_utf8(&reply.raw).unwrap(),
+                r#"{"ActionStatus":"FAIL","ErrorInfo":"injected by the sandbox","ErrorCode":10002}"#
+            );
+            assert!(sandbox.robots(APP).is_empty());
+        }
+        assert_eq!(code(&client, &sandbox, &path, body).await, 0);
+        assert_eq!(sandbox.robots(APP), ["@RBT#1"]);
+    }
+
+    /// A dropped request reaches the client as an error without a response, is counted and
+    /// recorded as unanswered, and the next request succeeds.
+    #[tokio::test]
+    async fn dropped_connection_errors_then_next_request_succeeds() {
+        let (sandbox, client) = sandbox(SandboxOptions::default()).await;
+        let path = format!("/v4/profile/portrait_get?{}", signed_query());
+        sandbox.drop_connections(1);
+        assert!(post(&client, &sandbox, &path, "{}").await.is_err());
+        assert_eq!(code(&client, &sandbox, &path, "{}").await, 0);
+        assert_eq!(sandbox.calls("profile/portrait_get"), 2);
+        let codes: Vec<i64> = sandbox
+            .requests("profile/portrait_get")
+            .iter()
+            .map(|r| r.error_code)
+            .collect();
+        assert_eq!(codes, [RecordedRequest::NO_ANSWER, 0]);
+    }
+
+    /// Recorded requests keep the query in order and percent-decoded, plus the body and code;
+    /// reset_counters forgets them.
+    #[tokio::test]
+    async fn requests_are_recorded_decoded_and_reset() {
+        let (sandbox, client) = sandbox(SandboxOptions::default()).await;
+        let sig = admin_sig();
+        let path = format!(
+            "/v4/profile/portrait_get?sdkappid={APP}&identifier=%61dministrator&usersig={sig}&random=7&contenttype=json&note=a+b%21"
+        );
+        assert_eq!(
+            code(&client, &sandbox, &path, r#"{"To_Account":["x"]}"#).await,
+            0
+        );
+        let recorded = sandbox.requests("profile/portrait_get");
+        assert_eq!(recorded.len(), 1);
+        let request = &recorded[0];
+        assert_eq!(request.method, "POST");
+        assert_eq!(request.path, "/v4/profile/portrait_get");
+        let app = APP.to_string();
+        let expected = [
+            ("sdkappid", app.as_str()),
+            ("identifier", "administrator"),
+            ("usersig", &sig),
+            ("random", "7"),
+            ("contenttype", "json"),
+            ("note", "a b!"),
+        ];
+        let query: Vec<(&str, &str)> = request
+            .query
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(query, expected);
+        assert_eq!(request.body, r#"{"To_Account":["x"]}"#);
+        assert_eq!(request.error_code, 0);
+
+        sandbox.reset_counters();
+        assert_eq!(sandbox.total_calls(), 0);
+        assert_eq!(sandbox.calls("profile/portrait_get"), 0);
+        assert_eq!(sandbox.max_calls_in_window("profile/portrait_get"), 0);
+        assert!(sandbox.requests("profile/portrait_get").is_empty());
+    }
+
+    /// The latency knob delays the answer by at least the set duration.
+    #[tokio::test]
+    async fn latency_delays_every_answer() {
+        let (sandbox, client) = sandbox(SandboxOptions::default()).await;
+        let path = format!("/v4/profile/portrait_get?{}", signed_query());
+        sandbox.set_latency(Duration::from_millis(150));
+        let started = std::time::Instant::now();
+        assert_eq!(code(&client, &sandbox, &path, "{}").await, 0);
+        assert!(started.elapsed() >= Duration::from_millis(150));
+    }
+
+    /// After shutdown the listener is closed and a kept-alive client gets an error.
+    #[tokio::test]
+    async fn shutdown_closes_listener_and_connections() {
+        let (sandbox, client) = sandbox(SandboxOptions::default()).await;
+        let path = format!("/v4/profile/portrait_get?{}", signed_query());
+        assert_eq!(code(&client, &sandbox, &path, "{}").await, 0);
+        let endpoint = sandbox.endpoint();
+        sandbox.shutdown().await;
+        let uri = format!("{endpoint}{path}");
+        let after = send(&client, hyper::Method::POST, &uri, "{}").await;
+        assert!(after.is_err());
+    }
+}

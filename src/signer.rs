@@ -1,0 +1,227 @@
+//! Per-app admin UserSig: minted at start, reused, re-minted before it expires.
+//!
+//! Invariant: [`Signer::current`] never hands out a UserSig past 80% of its lifetime. Re-minting
+//! happens on the request path (it costs microseconds: one HMAC and a small zlib), under a
+//! mutex with a second check, so a crowd of callers re-mints once, not once each. A UserSig
+//! Tencent rejected (70001/70052) is replaced once per rejected generation, however many
+//! requests saw the rejection.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
+
+use crate::usersig::{self, SecretKey, UserSig};
+
+/// Fraction of the lifetime after which a UserSig is replaced.
+const REFRESH_AT_FRACTION: f64 = 0.8;
+
+/// Why a UserSig was minted (a metric label in the operations work).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MintReason {
+    Startup,
+    Schedule,
+    Rejected,
+}
+
+/// One minted UserSig and when to replace it.
+#[derive(Debug)]
+pub struct Minted {
+    pub usersig: UserSig,
+    /// Increases by one with every mint; identifies the UserSig a rejection refers to.
+    pub generation: u64,
+    /// Unix second after which Tencent calls it expired.
+    pub expires_at_unix: u64,
+    pub reason: MintReason,
+    refresh_at: Instant,
+}
+
+/// The admin UserSig of one app.
+pub struct Signer {
+    sdkappid: u64,
+    identifier: String,
+    key: SecretKey,
+    lifetime: Duration,
+    /// The UserSig in use; readers clone the `Arc` and drop the lock at once.
+    current: RwLock<Arc<Minted>>,
+    /// Held while minting, so concurrent callers that all see a due refresh mint once.
+    mint_lock: Mutex<()>,
+    /// Mints so far, for tests and metrics.
+    mints: AtomicU64,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer")
+            .field("sdkappid", &self.sdkappid)
+            .field("identifier", &self.identifier)
+            .field("lifetime", &self.lifetime)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Signer {
+    /// Mints the first UserSig at once. `lifetime` is rounded down to whole seconds (min 1 s).
+    pub fn new(sdkappid: u64, identifier: String, key: SecretKey, lifetime: Duration) -> Self {
+        let lifetime = Duration::from_secs(lifetime.as_secs().max(1));
+        let first = Self::mint_with(
+            &key,
+            sdkappid,
+            &identifier,
+            lifetime,
+            1,
+            MintReason::Startup,
+        );
+        Signer {
+            sdkappid,
+            identifier,
+            key,
+            lifetime,
+            current: RwLock::new(Arc::new(first)),
+            mint_lock: Mutex::new(()),
+            mints: AtomicU64::new(1),
+        }
+    }
+
+    fn mint_with(
+        key: &SecretKey,
+        sdkappid: u64,
+        identifier: &str,
+        lifetime: Duration,
+        generation: u64,
+        reason: MintReason,
+    ) -> Minted {
+        let now = unix_now();
+        let expire = lifetime.as_secs();
+        Minted {
+            usersig: usersig::mint(key, sdkappid, identifier, now, expire),
+            generation,
+            expires_at_unix: now + expire,
+            reason,
+            refresh_at: Instant::now() + lifetime.mul_f64(REFRESH_AT_FRACTION),
+        }
+    }
+
+    pub fn sdkappid(&self) -> u64 {
+        self.sdkappid
+    }
+
+    pub fn identifier(&self) -> &str {
+        &self.identifier
+    }
+
+    /// How many UserSigs this signer has minted, the first included.
+    pub fn mints(&self) -> u64 {
+        self.mints.load(Ordering::Relaxed)
+    }
+
+    fn snapshot(&self) -> Arc<Minted> {
+        Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The UserSig to use now, re-minted first if it is past its refresh point.
+    pub fn current(&self) -> Arc<Minted> {
+        let minted = self.snapshot();
+        if Instant::now() < minted.refresh_at {
+            return minted;
+        }
+        self.replace_if(
+            |current| Instant::now() >= current.refresh_at,
+            MintReason::Schedule,
+        )
+    }
+
+    /// Replaces the UserSig of `rejected_generation` after Tencent refused it (70001/70052).
+    /// If another caller already replaced it, returns that newer one without minting again.
+    pub fn remint_after_rejection(&self, rejected_generation: u64) -> Arc<Minted> {
+        self.replace_if(
+            |current| current.generation == rejected_generation,
+            MintReason::Rejected,
+        )
+    }
+
+    fn replace_if(&self, is_due: impl Fn(&Minted) -> bool, reason: MintReason) -> Arc<Minted> {
+        let _minting = self.mint_lock.lock().unwrap_or_else(|p| p.into_inner());
+        // Second check under the lock: whoever got here first has already minted.
+        let current = self.snapshot();
+        if !is_due(&current) {
+            return current;
+        }
+        let next = Arc::new(Self::mint_with(
+            &self.key,
+            self.sdkappid,
+            &self.identifier,
+            self.lifetime,
+            current.generation + 1,
+            reason,
+        ));
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&next);
+        self.mints.fetch_add(1, Ordering::Relaxed);
+        next
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signer(lifetime: Duration) -> Signer {
+        Signer::new(
+            1_400_000_000,
+            "administrator".into(),
+            SecretKey::new("test-key"),
+            lifetime,
+        )
+    }
+
+    /// The UserSig is reused until 80% of its lifetime, then re-minted once.
+    #[tokio::test(start_paused = true)]
+    async fn reminted_at_eighty_percent_of_lifetime() {
+        let signer = signer(Duration::from_secs(100));
+        let first = signer.current();
+        assert_eq!(first.reason, MintReason::Startup);
+        tokio::time::advance(Duration::from_secs(79)).await;
+        assert_eq!(signer.current().generation, first.generation);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let second = signer.current();
+        assert_eq!(second.generation, first.generation + 1);
+        assert_eq!(second.reason, MintReason::Schedule);
+        assert_eq!(signer.current().generation, second.generation);
+        assert_eq!(signer.mints(), 2);
+        let decoded = usersig::verify(
+            &SecretKey::new("test-key"),
+            second.usersig.expose(),
+            1_400_000_000,
+            "administrator",
+            unix_now(),
+        )
+        .expect("the re-minted UserSig verifies");
+        assert_eq!(decoded.expire, 100);
+    }
+
+    /// Many callers reporting the same rejected UserSig cause one mint, not one each.
+    #[test]
+    fn rejection_remints_once_per_generation() {
+        let signer = Arc::new(signer(Duration::from_secs(3600)));
+        let rejected = signer.current().generation;
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let signer = Arc::clone(&signer);
+                std::thread::spawn(move || signer.remint_after_rejection(rejected).generation)
+            })
+            .collect();
+        for thread in threads {
+            assert_eq!(thread.join().unwrap(), rejected + 1);
+        }
+        assert_eq!(signer.mints(), 2);
+        assert_eq!(signer.current().reason, MintReason::Rejected);
+    }
+}

@@ -1,0 +1,312 @@
+//! The pooled HTTPS client to Tencent, the signed URL, and what came back.
+//!
+//! One hyper-util client over hyper-rustls (ring provider) serves every app: keep-alive
+//! connections are pooled per origin and closed after `pool_idle_timeout` (the pool has a
+//! timer, without which idle connections are never reaped). Each call builds exactly
+//! `{origin}/v4/{service}/{command}?sdkappid=..&identifier=..&usersig=..&random=<u32>&contenttype=json`
+//! (reference §1); nothing the client put in its own query string is forwarded.
+//! When a region's main domain cannot be connected to, the backup domain is tried: a failed
+//! connect means the request never left, so this is safe for writes too.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde::Deserialize;
+
+use crate::region::{Origin, Origins};
+use crate::usersig::UserSig;
+
+/// Largest answer body accepted from Tencent.
+const MAX_UPSTREAM_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// How the client talks to Tencent.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub connect_timeout: Duration,
+    /// Whole call: connect, send, and read the full answer.
+    pub request_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+    /// Extra CA certificates (PEM) to trust besides the bundled Mozilla roots.
+    pub extra_ca_pem: Option<Vec<u8>>,
+}
+
+/// The client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamBuildError {
+    #[error("the extra CA file holds no usable certificate: {0}")]
+    BadCa(String),
+    #[error("TLS setup failed: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// A call that got no usable answer from Tencent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be made; the request was not sent.
+    #[error("connect failed: {0}")]
+    Connect(String),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The request may have been sent, but the answer was broken or the connection dropped.
+    #[error("{0}")]
+    Protocol(String),
+    /// A non-200 answer without a JSON body (e.g. a load balancer's 502 page).
+    #[error("HTTP {0}")]
+    HttpStatus(u16),
+}
+
+/// A usable answer from Tencent: relayed to the client unchanged.
+#[derive(Debug, Clone)]
+pub struct UpstreamResponse {
+    pub status: StatusCode,
+    pub body: Bytes,
+    /// The `ErrorCode` of the JSON body; 0 is success.
+    pub error_code: i64,
+}
+
+/// One call to make: everything the signed URL and the body need.
+#[derive(Debug)]
+pub struct SignedCall<'a> {
+    pub origins: &'a Origins,
+    /// `service/command`.
+    pub command: &'a str,
+    pub sdkappid: u64,
+    pub identifier: &'a str,
+    pub usersig: &'a UserSig,
+    pub body: Bytes,
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(rename = "ErrorCode")]
+    error_code: Option<i64>,
+}
+
+/// The shared upstream client; cheap to clone.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    request_timeout: Duration,
+}
+
+impl UpstreamClient {
+    /// # Errors
+    /// The extra CA PEM holds no certificate rustls accepts.
+    pub fn new(settings: &UpstreamSettings) -> Result<Self, UpstreamBuildError> {
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        if let Some(pem) = &settings.extra_ca_pem {
+            let mut added = 0;
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                let cert = cert.map_err(|e| UpstreamBuildError::BadCa(e.to_string()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| UpstreamBuildError::BadCa(e.to_string()))?;
+                added += 1;
+            }
+            if added == 0 {
+                return Err(UpstreamBuildError::BadCa("no PEM certificate found".into()));
+            }
+        }
+        // The crypto provider is chosen here, explicitly: ring, the only one compiled in.
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(settings.connect_timeout));
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(settings.pool_idle_timeout)
+            .pool_max_idle_per_host(settings.pool_max_idle_per_host)
+            .build(https);
+        Ok(UpstreamClient {
+            client,
+            request_timeout: settings.request_timeout,
+        })
+    }
+
+    /// Sends one signed call, falling back to the backup origin when the main one refuses
+    /// connections.
+    ///
+    /// # Errors
+    /// [`UpstreamError`] when no usable answer arrived; Tencent's own error codes are not
+    /// errors here, they are in [`UpstreamResponse::error_code`].
+    pub async fn call(&self, call: &SignedCall<'_>) -> Result<UpstreamResponse, UpstreamError> {
+        match self.call_origin(&call.origins.primary, call).await {
+            Err(UpstreamError::Connect(reason)) => match &call.origins.backup {
+                Some(backup) => {
+                    tracing::warn!(%reason, backup = %backup, "main Tencent domain unreachable; trying the backup domain");
+                    self.call_origin(backup, call).await
+                }
+                None => Err(UpstreamError::Connect(reason)),
+            },
+            other => other,
+        }
+    }
+
+    async fn call_origin(
+        &self,
+        origin: &Origin,
+        call: &SignedCall<'_>,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let uri = signed_uri(origin, call, rand::random::<u32>());
+        let mut request = Request::new(Full::new(call.body.clone()));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = uri
+            .parse()
+            .map_err(|_| UpstreamError::Protocol("could not build the upstream URL".into()))?;
+        request.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| classify_client_error(&e, call.usersig))?;
+            let (parts, body) = response.into_parts();
+            let body = Limited::new(body, MAX_UPSTREAM_BODY_BYTES)
+                .collect()
+                .await
+                .map_err(|e| {
+                    UpstreamError::Protocol(redact(
+                        format!("reading Tencent's answer failed: {e}"),
+                        call.usersig,
+                    ))
+                })?
+                .to_bytes();
+            Ok::<_, UpstreamError>((parts.status, body))
+        };
+        let (status, body) = tokio::time::timeout(self.request_timeout, exchange)
+            .await
+            .map_err(|_| UpstreamError::Timeout(self.request_timeout))??;
+        match serde_json::from_slice::<Envelope>(&body) {
+            Ok(Envelope {
+                error_code: Some(error_code),
+            }) => Ok(UpstreamResponse {
+                status,
+                body,
+                error_code,
+            }),
+            _ if status != StatusCode::OK => Err(UpstreamError::HttpStatus(status.as_u16())),
+            _ => Err(UpstreamError::Protocol(
+                "Tencent's answer is not a JSON object with an ErrorCode".into(),
+            )),
+        }
+    }
+}
+
+/// `{origin}/v4/{command}?sdkappid=..&identifier=..&usersig=..&random=..&contenttype=json`.
+fn signed_uri(origin: &Origin, call: &SignedCall<'_>, random: u32) -> String {
+    use std::fmt::Write as _;
+    let usersig = call.usersig.expose();
+    let mut uri = String::with_capacity(
+        origin.as_str().len() + call.command.len() + usersig.len() + call.identifier.len() + 96,
+    );
+    let _ = write!(
+        uri,
+        "{}/v4/{}?sdkappid={}&identifier=",
+        origin.as_str(),
+        call.command,
+        call.sdkappid
+    );
+    percent_encode_into(&mut uri, call.identifier);
+    // The UserSig's alphabet (`A-Za-z0-9*-_`) is URL safe: it goes in raw (reference §1).
+    let _ = write!(uri, "&usersig={usersig}&random={random}&contenttype=json");
+    uri
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+fn percent_encode_into(out: &mut String, value: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push('%');
+            out.push(HEX[usize::from(byte >> 4)] as char);
+            out.push(HEX[usize::from(byte & 0x0f)] as char);
+        }
+    }
+}
+
+fn classify_client_error(
+    error: &hyper_util::client::legacy::Error,
+    usersig: &UserSig,
+) -> UpstreamError {
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    let message = redact(message, usersig);
+    if error.is_connect() {
+        UpstreamError::Connect(message)
+    } else {
+        UpstreamError::Protocol(message)
+    }
+}
+
+/// Error texts from the HTTP and TLS stacks should never contain the URL, but if one ever
+/// does, the UserSig in it must not reach a log line or a client.
+fn redact(message: String, usersig: &UserSig) -> String {
+    if message.contains(usersig.expose()) {
+        message.replace(usersig.expose(), "<redacted>")
+    } else {
+        message
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::usersig::{mint, SecretKey};
+
+    /// The signed URL carries exactly the five parameters, in the reference's order.
+    #[test]
+    fn signed_uri_has_exactly_the_five_parameters() {
+        let usersig = mint(&SecretKey::new("k"), 1_400_000_000, "admin", 1, 2);
+        let origins = crate::region::Region::Singapore.origins();
+        let call = SignedCall {
+            origins: &origins,
+            command: "openim_robot_http_svc/get_all_robots",
+            sdkappid: 1_400_000_000,
+            identifier: "admin@x y",
+            usersig: &usersig,
+            body: Bytes::new(),
+        };
+        let uri = signed_uri(&origins.primary, &call, 42);
+        assert_eq!(
+            uri,
+            format!(
+                "https://adminapisgp.im.qcloud.com/v4/openim_robot_http_svc/get_all_robots?sdkappid=1400000000&identifier=admin%40x%20y&usersig={}&random=42&contenttype=json",
+                usersig.expose()
+            )
+        );
+        assert!(uri.parse::<http::Uri>().is_ok());
+    }
+}

@@ -1,0 +1,172 @@
+//! Shared fixtures: a sandbox upstream over TLS and a gateway in front of it, both on
+//! 127.0.0.1:0, plus a small HTTP client. Everything stops when its handle is dropped.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tim_gateway::config::{Config, Env};
+use tim_gateway::gateway::Gateway;
+use tim_gateway::sandbox::{Sandbox, SandboxApp, SandboxOptions};
+use tim_gateway::usersig::SecretKey;
+
+/// The key of reference §3's known answers; the sandbox's app uses it.
+pub const KEY: &str = "5bd2850fff3ecb11d7c805251c51ee463a25727bddc2385f3fa8bfee1bb93b5e";
+pub const SDKAPPID: u64 = 1_400_000_000;
+pub const ADMIN: &str = "administrator";
+pub const GET_ALL_ROBOTS: &str = "openim_robot_http_svc/get_all_robots";
+pub const CREATE_ROBOT: &str = "openim_robot_http_svc/create_robot";
+
+pub async fn start_sandbox() -> Sandbox {
+    start_sandbox_with(SandboxOptions {
+        apps: vec![SandboxApp {
+            sdkappid: SDKAPPID,
+            key: SecretKey::new(KEY),
+            admins: vec![ADMIN.to_owned()],
+        }],
+        ..SandboxOptions::default()
+    })
+    .await
+}
+
+pub async fn start_sandbox_with(options: SandboxOptions) -> Sandbox {
+    Sandbox::start("127.0.0.1:0".parse().unwrap(), options)
+        .await
+        .expect("sandbox starts on loopback")
+}
+
+/// A gateway and the temporary CA file it trusts.
+pub struct TestGateway {
+    pub gateway: Gateway,
+    _ca_file: tempfile::NamedTempFile,
+}
+
+impl TestGateway {
+    pub fn addr(&self) -> SocketAddr {
+        self.gateway.client_addr()
+    }
+}
+
+/// The TOML of a one-app gateway in front of `sandbox`, with `app_extra` appended to the
+/// `[apps.main]` table and `top_extra` to the `[server]` table.
+pub fn gateway_toml(endpoint: &str, ca_path: &str, server_extra: &str, app_extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+{server_extra}
+
+[upstream]
+ca_file = "{ca_path}"
+
+[apps.main]
+sdkappid = {SDKAPPID}
+identifier = "{ADMIN}"
+endpoint = "{endpoint}"
+{app_extra}
+"#
+    )
+}
+
+pub fn write_ca(sandbox: &Sandbox) -> tempfile::NamedTempFile {
+    let mut ca = tempfile::NamedTempFile::new().expect("temp file");
+    ca.write_all(sandbox.ca_pem().as_bytes()).expect("write CA");
+    ca
+}
+
+pub async fn start_gateway(sandbox: &Sandbox) -> TestGateway {
+    start_gateway_with(sandbox, "", "", KEY).await
+}
+
+/// Starts a gateway for `sandbox` with extra config lines and the given secret key.
+pub async fn start_gateway_with(
+    sandbox: &Sandbox,
+    server_extra: &str,
+    app_extra: &str,
+    key: &str,
+) -> TestGateway {
+    let ca = write_ca(sandbox);
+    let toml = gateway_toml(
+        &sandbox.endpoint(),
+        &ca.path().display().to_string(),
+        server_extra,
+        app_extra,
+    );
+    let env = Env::from_map(HashMap::from([(
+        "TIM_GATEWAY_SECRET_KEY".to_owned(),
+        key.to_owned(),
+    )]));
+    let loaded = Config::from_toml_str(&toml, &env).expect("test config is valid");
+    let gateway = Gateway::start(&loaded.config, std::time::Duration::from_secs(5))
+        .await
+        .expect("gateway starts on loopback");
+    TestGateway {
+        gateway,
+        _ca_file: ca,
+    }
+}
+
+/// A gateway's answer: status, headers and the JSON body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub json: serde_json::Value,
+}
+
+impl Answer {
+    pub fn error_code(&self) -> i64 {
+        self.json["ErrorCode"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("no ErrorCode in {}", self.json))
+    }
+}
+
+pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Sends one request to the gateway and parses its JSON answer.
+pub async fn call(addr: SocketAddr, method: Method, path_and_query: &str, body: &str) -> Answer {
+    call_with(&client(), addr, method, path_and_query, body).await
+}
+
+pub async fn call_with(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    addr: SocketAddr,
+    method: Method,
+    path_and_query: &str,
+    body: &str,
+) -> Answer {
+    let request = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path_and_query}"))
+        .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+        .unwrap();
+    let response = client.request(request).await.expect("gateway answers");
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.expect("body").to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        panic!(
+            "answer is not JSON ({e}): {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    });
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        json,
+    }
+}
+
+/// POSTs `body` to `/v4/{command}` on the default app.
+pub async fn post(addr: SocketAddr, command: &str, body: &str) -> Answer {
+    call(addr, Method::POST, &format!("/v4/{command}"), body).await
+}
