@@ -10,13 +10,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::{Config, ConfigError, Env};
+use crate::config::{
+    Config, ConfigError, Env, DEFAULT_SECRET_KEY_ENV as SECRET_KEY_ENV, DEMO_TOML,
+};
 use crate::gateway::{Gateway, DEFAULT_SHUTDOWN_GRACE};
 use crate::sandbox::{Sandbox, SandboxApp, SandboxOptions};
 use crate::usersig::{self, SecretKey};
-
-/// The environment variable the secret key is read from by default.
-pub const SECRET_KEY_ENV: &str = "TIM_GATEWAY_SECRET_KEY";
 
 /// The demo's app: a made-up SDKAppID and the public key of reference §3's known answers.
 pub const DEMO_SDKAPPID: u64 = 1_400_000_000;
@@ -299,7 +298,7 @@ async fn demo(
             admin_listen.to_string(),
         ),
     ]));
-    let loaded = Config::from_toml_str(include_str!("../config/demo.toml"), &env)
+    let loaded = Config::from_toml_str(DEMO_TOML, &env)
         .map_err(|e| anyhow::anyhow!("the built-in demo config is invalid: {e}"))?;
     let gateway = Gateway::start(&loaded.config, DEFAULT_SHUTDOWN_GRACE).await?;
     let base = format!("http://{}", gateway.client_addr());

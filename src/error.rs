@@ -15,6 +15,27 @@ use crate::upstream::UpstreamError;
 /// `GATEWAY_CODE_BASE..GATEWAY_CODE_BASE + 100_000`.
 pub const GATEWAY_CODE_BASE: i64 = 1_900_000;
 
+/// Tencent's envelope, fields in Tencent's order (ActionStatus, ErrorInfo, ErrorCode).
+#[derive(serde::Serialize)]
+struct Envelope<'a> {
+    #[serde(rename = "ActionStatus")]
+    action_status: &'a str,
+    #[serde(rename = "ErrorInfo")]
+    error_info: &'a str,
+    #[serde(rename = "ErrorCode")]
+    error_code: i64,
+}
+
+/// Serialises `{"ActionStatus":..,"ErrorInfo":..,"ErrorCode":..}`.
+pub fn envelope(action_status: &str, error_info: &str, error_code: i64) -> Vec<u8> {
+    serde_json::to_vec(&Envelope {
+        action_status,
+        error_info,
+        error_code,
+    })
+    .expect("strings and an integer always serialise")
+}
+
 /// Everything that makes the gateway answer on its own instead of relaying Tencent's answer.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -91,12 +112,7 @@ impl GatewayError {
 
     /// The Tencent envelope `{"ActionStatus":"FAIL","ErrorInfo":..,"ErrorCode":..}`.
     pub fn envelope(&self) -> Bytes {
-        let body = serde_json::json!({
-            "ActionStatus": "FAIL",
-            "ErrorInfo": self.to_string(),
-            "ErrorCode": self.code(),
-        });
-        Bytes::from(serde_json::to_vec(&body).expect("a json! value always serialises"))
+        Bytes::from(envelope("FAIL", &self.to_string(), self.code()))
     }
 
     /// The full HTTP answer for this error.
@@ -159,9 +175,9 @@ mod tests {
         assert!(codes
             .iter()
             .all(|c| (GATEWAY_CODE_BASE..GATEWAY_CODE_BASE + 100_000).contains(c)));
-        let envelope: serde_json::Value =
-            serde_json::from_slice(&GatewayError::NotAnObject.envelope()).unwrap();
-        assert_eq!(envelope["ActionStatus"], "FAIL");
-        assert_eq!(envelope["ErrorCode"], 1_904_006);
+        assert_eq!(
+            GatewayError::NotAnObject.envelope(),
+            r#"{"ActionStatus":"FAIL","ErrorInfo":"the request body must be a JSON object","ErrorCode":1904006}"#
+        );
     }
 }

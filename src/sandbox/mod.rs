@@ -17,7 +17,7 @@ mod tls;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -187,6 +187,16 @@ impl Sandbox {
             .map_or(0, |c| c.calls)
     }
 
+    /// TCP connections accepted since start (not cleared by `reset_counters`).
+    pub fn connections_accepted(&self) -> u64 {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// TCP connections open right now.
+    pub fn connections_open(&self) -> u64 {
+        self.shared.open_connections.load(Ordering::Relaxed)
+    }
+
     /// Requests received, malformed paths included.
     pub fn total_calls(&self) -> u64 {
         lock(&self.shared.stats).total
@@ -282,6 +292,10 @@ pub(super) struct Shared {
     stats: Mutex<Stats>,
     /// Tencent's per-(sdkappid, "service/command") frequency windows (reference §4).
     quota: Mutex<HashMap<(u64, String), SlidingWindow>>,
+    /// TCP connections accepted since start: shows whether clients reuse keep-alive connections.
+    pub(super) connections: AtomicU64,
+    /// TCP connections currently open: shows whether a client's pool closes idle ones.
+    pub(super) open_connections: AtomicU64,
 }
 
 struct App {
@@ -371,6 +385,8 @@ impl Shared {
             knobs: Knobs::default(),
             stats: Mutex::default(),
             quota: Mutex::default(),
+            connections: AtomicU64::new(0),
+            open_connections: AtomicU64::new(0),
         }
     }
 

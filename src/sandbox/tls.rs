@@ -7,6 +7,7 @@
 //! provider is chosen explicitly (ring), so no process-wide default has to be installed.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -103,12 +104,14 @@ pub(super) async fn accept_loop(
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    connections.spawn(serve_connection(
-                        stream,
-                        peer,
-                        acceptor.clone(),
-                        Arc::clone(&shared),
-                    ));
+                    shared.connections.fetch_add(1, Ordering::Relaxed);
+                    shared.open_connections.fetch_add(1, Ordering::Relaxed);
+                    let shared = Arc::clone(&shared);
+                    let acceptor = acceptor.clone();
+                    connections.spawn(async move {
+                        serve_connection(stream, peer, acceptor, Arc::clone(&shared)).await;
+                        shared.open_connections.fetch_sub(1, Ordering::Relaxed);
+                    });
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "sandbox accept failed");

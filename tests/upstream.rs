@@ -1,0 +1,132 @@
+//! The upstream client on its own against the sandbox: pooling, idle reaping, failover.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use support::*;
+use tim_gateway::region::{Origin, Origins};
+use tim_gateway::upstream::{SignedCall, UpstreamClient, UpstreamError, UpstreamSettings};
+use tim_gateway::usersig::{mint, SecretKey};
+
+fn settings(
+    sandbox: &tim_gateway::sandbox::Sandbox,
+    pool_idle_timeout: Duration,
+) -> UpstreamSettings {
+    UpstreamSettings {
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(5),
+        pool_idle_timeout,
+        pool_max_idle_per_host: 8,
+        extra_ca_pem: Some(sandbox.ca_pem().as_bytes().to_vec()),
+    }
+}
+
+async fn get_all_robots(client: &UpstreamClient, origins: &Origins) -> Result<i64, UpstreamError> {
+    let usersig = mint(&SecretKey::new(KEY), SDKAPPID, ADMIN, unix_now(), 3600);
+    let call = SignedCall {
+        origins,
+        command: GET_ALL_ROBOTS,
+        sdkappid: SDKAPPID,
+        identifier: ADMIN,
+        usersig: &usersig,
+        body: Bytes::from_static(b"{}"),
+    };
+    client.call(&call).await.map(|r| r.error_code)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Sequential calls reuse one keep-alive TLS connection.
+#[tokio::test]
+async fn sequential_calls_reuse_one_connection() {
+    let sandbox = start_sandbox().await;
+    let client = UpstreamClient::new(&settings(&sandbox, Duration::from_secs(90))).unwrap();
+    let origins = Origins {
+        primary: Origin::parse(&sandbox.endpoint()).unwrap(),
+        backup: None,
+    };
+    for _ in 0..5 {
+        assert_eq!(get_all_robots(&client, &origins).await, Ok(0));
+    }
+    assert_eq!(sandbox.calls(GET_ALL_ROBOTS), 5);
+    assert_eq!(sandbox.connections_accepted(), 1);
+}
+
+/// An idle pooled connection is closed by the client after `pool_idle_timeout` even when no
+/// further request comes (the pool has a timer). Margin: timeout 200 ms, checked for up to 5 s.
+#[tokio::test]
+async fn idle_connections_are_closed_after_the_pool_idle_timeout() {
+    let sandbox = start_sandbox().await;
+    let client = UpstreamClient::new(&settings(&sandbox, Duration::from_millis(200))).unwrap();
+    let origins = Origins {
+        primary: Origin::parse(&sandbox.endpoint()).unwrap(),
+        backup: None,
+    };
+    assert_eq!(get_all_robots(&client, &origins).await, Ok(0));
+    assert_eq!(sandbox.connections_open(), 1);
+    let mut waited = Duration::ZERO;
+    while sandbox.connections_open() > 0 {
+        assert!(
+            waited < Duration::from_secs(5),
+            "the idle connection was never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += Duration::from_millis(50);
+    }
+    assert!(
+        waited >= Duration::from_millis(150),
+        "closed before the idle timeout: {waited:?}"
+    );
+    // The client is still usable and opens a fresh connection.
+    assert_eq!(get_all_robots(&client, &origins).await, Ok(0));
+    assert_eq!(sandbox.connections_accepted(), 2);
+}
+
+/// When the main origin refuses connections, the backup origin answers the same call.
+#[tokio::test]
+async fn unreachable_primary_fails_over_to_the_backup() {
+    let sandbox = start_sandbox().await;
+    let client = UpstreamClient::new(&settings(&sandbox, Duration::from_secs(90))).unwrap();
+    // Port 1 on loopback: nothing listens there, so the connect is refused at once.
+    let closed = Origin::parse("https://127.0.0.1:1").unwrap();
+    let origins = Origins {
+        primary: closed.clone(),
+        backup: Some(Origin::parse(&sandbox.endpoint()).unwrap()),
+    };
+    assert_eq!(get_all_robots(&client, &origins).await, Ok(0));
+    assert_eq!(sandbox.calls(GET_ALL_ROBOTS), 1);
+
+    let no_backup = Origins {
+        primary: closed,
+        backup: None,
+    };
+    assert!(matches!(
+        get_all_robots(&client, &no_backup).await,
+        Err(UpstreamError::Connect(_))
+    ));
+}
+
+/// A server whose certificate the client does not trust is refused (no silent insecure TLS).
+#[tokio::test]
+async fn untrusted_certificate_is_refused() {
+    let sandbox = start_sandbox().await;
+    let other = start_sandbox().await;
+    // Trusts `other`'s CA only.
+    let client = UpstreamClient::new(&settings(&other, Duration::from_secs(90))).unwrap();
+    let origins = Origins {
+        primary: Origin::parse(&sandbox.endpoint()).unwrap(),
+        backup: None,
+    };
+    assert!(matches!(
+        get_all_robots(&client, &origins).await,
+        Err(UpstreamError::Connect(_))
+    ));
+    assert_eq!(sandbox.calls(GET_ALL_ROBOTS), 0);
+}
