@@ -1,4 +1,5 @@
-//! The admin listener: `/healthz` (process alive) and `/readyz` (UserSigs minted, not draining).
+//! The admin listener: `/healthz` (process alive), `/readyz` (UserSigs minted, not draining)
+//! and `POST /cache/purge[?app=NAME][&command=SERVICE/COMMAND]`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -8,7 +9,9 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use crate::error::{envelope, GatewayError};
 use crate::proxy::Proxy;
+use crate::route::parse_query;
 use crate::server::Handler;
 
 /// Admin endpoints of one gateway.
@@ -29,12 +32,51 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     response
 }
 
+fn json(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+impl Admin {
+    fn purge(&self, query: Option<&str>) -> Response<Full<Bytes>> {
+        let mut app = None;
+        let mut command = None;
+        for (name, value) in parse_query(query.unwrap_or("")) {
+            match name.as_str() {
+                "app" => app = Some(value),
+                "command" => command = Some(value),
+                _ => {
+                    return GatewayError::BadAdminRequest(format!(
+                        "unknown parameter {name:?}; use app and/or command"
+                    ))
+                    .into_response()
+                }
+            }
+        }
+        match self.proxy.purge(app.as_deref(), command.as_deref()) {
+            Ok(()) => {
+                tracing::info!(app = ?app, command = ?command, "cache purged");
+                json(StatusCode::OK, envelope("OK", "purged", 0))
+            }
+            Err(reason) => GatewayError::BadAdminRequest(reason).into_response(),
+        }
+    }
+}
+
 impl Handler for Admin {
     async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
-        if request.method() != Method::GET && request.method() != Method::HEAD {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
-        }
+        let method = request.method();
         match request.uri().path() {
+            "/cache/purge" if method == Method::POST => self.purge(request.uri().query()),
+            "/cache/purge" => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
+            _ if method != Method::GET && method != Method::HEAD => {
+                text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
+            }
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" => {
                 // Every app's first UserSig is minted when the proxy is built, so a proxy
@@ -49,7 +91,7 @@ impl Handler for Admin {
             }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /healthz or /readyz\n",
+                "not found; try /healthz, /readyz or POST /cache/purge\n",
             ),
         }
     }

@@ -109,9 +109,25 @@ const KNOWN: &[CommandSpec] = &[
     ),
 ];
 
+/// Cached reads and the writes whose success invalidates them, unless the config says otherwise.
+pub const DEFAULT_INVALIDATIONS: &[(&str, &[&str])] = &[(
+    "openim_robot_http_svc/get_all_robots",
+    &[
+        "openim_robot_http_svc/create_robot",
+        "openim_robot_http_svc/delete_robot",
+    ],
+)];
+
 /// Index of a command in the [`Catalogue`]; cheap to copy into per-request context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CommandId(usize);
+
+impl CommandId {
+    /// Position in the catalogue, for per-command tables.
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
 
 /// The known commands, looked up by `service/command`.
 #[derive(Debug)]
@@ -144,8 +160,25 @@ impl Catalogue {
         self.by_name.get(name).copied()
     }
 
+    /// Number of known commands; `CommandId::index` is below it.
+    pub fn len(&self) -> usize {
+        self.specs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.specs.is_empty()
+    }
+
     pub fn spec(&self, id: CommandId) -> &CommandSpec {
         &self.specs[id.0]
+    }
+
+    /// The spec at catalogue index `index` (see [`CommandId::index`]).
+    ///
+    /// # Panics
+    /// If `index` is not below [`len`](Self::len).
+    pub fn spec_at(&self, index: usize) -> &CommandSpec {
+        &self.specs[index]
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (CommandId, &CommandSpec)> {

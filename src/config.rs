@@ -1,10 +1,11 @@
 //! Configuration: a TOML file layered with `TIM_GATEWAY__SECTION__KEY` environment overrides,
 //! parsed once into typed values.
 //!
-//! Two stages, as STYLE convention 4 asks. The `config` crate merges the file and the
-//! environment into one tree, which becomes a permissive `RawConfig` (every leaf optional,
-//! durations, addresses and regions still strings). Validation then turns it into a
-//! [`Config`], collecting every problem at once rather than stopping at the first.
+//! Two stages, as STYLE convention 4 asks. `raw` merges the file and the environment into one
+//! tree with the `config` crate and turns it into a permissive `RawConfig` (every leaf
+//! optional, durations, addresses and regions still strings), reporting unknown keys and
+//! wrongly typed values. `validate` then turns it into a [`Config`], filling in defaults and
+//! collecting every problem at once rather than stopping at the first.
 //!
 //! Promises:
 //! - [`ConfigError::Invalid`] lists every problem of one run, sorted by key, at most one per key
@@ -21,19 +22,19 @@
 //! strings and are converted by the field's type (numbers, booleans `true`/`false`/`1`/`0`),
 //! so `IDENTIFIER=007` stays `"007"`. An empty value clears an optional `region`, `endpoint`,
 //! `ca_file`, `secret_key_file` or `default_app` from the file. Variables with a single `_`
-//! after the prefix, such as `TIM_GATEWAY_SECRET_KEY`, are not configuration keys.
+//! after the prefix, such as `TIM_GATEWAY_SECRET_KEY`, are not configuration keys. The arrays
+//! of tables `[[cache.rules]]` and `[[throttle.quotas]]` come from the file only.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+mod raw;
+mod validate;
+
+use std::collections::HashMap;
 use std::fmt;
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::de::{self, DeserializeOwned, Visitor};
-use serde::Deserialize;
-
-use crate::region::{Origin, Origins, Region};
+use crate::region::Origins;
 use crate::usersig::SecretKey;
 
 /// Prefix of every configuration environment variable.
@@ -52,28 +53,33 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Upper bound of `server.max_body_bytes`.
 pub const MAX_BODY_BYTES_LIMIT: usize = 64 * 1024 * 1024;
+/// Below Kubernetes' default 30 s `terminationGracePeriodSeconds`, so the drain ends before
+/// the kubelet's SIGKILL.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longer than Tencent's own 3 s backend timeout (reference §1), so its answer can arrive.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub const DEFAULT_POOL_MAX_IDLE_PER_HOST: usize = 32;
+pub const DEFAULT_MAX_RETRIES: u32 = 2;
+pub const DEFAULT_RETRY_BASE_DELAY: Duration = Duration::from_millis(100);
+/// Room for one full `DEFAULT_REQUEST_TIMEOUT` after a full `DEFAULT_MAX_WAIT` in the
+/// throttle queue. A longer `request_timeout` raises the default deadline to match it.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(15);
 pub const DEFAULT_IDENTIFIER: &str = "administrator";
 /// Tencent advises admin UserSigs live at least 24 h (reference §3).
 pub const DEFAULT_USERSIG_LIFETIME: Duration = Duration::from_secs(86_400);
-
-/// Tencent's backend timeout (reference §1); a request timeout at or below it gets a warning.
-const TENCENT_BACKEND_TIMEOUT: Duration = Duration::from_secs(3);
-const MIN_USERSIG_LIFETIME: Duration = Duration::from_secs(10);
-/// Shortest lifetime seen in real SDKs (reference §3); below it we warn.
-const ADVISED_MIN_USERSIG_LIFETIME: Duration = Duration::from_secs(300);
-/// Longest lifetime seen in real SDKs: 180 days (reference §3).
-const MAX_USERSIG_LIFETIME: Duration = Duration::from_secs(180 * 86_400);
-const MAX_IDENTIFIER_BYTES: usize = 32;
-const MAX_APP_NAME_CHARS: usize = 64;
-/// A CA bundle or key file larger than this is a wrong path, not a certificate or a key.
-const MAX_CA_FILE_BYTES: u64 = 4 * 1024 * 1024;
-const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
-const PEM_CERTIFICATE_MARKER: &[u8] = b"-----BEGIN CERTIFICATE-----";
+/// 64 MiB.
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_SAFETY_MARGIN: f64 = 0.05;
+pub const DEFAULT_BURST: f64 = 0.05;
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(2);
+pub const DEFAULT_MAX_WAITERS: usize = 1024;
+/// Calls per second for a command whose quota the catalogue does not know; the chatbot APIs'
+/// documented limit (reference §4).
+pub const DEFAULT_QUOTA: u32 = 200;
+pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_secs(1);
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// A snapshot of environment variables: the process's, or a map in tests.
 ///
@@ -99,27 +105,6 @@ impl Env {
     pub fn get(&self, name: &str) -> Option<&str> {
         self.vars.get(name).map(String::as_str)
     }
-
-    /// The `TIM_GATEWAY__…` overrides as a `config` source. Filtering here (the crate filters
-    /// too) keeps single-underscore variables such as `TIM_GATEWAY_SECRET_KEY` out entirely.
-    fn overrides(&self) -> ::config::Environment {
-        let pattern = format!("{ENV_PREFIX}{ENV_SEPARATOR}");
-        let vars: ::config::Map<String, String> = self
-            .vars
-            .iter()
-            .filter(|(name, _)| {
-                name.get(..pattern.len())
-                    .is_some_and(|head| head.eq_ignore_ascii_case(&pattern))
-            })
-            .map(|(name, value)| (name.clone(), value.clone()))
-            .collect();
-        // No `try_parsing`: it would turn `007` into 7 and `1e3` into 1000 in string fields;
-        // the field's type converts numbers and booleans instead.
-        ::config::Environment::with_prefix(ENV_PREFIX)
-            .prefix_separator(ENV_SEPARATOR)
-            .separator(ENV_SEPARATOR)
-            .source(Some(vars))
-    }
 }
 
 impl fmt::Debug for Env {
@@ -137,6 +122,8 @@ pub struct Config {
     pub apps: Vec<AppConfig>,
     /// Index into `apps` of the app that `/v4/…` (without `/apps/{app}`) goes to.
     pub default_app: usize,
+    pub cache: CacheConfig,
+    pub throttle: ThrottleConfig,
 }
 
 /// The client-facing and admin listeners.
@@ -151,13 +138,15 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// When false, commands outside the catalogue get 404 instead of being forwarded.
     pub allow_unknown_commands: bool,
+    /// How long in-flight requests may run after SIGTERM before they are cut; 0 < x ≤ 10 min.
+    pub shutdown_grace: Duration,
 }
 
 /// How we talk to Tencent.
 #[derive(Clone, PartialEq, Eq)]
 pub struct UpstreamConfig {
     pub connect_timeout: Duration,
-    /// Whole-request timeout; should exceed Tencent's 3 s backend timeout (reference §1).
+    /// One upstream call; should exceed Tencent's 3 s backend timeout (reference §1).
     pub request_timeout: Duration,
     pub pool_idle_timeout: Duration,
     /// 0 disables connection reuse.
@@ -166,6 +155,14 @@ pub struct UpstreamConfig {
     pub ca_file: Option<PathBuf>,
     /// The contents of `ca_file`, checked to hold at least one certificate.
     pub extra_ca_pem: Option<Vec<u8>>,
+    /// Retries of a read after Tencent's internal errors (10002, 70169, 70500, 60008, 60013,
+    /// 60014; reference §6), on top of the first call; 0 ..= 5.
+    pub max_retries: u32,
+    /// Pause before the first retry, doubled for each further one (with jitter); 1 ms ..= 10 s.
+    pub retry_base_delay: Duration,
+    /// The whole client request: throttle waits, every call and every retry. At least
+    /// `request_timeout`; when unset, 15 s or `request_timeout` if that is longer.
+    pub deadline: Duration,
 }
 
 impl fmt::Debug for UpstreamConfig {
@@ -183,8 +180,74 @@ impl fmt::Debug for UpstreamConfig {
                     .as_ref()
                     .map(|pem| format!("<{} bytes>", pem.len())),
             )
+            .field("max_retries", &self.max_retries)
+            .field("retry_base_delay", &self.retry_base_delay)
+            .field("deadline", &self.deadline)
             .finish()
     }
+}
+
+/// The response cache, as the file configures it. The catalogue's built-in rules (such as the
+/// one for `get_all_robots`) are not here: the cache module merges these rules over them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Upper bound of the cache's size in bytes; 1 KiB ..= 16 GiB.
+    pub max_bytes: u64,
+    /// From `[[cache.rules]]`, in file order; at most one per command.
+    pub rules: Vec<CacheRule>,
+}
+
+/// How one read command is cached; replaces the catalogue's default for that command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheRule {
+    /// `service/command`, a read in the catalogue.
+    pub command: String,
+    /// False turns caching off for a command the catalogue caches by default.
+    pub enabled: bool,
+    /// How long an answer is fresh; 0 < x ≤ 1 day when enabled. Zero when the rule is
+    /// disabled and sets none.
+    pub ttl: Duration,
+    /// After `ttl`, how long a stale answer is still served while one background call
+    /// refreshes it; ≤ 1 day, 0 = off.
+    pub stale_while_revalidate: Duration,
+    /// After `ttl`, how long a stale answer is served when the upstream fails or limits us;
+    /// ≤ 7 days, 0 = off.
+    pub stale_if_error: Duration,
+    /// Writes (`service/command`, in the catalogue) whose success drops this command's cached
+    /// answers for the same app.
+    pub invalidated_by: Vec<String>,
+}
+
+/// The per-(app, command) upstream budget.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThrottleConfig {
+    /// Fraction of Tencent's quota never used, so clock skew and other callers do not push us
+    /// over it; 0.0 ..= 0.5.
+    pub safety_margin: f64,
+    /// Fraction of the per-second budget that may go out at once; 0.0 ..= 0.5.
+    pub burst: f64,
+    /// Longest a request waits in the FIFO for a permit before 429; 0 ..= 60 s, 0 = never wait.
+    pub max_wait: Duration,
+    /// Longest FIFO per (app, command); past it requests get 429 at once; 0 ..= 1,000,000.
+    pub max_waiters: usize,
+    /// Calls per second for commands whose quota the catalogue does not know; 1 ..= 100,000.
+    pub default_quota: u32,
+    /// From `[[throttle.quotas]]`, in file order; at most one per command.
+    pub quotas: Vec<QuotaOverride>,
+    /// Pause of a command after Tencent's 60007, 60018 or 60019 (reference §6), doubled per
+    /// repeat.
+    pub backoff_base: Duration,
+    /// Upper bound of that pause; at least `backoff_base`.
+    pub backoff_max: Duration,
+}
+
+/// A per-second quota that replaces the catalogue's (or the default) for one command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaOverride {
+    /// `service/command`, in the catalogue.
+    pub command: String,
+    /// Calls per second; 1 ..= 100,000.
+    pub per_second: u32,
 }
 
 /// One Tencent Cloud Chat application (one SDKAppID) the gateway signs for.
@@ -224,8 +287,8 @@ impl fmt::Display for KeySource {
 /// this type (they are returned apart, in [`Loaded::warnings`]).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Problem {
-    /// Dotted path such as `apps.main.region`; a section or `apps.NAME` for problems of a whole
-    /// table.
+    /// Dotted path such as `apps.main.region` or `cache.rules[0].ttl`; a section or
+    /// `apps.NAME` for problems of a whole table.
     pub key: String,
     /// Never contains a secret value.
     pub message: String,
@@ -301,46 +364,19 @@ impl Config {
     }
 
     fn build(toml: &str, origin: &Path, env: &Env) -> Result<Loaded, ConfigError> {
-        let merged = ::config::Config::builder()
-            .add_source(::config::File::from_str(toml, ::config::FileFormat::Toml))
-            .add_source(env.overrides())
-            .build()
-            .map_err(|e| ConfigError::Parse {
-                path: origin.to_owned(),
-                reason: redact_key_like(&redact_snippet(&e.to_string())),
-            })?;
-        let tree = ::config::Source::collect(&merged).map_err(|e| ConfigError::Parse {
-            path: origin.to_owned(),
-            reason: e.to_string(),
-        })?;
-
-        let mut findings = Findings::default();
-        let raw = RawConfig::from_tree(tree, &mut findings);
-        let config = raw.validate(env, &mut findings);
+        let tree = raw::merge(toml, origin, env)?;
+        let mut findings = validate::Findings::default();
+        let raw = raw::RawConfig::from_tree(tree, &mut findings);
+        let config = validate::validate(raw, env, &mut findings);
         findings.finish(config)
     }
-}
-
-/// Keeps the first line and the explanation of a TOML error, dropping the quoted source line
-/// (` 3 | secret_key = "…`) and its caret line.
-fn redact_snippet(message: &str) -> String {
-    message
-        .lines()
-        .map(str::trim)
-        .filter(|line| {
-            let after_number = line
-                .trim_start_matches(|c: char| c.is_ascii_digit())
-                .trim_start();
-            !line.is_empty() && !after_number.starts_with('|')
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 impl fmt::Display for Config {
     /// The effective configuration, one `key = value` per line, for `check-config`. Secret
     /// keys appear only as where they were read from.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let human = humantime::format_duration;
         let s = &self.server;
         writeln!(f, "server.listen = {}", s.listen)?;
         writeln!(f, "server.admin_listen = {}", s.admin_listen)?;
@@ -351,10 +387,10 @@ impl fmt::Display for Config {
             "server.allow_unknown_commands = {}",
             s.allow_unknown_commands
         )?;
+        writeln!(f, "server.shutdown_grace = {}", human(s.shutdown_grace))?;
         let default_app = self.apps.get(self.default_app).map_or("?", |a| &a.name);
         writeln!(f, "server.default_app = {default_app}")?;
         let u = &self.upstream;
-        let human = humantime::format_duration;
         writeln!(f, "upstream.connect_timeout = {}", human(u.connect_timeout))?;
         writeln!(f, "upstream.request_timeout = {}", human(u.request_timeout))?;
         writeln!(
@@ -371,6 +407,50 @@ impl fmt::Display for Config {
             Some(path) => writeln!(f, "upstream.ca_file = {}", path.display())?,
             None => writeln!(f, "upstream.ca_file = (none: bundled roots only)")?,
         }
+        writeln!(f, "upstream.max_retries = {}", u.max_retries)?;
+        writeln!(
+            f,
+            "upstream.retry_base_delay = {}",
+            human(u.retry_base_delay)
+        )?;
+        writeln!(f, "upstream.deadline = {}", human(u.deadline))?;
+        let c = &self.cache;
+        writeln!(f, "cache.max_bytes = {}", c.max_bytes)?;
+        if c.rules.is_empty() {
+            writeln!(f, "cache.rules = (none: the catalogue's defaults only)")?;
+        }
+        for (i, rule) in c.rules.iter().enumerate() {
+            let key = format!("cache.rules[{i}]");
+            writeln!(f, "{key}.command = {}", rule.command)?;
+            writeln!(f, "{key}.enabled = {}", rule.enabled)?;
+            writeln!(f, "{key}.ttl = {}", human(rule.ttl))?;
+            writeln!(
+                f,
+                "{key}.stale_while_revalidate = {}",
+                human(rule.stale_while_revalidate)
+            )?;
+            writeln!(f, "{key}.stale_if_error = {}", human(rule.stale_if_error))?;
+            writeln!(
+                f,
+                "{key}.invalidated_by = [{}]",
+                rule.invalidated_by.join(", ")
+            )?;
+        }
+        let t = &self.throttle;
+        writeln!(f, "throttle.safety_margin = {}", t.safety_margin)?;
+        writeln!(f, "throttle.burst = {}", t.burst)?;
+        writeln!(f, "throttle.max_wait = {}", human(t.max_wait))?;
+        writeln!(f, "throttle.max_waiters = {}", t.max_waiters)?;
+        writeln!(f, "throttle.default_quota = {}", t.default_quota)?;
+        if t.quotas.is_empty() {
+            writeln!(f, "throttle.quotas = (none: the catalogue's quotas only)")?;
+        }
+        for (i, quota) in t.quotas.iter().enumerate() {
+            writeln!(f, "throttle.quotas[{i}].command = {}", quota.command)?;
+            writeln!(f, "throttle.quotas[{i}].per_second = {}", quota.per_second)?;
+        }
+        writeln!(f, "throttle.backoff_base = {}", human(t.backoff_base))?;
+        writeln!(f, "throttle.backoff_max = {}", human(t.backoff_max))?;
         for app in &self.apps {
             let key = format!("apps.{}", app.name);
             writeln!(f, "{key}.sdkappid = {}", app.sdkappid)?;
@@ -398,878 +478,6 @@ impl fmt::Display for Config {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Stage 1: the merged tree → RawConfig, reporting unknown keys and wrongly typed values.
-// ---------------------------------------------------------------------------------------------
-
-/// The configuration as written: everything optional, nothing interpreted yet. The buffer
-/// between the file format users write and the types the gateway uses.
-#[derive(Debug, Default)]
-struct RawConfig {
-    server: RawServer,
-    upstream: RawUpstream,
-    /// Keyed by app name; a `BTreeMap` so apps come out sorted whatever order the file used.
-    apps: BTreeMap<String, RawApp>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawServer {
-    listen: Option<String>,
-    admin_listen: Option<String>,
-    allow_non_loopback: Option<bool>,
-    max_body_bytes: Option<u64>,
-    allow_unknown_commands: Option<bool>,
-    default_app: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawUpstream {
-    connect_timeout: Option<String>,
-    request_timeout: Option<String>,
-    pool_idle_timeout: Option<String>,
-    pool_max_idle_per_host: Option<u64>,
-    ca_file: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawApp {
-    sdkappid: Option<u64>,
-    identifier: Option<String>,
-    region: Option<String>,
-    endpoint: Option<String>,
-    secret_key_file: Option<String>,
-    secret_key_env: Option<String>,
-    usersig_lifetime: Option<String>,
-}
-
-const SECTIONS: &[&str] = &["server", "upstream", "apps"];
-
-impl RawConfig {
-    fn from_tree(tree: ::config::Map<String, ::config::Value>, findings: &mut Findings) -> Self {
-        let mut raw = RawConfig::default();
-        for (key, value) in tree {
-            match key.as_str() {
-                "server" => raw.server = findings.section("server", value),
-                "upstream" => raw.upstream = findings.section("upstream", value),
-                "apps" => raw.apps = findings.apps(value),
-                _ => findings.unknown_key("", &key, SECTIONS),
-            }
-        }
-        raw
-    }
-}
-
-/// Problems and warnings found so far, plus which keys were set by the environment (so a
-/// problem can say which variable to fix).
-#[derive(Default)]
-struct Findings {
-    problems: BTreeMap<String, String>,
-    warnings: BTreeMap<String, String>,
-    from_env: BTreeSet<String>,
-}
-
-impl Findings {
-    /// Records a problem, unless `key` already has one (its first problem is the root cause).
-    fn problem(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.problems
-            .entry(key.into())
-            .or_insert_with(|| message.into());
-    }
-
-    fn warning(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.warnings
-            .entry(key.into())
-            .or_insert_with(|| message.into());
-    }
-
-    /// Whether `key` already has a problem (such as a value of the wrong type, dropped).
-    fn has_problem(&self, key: &str) -> bool {
-        self.problems.contains_key(key)
-    }
-
-    /// Remembers that the environment set `key`. Only environment values carry an origin:
-    /// the file is read from a string, and tables the overrides create have none.
-    fn note_origin(&mut self, key: &str, value: &::config::Value) {
-        if value.origin().is_some() {
-            self.from_env.insert(key.to_owned());
-        }
-    }
-
-    fn unknown_key(&mut self, section: &str, key: &str, known: &[&str]) {
-        let full = join(section, key);
-        if key == "secret_key" {
-            self.problem(
-                full,
-                "a secret key is not accepted in the configuration; put the key in an env var \
-                 (secret_key_env) or a file (secret_key_file)",
-            );
-            return;
-        }
-        let mut message = "unknown key".to_owned();
-        if let Some(near) = known.iter().min_by_key(|k| edit_distance(k, key)) {
-            if edit_distance(near, key) <= 2 || near.eq_ignore_ascii_case(key) {
-                message.push_str(&format!("; did you mean `{near}`?"));
-            }
-        }
-        if !known.is_empty() {
-            message.push_str(&format!(" (known: {})", known.join(", ")));
-        }
-        self.problem(full, message);
-    }
-
-    /// Deserializes one table into `T`, reporting unknown keys and each wrongly typed value
-    /// under its own key; a bad value is dropped (left to its default) and the rest retried,
-    /// so one type error does not hide the others.
-    fn section<T: DeserializeOwned + Default>(&mut self, key: &str, value: ::config::Value) -> T {
-        self.note_origin(key, &value);
-        let table = match value.into_table() {
-            Ok(table) => table,
-            Err(_) => {
-                self.problem(key, "expected a table");
-                return T::default();
-            }
-        };
-        let fields = field_names::<T>();
-        let mut kept = ::config::Map::new();
-        for (name, value) in table {
-            self.note_origin(&join(key, &name), &value);
-            if fields.contains(&name.as_str()) {
-                kept.insert(name, value);
-            } else {
-                self.unknown_key(key, &name, fields);
-            }
-        }
-        loop {
-            let attempt = ::config::Value::from(kept.clone()).try_deserialize::<T>();
-            match attempt {
-                Ok(parsed) => return parsed,
-                Err(error) => {
-                    let (field, message) = describe(error);
-                    match field {
-                        Some(field) if kept.remove(&field).is_some() => {
-                            self.problem(join(key, &field), message)
-                        }
-                        _ => {
-                            self.problem(key, message);
-                            return T::default();
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    fn apps(&mut self, value: ::config::Value) -> BTreeMap<String, RawApp> {
-        self.note_origin("apps", &value);
-        let table = match value.into_table() {
-            Ok(table) => table,
-            Err(_) => {
-                self.problem("apps", "expected a table of [apps.NAME] tables");
-                return BTreeMap::new();
-            }
-        };
-        table
-            .into_iter()
-            .map(|(name, value)| {
-                let raw = self.section(&format!("apps.{name}"), value);
-                (name, raw)
-            })
-            .collect()
-    }
-
-    fn finish(self, config: Option<Config>) -> Result<Loaded, ConfigError> {
-        let to_problems = |map: BTreeMap<String, String>, from_env: &BTreeSet<String>| {
-            map.into_iter()
-                .map(|(key, mut message)| {
-                    if from_env.contains(&key) {
-                        message.push_str(&format!(" (set by {})", env_var_name(&key)));
-                    }
-                    Problem {
-                        key: redact_key_like(&key),
-                        message: redact_key_like(&message),
-                    }
-                })
-                .collect::<Vec<_>>()
-        };
-        let problems = to_problems(self.problems, &self.from_env);
-        match config {
-            Some(config) if problems.is_empty() => Ok(Loaded {
-                config,
-                warnings: to_problems(self.warnings, &self.from_env),
-            }),
-            _ => Err(ConfigError::Invalid(problems)),
-        }
-    }
-}
-
-fn join(section: &str, key: &str) -> String {
-    if section.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{section}.{key}")
-    }
-}
-
-/// The variable that overrides `key`, as an operator would write it.
-fn env_var_name(key: &str) -> String {
-    format!(
-        "{ENV_PREFIX}{ENV_SEPARATOR}{}",
-        key.replace('.', ENV_SEPARATOR).to_ascii_uppercase()
-    )
-}
-
-/// The field (relative to the table being deserialized) a `config` error is about, and a
-/// message without the crate's `for key … in …` suffix.
-fn describe(error: ::config::ConfigError) -> (Option<String>, String) {
-    match error {
-        ::config::ConfigError::Type {
-            unexpected,
-            expected,
-            key,
-            ..
-        } => (key, format!("expected {expected}, found {unexpected}")),
-        ::config::ConfigError::At { error, key, .. } => (key, describe(*error).1),
-        other => (None, other.to_string()),
-    }
-}
-
-/// The field names serde's derived `Deserialize` expects for `T`: the single source of truth
-/// for "known keys", so a new `Raw*` field can never be reported as unknown.
-fn field_names<T: DeserializeOwned>() -> &'static [&'static str] {
-    struct Probe<'a>(&'a mut &'static [&'static str]);
-
-    impl<'de> de::Deserializer<'de> for Probe<'_> {
-        type Error = de::value::Error;
-
-        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
-            Err(de::Error::custom("not a struct"))
-        }
-
-        fn deserialize_struct<V: Visitor<'de>>(
-            self,
-            _: &'static str,
-            fields: &'static [&'static str],
-            _: V,
-        ) -> Result<V::Value, Self::Error> {
-            *self.0 = fields;
-            Err(de::Error::custom("field names probed"))
-        }
-
-        serde::forward_to_deserialize_any! {
-            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
-            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
-            identifier ignored_any
-        }
-    }
-
-    let mut fields: &'static [&'static str] = &[];
-    let _probed = T::deserialize(Probe(&mut fields));
-    fields
-}
-
-/// Levenshtein distance, for "did you mean" on short key names.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut previous: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut current = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let substitute = previous[j] + usize::from(ca != *cb);
-            current.push(substitute.min(previous[j + 1] + 1).min(current[j] + 1));
-        }
-        previous = current;
-    }
-    previous[b.len()]
-}
-
-// ---------------------------------------------------------------------------------------------
-// Stage 2: RawConfig → Config, every value checked, defaults filled in.
-// ---------------------------------------------------------------------------------------------
-
-impl RawConfig {
-    /// Checks every value, recording each problem; the `Config` is only meaningful (and only
-    /// returned by `Findings::finish`) when no problem was found.
-    fn validate(self, env: &Env, findings: &mut Findings) -> Option<Config> {
-        let RawConfig {
-            server: mut raw_server,
-            upstream: raw_upstream,
-            apps: raw_apps,
-        } = self;
-        // Resolved last, once we know which apps are valid.
-        let default_app = raw_server.default_app.take();
-        let server = validate_server(raw_server, findings);
-        let upstream = validate_upstream(raw_upstream, findings);
-        check_app_names(&raw_apps, findings);
-        let app_names: Vec<String> = raw_apps.keys().cloned().collect();
-        let mut apps = Vec::with_capacity(raw_apps.len());
-        let mut all_apps_valid = true;
-        for (name, raw) in raw_apps {
-            match validate_app(name, raw, env, findings) {
-                Some(app) => apps.push(app),
-                None => all_apps_valid = false,
-            }
-        }
-        warn_shared_key_sources(&apps, findings);
-        let default_app = choose_default_app(default_app, &app_names, &apps, findings)?;
-        all_apps_valid.then_some(Config {
-            server,
-            upstream,
-            apps,
-            default_app,
-        })
-    }
-}
-
-fn validate_server(raw: RawServer, findings: &mut Findings) -> ServerConfig {
-    let allow_non_loopback = raw.allow_non_loopback.unwrap_or(false);
-    let listen = listen_addr(
-        findings,
-        "server.listen",
-        raw.listen,
-        DEFAULT_LISTEN,
-        allow_non_loopback,
-        "it hands out admin power: every request through it is signed as the app admin",
-    );
-    let admin_listen = listen_addr(
-        findings,
-        "server.admin_listen",
-        raw.admin_listen,
-        DEFAULT_ADMIN_LISTEN,
-        allow_non_loopback,
-        "it hands out admin power: it can purge the cache and drain the gateway",
-    );
-    if listen == admin_listen && listen.port() != 0 {
-        findings.problem(
-            "server.admin_listen",
-            format!("{admin_listen} is also server.listen; give the admin port its own address"),
-        );
-    }
-    let max_body_bytes = match raw.max_body_bytes {
-        None => DEFAULT_MAX_BODY_BYTES,
-        Some(bytes) => match usize::try_from(bytes) {
-            Ok(bytes) if (1..=MAX_BODY_BYTES_LIMIT).contains(&bytes) => bytes,
-            _ => {
-                findings.problem(
-                    "server.max_body_bytes",
-                    format!("{bytes} is out of range; give 1 ..= {MAX_BODY_BYTES_LIMIT} (64 MiB)"),
-                );
-                DEFAULT_MAX_BODY_BYTES
-            }
-        },
-    };
-    ServerConfig {
-        listen,
-        admin_listen,
-        allow_non_loopback,
-        max_body_bytes,
-        allow_unknown_commands: raw.allow_unknown_commands.unwrap_or(false),
-    }
-}
-
-fn listen_addr(
-    findings: &mut Findings,
-    key: &str,
-    raw: Option<String>,
-    default: &str,
-    allow_non_loopback: bool,
-    why_loopback: &str,
-) -> SocketAddr {
-    let fallback: SocketAddr = default.parse().expect("default addresses are valid");
-    let Some(text) = raw else {
-        return fallback;
-    };
-    let addr: SocketAddr = match text.trim().parse() {
-        Ok(addr) => addr,
-        Err(_) => {
-            findings.problem(
-                key,
-                format!(
-                    "{text:?} is not an IP address and port such as {default} \
-                     (host names are not resolved)"
-                ),
-            );
-            return fallback;
-        }
-    };
-    if !allow_non_loopback && !addr.ip().to_canonical().is_loopback() {
-        findings.problem(
-            key,
-            format!(
-                "{addr} is not a loopback address, and {why_loopback}; keep 127.0.0.1, or set \
-                 server.allow_non_loopback = true if the network in front restricts who can \
-                 reach it"
-            ),
-        );
-    }
-    addr
-}
-
-fn validate_upstream(raw: RawUpstream, findings: &mut Findings) -> UpstreamConfig {
-    let connect_timeout = duration(
-        findings,
-        "upstream.connect_timeout",
-        raw.connect_timeout,
-        DEFAULT_CONNECT_TIMEOUT,
-    );
-    let request_timeout = duration(
-        findings,
-        "upstream.request_timeout",
-        raw.request_timeout,
-        DEFAULT_REQUEST_TIMEOUT,
-    );
-    if request_timeout <= TENCENT_BACKEND_TIMEOUT {
-        findings.warning(
-            "upstream.request_timeout",
-            format!(
-                "{} is not longer than Tencent's own 3 s backend timeout (reference §1), so \
-                 answers Tencent would still give are cut off; 10s is the default",
-                humantime::format_duration(request_timeout)
-            ),
-        );
-    }
-    let pool_idle_timeout = duration(
-        findings,
-        "upstream.pool_idle_timeout",
-        raw.pool_idle_timeout,
-        DEFAULT_POOL_IDLE_TIMEOUT,
-    );
-    let pool_max_idle_per_host = match raw.pool_max_idle_per_host {
-        None => DEFAULT_POOL_MAX_IDLE_PER_HOST,
-        Some(n) => usize::try_from(n).unwrap_or_else(|_| {
-            findings.problem(
-                "upstream.pool_max_idle_per_host",
-                format!("{n} is too large"),
-            );
-            DEFAULT_POOL_MAX_IDLE_PER_HOST
-        }),
-    };
-    if pool_max_idle_per_host == 0 {
-        findings.warning(
-            "upstream.pool_max_idle_per_host",
-            "0 disables keep-alive reuse: every upstream call pays a TCP and TLS handshake \
-             (Tencent recommends a pool, reference §1)",
-        );
-    }
-    let ca_file = non_empty(raw.ca_file).map(PathBuf::from);
-    let extra_ca_pem = ca_file.as_deref().and_then(|path| read_ca(path, findings));
-    UpstreamConfig {
-        connect_timeout,
-        request_timeout,
-        pool_idle_timeout,
-        pool_max_idle_per_host,
-        ca_file,
-        extra_ca_pem,
-    }
-}
-
-fn read_ca(path: &Path, findings: &mut Findings) -> Option<Vec<u8>> {
-    const KEY: &str = "upstream.ca_file";
-    match read_capped(path, MAX_CA_FILE_BYTES) {
-        Err(e) => {
-            findings.problem(KEY, format!("cannot read {}: {e}", path.display()));
-            None
-        }
-        Ok(pem) if !contains(&pem, PEM_CERTIFICATE_MARKER) => {
-            findings.problem(
-                KEY,
-                format!(
-                    "{} holds no PEM certificate (no \"-----BEGIN CERTIFICATE-----\" line)",
-                    path.display()
-                ),
-            );
-            None
-        }
-        Ok(pem) => Some(pem),
-    }
-}
-
-/// Checks app names, and that environment overrides can reach each app.
-fn check_app_names(apps: &BTreeMap<String, RawApp>, findings: &mut Findings) {
-    let mut seen: BTreeMap<String, &str> = BTreeMap::new();
-    for name in apps.keys() {
-        let key = format!("apps.{name}");
-        let valid_chars = name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-        if name.is_empty() || name.chars().count() > MAX_APP_NAME_CHARS || !valid_chars {
-            findings.problem(
-                key,
-                "an app name must be 1 to 64 characters of A-Z, a-z, 0-9, '_' and '-' \
-                 (it appears in URLs and metric labels)",
-            );
-            continue;
-        }
-        if let Some(other) = seen.insert(name.to_ascii_lowercase(), name) {
-            findings.problem(
-                key,
-                format!(
-                    "differs from [apps.{other}] only in letter case; environment overrides \
-                     are lowercased, so name apps in lowercase"
-                ),
-            );
-        } else if name.chars().any(|c| c.is_ascii_uppercase()) || name.contains(ENV_SEPARATOR) {
-            findings.warning(
-                key,
-                "environment overrides cannot reach this app (variable names are lowercased \
-                 and split at `__`); prefer a lowercase name without `__`",
-            );
-        }
-    }
-}
-
-fn validate_app(
-    name: String,
-    raw: RawApp,
-    env: &Env,
-    findings: &mut Findings,
-) -> Option<AppConfig> {
-    let key = format!("apps.{name}");
-
-    let sdkappid = match raw.sdkappid {
-        Some(id) if id > 0 => Some(id),
-        Some(_) => {
-            findings.problem(format!("{key}.sdkappid"), "must be greater than 0");
-            None
-        }
-        None => {
-            findings.problem(
-                format!("{key}.sdkappid"),
-                "is required: the app's SDKAppID, e.g. 1400000000",
-            );
-            None
-        }
-    };
-
-    let identifier = raw
-        .identifier
-        .unwrap_or_else(|| DEFAULT_IDENTIFIER.to_owned());
-    let identifier_problem = if identifier.is_empty() {
-        Some("must not be empty: it is the app admin account, e.g. \"administrator\"".to_owned())
-    } else if identifier.len() > MAX_IDENTIFIER_BYTES {
-        Some(format!(
-            "is {} bytes; an identifier is at most {MAX_IDENTIFIER_BYTES}",
-            identifier.len()
-        ))
-    } else if identifier.chars().any(char::is_control) {
-        Some("must not contain control characters".to_owned())
-    } else {
-        None
-    };
-    if let Some(message) = identifier_problem {
-        findings.problem(format!("{key}.identifier"), message);
-    }
-
-    let origins = origins(
-        &key,
-        non_empty(raw.region),
-        non_empty(raw.endpoint),
-        findings,
-    );
-    // A key file path of the wrong type was dropped and already reported; falling back to
-    // the variable would report a second, misleading problem.
-    let secret = if findings.has_problem(&format!("{key}.secret_key_file")) {
-        None
-    } else {
-        secret_key(
-            &key,
-            non_empty(raw.secret_key_file),
-            raw.secret_key_env,
-            env,
-            findings,
-        )
-    };
-
-    let lifetime_key = format!("{key}.usersig_lifetime");
-    let usersig_lifetime = duration(
-        findings,
-        &lifetime_key,
-        raw.usersig_lifetime,
-        DEFAULT_USERSIG_LIFETIME,
-    );
-    if usersig_lifetime < MIN_USERSIG_LIFETIME || usersig_lifetime > MAX_USERSIG_LIFETIME {
-        findings.problem(
-            &lifetime_key,
-            format!(
-                "{} is out of range; give 10s ..= 180days",
-                humantime::format_duration(usersig_lifetime)
-            ),
-        );
-    } else if usersig_lifetime.subsec_nanos() != 0 {
-        findings.problem(
-            &lifetime_key,
-            "must be a whole number of seconds (a UserSig's lifetime is in seconds)",
-        );
-    } else if usersig_lifetime < ADVISED_MIN_USERSIG_LIFETIME {
-        findings.warning(
-            &lifetime_key,
-            format!(
-                "{} is short: Tencent advises at least 24h (reference §3), and every \
-                 re-mint is a chance to race an expiry",
-                humantime::format_duration(usersig_lifetime)
-            ),
-        );
-    }
-
-    let (secret_key, secret_key_source) = secret?;
-    Some(AppConfig {
-        name,
-        sdkappid: sdkappid?,
-        identifier,
-        origins: origins?,
-        secret_key,
-        secret_key_source,
-        usersig_lifetime,
-    })
-}
-
-/// Exactly one of `region` and `endpoint` says where the app's upstream is.
-fn origins(
-    key: &str,
-    region: Option<String>,
-    endpoint: Option<String>,
-    findings: &mut Findings,
-) -> Option<Origins> {
-    match (region, endpoint) {
-        (Some(region), None) => match region.parse::<Region>() {
-            Ok(region) => Some(region.origins()),
-            Err(e) => {
-                findings.problem(format!("{key}.region"), e.to_string());
-                None
-            }
-        },
-        (None, Some(endpoint)) => match Origin::parse(endpoint.trim()) {
-            Ok(origin) => {
-                if !origin.is_https() {
-                    findings.warning(
-                        format!("{key}.endpoint"),
-                        "plain http: UserSigs travel unencrypted; use this only for local tests",
-                    );
-                }
-                Some(Origins {
-                    primary: origin,
-                    backup: None,
-                })
-            }
-            Err(message) => {
-                findings.problem(format!("{key}.endpoint"), message);
-                None
-            }
-        },
-        (Some(_), Some(_)) => {
-            findings.problem(
-                format!("{key}.endpoint"),
-                "set either region or endpoint, not both",
-            );
-            None
-        }
-        // A region or endpoint of the wrong type was dropped and already reported.
-        (None, None)
-            if findings.has_problem(&format!("{key}.region"))
-                || findings.has_problem(&format!("{key}.endpoint")) =>
-        {
-            None
-        }
-        (None, None) => {
-            findings.problem(
-                key,
-                "set region (e.g. \"singapore\") or endpoint (e.g. \"https://127.0.0.1:9443\")",
-            );
-            None
-        }
-    }
-}
-
-/// Reads the app's secret key from `secret_key_file`, or else from the variable named by
-/// `secret_key_env`. Messages name the file or variable, never the value.
-fn secret_key(
-    key: &str,
-    file: Option<String>,
-    env_name: Option<String>,
-    env: &Env,
-    findings: &mut Findings,
-) -> Option<(SecretKey, KeySource)> {
-    if let Some(file) = file {
-        let file_key = format!("{key}.secret_key_file");
-        if looks_like_key(&file) {
-            findings.problem(
-                file_key,
-                "looks like a secret key itself, not a path; put the key in a file and give \
-                 that file's path",
-            );
-            return None;
-        }
-        if env_name.is_some() {
-            findings.warning(
-                format!("{key}.secret_key_env"),
-                "ignored: secret_key_file is set and takes precedence",
-            );
-        }
-        let path = PathBuf::from(file);
-        let text = match read_capped(&path, MAX_KEY_FILE_BYTES) {
-            Ok(bytes) => String::from_utf8(bytes).ok(),
-            Err(e) => {
-                findings.problem(file_key, format!("cannot read {}: {e}", path.display()));
-                return None;
-            }
-        };
-        return match text.map(SecretKey::new) {
-            None => {
-                findings.problem(file_key, format!("{} is not UTF-8 text", path.display()));
-                None
-            }
-            Some(secret) if secret.is_empty() => {
-                findings.problem(file_key, format!("{} is empty", path.display()));
-                None
-            }
-            Some(secret) => Some((secret, KeySource::File(path))),
-        };
-    }
-
-    let env_key = format!("{key}.secret_key_env");
-    let name = env_name.unwrap_or_else(|| DEFAULT_SECRET_KEY_ENV.to_owned());
-    if looks_like_key(&name) {
-        findings.problem(
-            env_key,
-            "looks like a secret key itself, not a variable name; put the key in an \
-             environment variable and name that variable here",
-        );
-        return None;
-    }
-    let valid_name = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if !valid_name {
-        findings.problem(
-            env_key,
-            "must name an environment variable: letters, digits and '_', not starting with a \
-             digit",
-        );
-        return None;
-    }
-    match env.get(&name).map(SecretKey::new) {
-        None => {
-            findings.problem(
-                env_key,
-                format!(
-                    "no secret key: environment variable {name} is not set (or set \
-                     secret_key_file)"
-                ),
-            );
-            None
-        }
-        Some(secret) if secret.is_empty() => {
-            findings.problem(
-                env_key,
-                format!("no secret key: environment variable {name} is empty"),
-            );
-            None
-        }
-        Some(secret) => Some((secret, KeySource::Env(name))),
-    }
-}
-
-/// Each SDKAppID has its own secret key, so two apps reading one source is likely a slip.
-fn warn_shared_key_sources(apps: &[AppConfig], findings: &mut Findings) {
-    for (i, app) in apps.iter().enumerate() {
-        if let Some(first) = apps[..i].iter().find(|other| {
-            other.secret_key_source == app.secret_key_source && other.sdkappid != app.sdkappid
-        }) {
-            let field = match app.secret_key_source {
-                KeySource::File(_) => "secret_key_file",
-                KeySource::Env(_) => "secret_key_env",
-            };
-            findings.warning(
-                format!("apps.{}.{field}", app.name),
-                format!(
-                    "reads the same secret key ({}) as apps.{} although their SDKAppIDs \
-                     differ; each SDKAppID has its own key",
-                    app.secret_key_source, first.name
-                ),
-            );
-        }
-    }
-}
-
-/// Resolves `server.default_app`: the named app; else the only app; else the app called
-/// `default`. `None` when that fails (a problem is recorded) or when an app is invalid (it has
-/// its own problem). `names` lists every app written, valid or not.
-fn choose_default_app(
-    named: Option<String>,
-    names: &[String],
-    apps: &[AppConfig],
-    findings: &mut Findings,
-) -> Option<usize> {
-    const KEY: &str = "server.default_app";
-    if names.is_empty() {
-        findings.problem(
-            "apps",
-            "no apps are configured; add an [apps.NAME] table with sdkappid and region",
-        );
-        return None;
-    }
-    let chosen = match non_empty(named) {
-        Some(name) if !names.contains(&name) => {
-            findings.problem(
-                KEY,
-                format!("{name:?} is not one of the apps ({})", names.join(", ")),
-            );
-            return None;
-        }
-        Some(name) => name,
-        None if names.len() == 1 => names[0].clone(),
-        None if names.iter().any(|name| name == "default") => "default".to_owned(),
-        None => {
-            findings.problem(
-                KEY,
-                format!(
-                    "several apps ({}) and no default_app; set server.default_app or name \
-                     one app \"default\"",
-                    names.join(", ")
-                ),
-            );
-            return None;
-        }
-    };
-    apps.iter().position(|app| app.name == chosen)
-}
-
-/// A humantime duration such as `5s`, `250ms` or `24h`; zero is refused.
-fn duration(
-    findings: &mut Findings,
-    key: &str,
-    raw: Option<String>,
-    default: Duration,
-) -> Duration {
-    let Some(text) = raw else {
-        return default;
-    };
-    match humantime::parse_duration(text.trim()) {
-        Ok(d) if d.is_zero() => {
-            findings.problem(key, format!("{text:?} is zero; give a positive duration"));
-            default
-        }
-        Ok(d) => d,
-        Err(e) => {
-            findings.problem(
-                key,
-                format!(
-                    "{text:?} is not a duration ({e}); write e.g. \"5s\", \"250ms\" or \"24h\""
-                ),
-            );
-            default
-        }
-    }
-}
-
-/// Whether `text` is shaped like a Tencent secret key (64 hex characters, reference §3) rather
-/// than a path or a variable name: 32 or more hex digits and nothing else.
-fn looks_like_key(text: &str) -> bool {
-    let text = text.trim();
-    text.len() >= 32 && text.chars().all(|c| c.is_ascii_hexdigit())
-}
-
 /// Replaces every run of 32 or more hex digits with `<redacted>`, so a key pasted into the
 /// wrong field is not echoed by a message that quotes the field's value.
 fn redact_key_like(text: &str) -> String {
@@ -1293,33 +501,6 @@ fn redact_key_like(text: &str) -> String {
     }
     flush(&mut run, &mut out);
     out
-}
-
-/// An empty string counts as unset, so an environment override can clear a file's value.
-fn non_empty(value: Option<String>) -> Option<String> {
-    value.filter(|v| !v.trim().is_empty())
-}
-
-/// Reads at most `limit` bytes, failing beyond that (a wrong path such as `/dev/zero` must not
-/// hang startup).
-fn read_capped(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(limit + 1)
-        .read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > limit {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("larger than {limit} bytes"),
-        ));
-    }
-    Ok(bytes)
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|window| window == needle)
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
+use crate::throttle::ThrottleError;
 use crate::upstream::UpstreamError;
 
 /// First code of the gateway's own range; every [`GatewayError`] code lies in
@@ -37,7 +38,7 @@ pub fn envelope(action_status: &str, error_info: &str, error_code: i64) -> Vec<u
 }
 
 /// Everything that makes the gateway answer on its own instead of relaying Tencent's answer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum GatewayError {
     #[error("no such route: use POST /v4/{{service}}/{{command}} or /apps/{{app}}/v4/{{service}}/{{command}}")]
     NoRoute,
@@ -67,6 +68,10 @@ pub enum GatewayError {
     UpstreamHttpStatus(u16),
     #[error("the gateway is shutting down")]
     Draining,
+    #[error("{0}")]
+    Throttled(ThrottleError),
+    #[error("bad admin request: {0}")]
+    BadAdminRequest(String),
 }
 
 impl GatewayError {
@@ -88,6 +93,9 @@ impl GatewayError {
                 GatewayError::UpstreamProtocol(_) => 5003,
                 GatewayError::UpstreamHttpStatus(_) => 5004,
                 GatewayError::Draining => 5005,
+                GatewayError::Throttled(ThrottleError::LockedOut { .. }) => 5006,
+                GatewayError::Throttled(_) => 4010,
+                GatewayError::BadAdminRequest(_) => 4011,
             }
     }
 
@@ -100,13 +108,18 @@ impl GatewayError {
             GatewayError::InvalidJson(_)
             | GatewayError::NotAnObject
             | GatewayError::EmptyBody
-            | GatewayError::ClientBody => StatusCode::BAD_REQUEST,
+            | GatewayError::ClientBody
+            | GatewayError::BadAdminRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::UpstreamConnect(_)
             | GatewayError::UpstreamProtocol(_)
             | GatewayError::UpstreamHttpStatus(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Throttled(ThrottleError::LockedOut { .. }) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            GatewayError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -124,13 +137,27 @@ impl GatewayError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if let GatewayError::MethodNotAllowed { allows_get } = self {
-            headers.insert(
-                header::ALLOW,
-                HeaderValue::from_static(if allows_get { "POST, GET" } else { "POST" }),
-            );
+        match self {
+            GatewayError::MethodNotAllowed { allows_get } => {
+                headers.insert(
+                    header::ALLOW,
+                    HeaderValue::from_static(if allows_get { "POST, GET" } else { "POST" }),
+                );
+            }
+            GatewayError::Throttled(throttled) => {
+                // Whole seconds, rounded up, at least 1 (RFC 9110 §10.2.3).
+                let secs = throttled.retry_after().as_secs_f64().ceil().max(1.0) as u64;
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            _ => {}
         }
         response
+    }
+}
+
+impl From<ThrottleError> for GatewayError {
+    fn from(error: ThrottleError) -> Self {
+        GatewayError::Throttled(error)
     }
 }
 
@@ -167,6 +194,13 @@ mod tests {
             GatewayError::UpstreamProtocol("x".into()),
             GatewayError::UpstreamHttpStatus(502),
             GatewayError::Draining,
+            GatewayError::Throttled(ThrottleError::Saturated {
+                retry_after: std::time::Duration::from_millis(1),
+            }),
+            GatewayError::Throttled(ThrottleError::LockedOut {
+                retry_after: std::time::Duration::from_secs(60),
+            }),
+            GatewayError::BadAdminRequest("x".into()),
         ];
         let mut codes: Vec<i64> = errors.iter().map(GatewayError::code).collect();
         codes.sort_unstable();

@@ -1,6 +1,7 @@
 //! tim-gateway: a caching, signing, quota-keeping reverse proxy for Tencent Cloud Chat's REST API.
 //!
 //! - [`admin`]: `/healthz`, `/readyz` on the admin listener.
+//! - [`cache`]: answer cache: canonical keys, freshness, single flight, invalidation.
 //! - [`catalogue`]: the known commands, their access and quotas.
 //! - [`cli`]: the subcommands behind the binary.
 //! - [`config`]: TOML file + `TIM_GATEWAY__…` env overrides → validated `Config`, all problems at once.
@@ -13,11 +14,13 @@
 //! - [`server`]: accept loop, HTTP/1.1 serving, graceful drain.
 //! - [`shutdown`]: SIGTERM / SIGINT.
 //! - [`signer`]: per-app admin UserSig, re-minted early.
+//! - [`throttle`]: per-(app, command) upstream budget below Tencent's quota.
 //! - [`upstream`]: pooled HTTPS client to Tencent, signed URL.
 //! - [`usersig`]: mint and verify TLSSigAPIv2 UserSigs (pure).
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod cache;
 pub mod catalogue;
 pub mod cli;
 pub mod config;
@@ -30,5 +33,6 @@ pub mod sandbox;
 pub mod server;
 pub mod shutdown;
 pub mod signer;
+pub mod throttle;
 pub mod upstream;
 pub mod usersig;

@@ -1,106 +1,80 @@
 //! The client-facing handler: one request in, one answer out, as a row of named phases.
 //!
-//! `route` → `read_body` → `sign` + `forward` → `classify` → `respond` (PRODUCT.md, "What it
-//! does for a request"). Each phase returns early with a [`GatewayError`] that becomes
-//! Tencent's envelope; Tencent's own answers are relayed unchanged.
+//! `route` → `read_body` → `lookup` (cacheable reads) → `forward` (throttle, sign, send,
+//! classify, retry; in [`forward`]) → `respond` (PRODUCT.md, "What it does for a request").
+//! Each phase returns early with a [`GatewayError`] that becomes Tencent's envelope; Tencent's
+//! own answers are relayed unchanged, with `X-Cache` and `Age`.
+
+mod forward;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Method, Request, Response};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use tokio::time::Instant;
 
-use crate::catalogue::{Access, Catalogue};
+pub use forward::{App, CommandRuntime, Outcome, RetrySettings, Shared, Target};
+
+use crate::cache::{
+    canonical_body, CacheKey, CachePolicy, Cached, FlightResult, Join, Lookup, ResponseCache,
+};
+use crate::catalogue::{Access, Catalogue, DEFAULT_INVALIDATIONS};
 use crate::config::Config;
 use crate::error::GatewayError;
-use crate::region::Origins;
 use crate::route::parse_path;
 use crate::signer::Signer;
-use crate::upstream::{SignedCall, UpstreamClient, UpstreamError, UpstreamResponse};
+use crate::throttle::{BudgetSpec, Throttle};
+use crate::upstream::{UpstreamClient, UpstreamResponse};
 
-/// Seconds between two loud log lines about one app's configuration problem, so a wrong key
-/// under load does not flood the log.
-const CONFIG_ALARM_INTERVAL_SECS: u64 = 10;
+/// The cache policy of commands the catalogue marks cacheable, unless the config overrides it.
+pub const DEFAULT_CACHE_POLICY: CachePolicy = CachePolicy {
+    ttl: Duration::from_secs(5),
+    stale_while_revalidate: Duration::from_secs(25),
+    stale_if_error: Duration::from_secs(300),
+};
 
-/// One configured app at run time.
-#[derive(Debug)]
-pub struct App {
-    pub name: String,
-    pub origins: Origins,
-    pub signer: Signer,
-    /// Unix second of the last configuration alarm logged for this app.
-    last_alarm: AtomicU64,
-}
-
-/// What `route` decided.
-#[derive(Debug, Clone, Copy)]
-struct Route<'a> {
-    app: usize,
-    /// `service/command` as the client wrote it (validated alphabet).
-    command: &'a str,
-    access: Access,
-}
-
-/// How Tencent's ErrorCode shapes what happens next (reference §6).
+/// What the cache did for a request: the `X-Cache` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Success,
-    /// 70001/70052: re-mint the UserSig and retry once.
-    UserSigExpired,
-    /// A configuration or operations fault: log it loudly, pass it through, never retry.
-    ConfigError(&'static str),
-    /// Anything else: the caller's fault or Tencent's; relayed as it is.
-    Other,
+pub enum CacheStatus {
+    Hit,
+    Miss,
+    Stale,
+    Bypass,
 }
 
-impl Outcome {
-    pub fn of(error_code: i64) -> Outcome {
-        match error_code {
-            0 => Outcome::Success,
-            70001 | 70052 => Outcome::UserSigExpired,
-            70003 | 70005 | 70009 | 70013 | 70014 => Outcome::ConfigError(
-                "Tencent rejected the admin UserSig: the secret key, sdkappid or identifier is wrong; \
-                 the gateway will not retry (repeated failures lock the app out with 70050)",
-            ),
-            70016 | 70020 => Outcome::ConfigError(
-                "Tencent does not know this sdkappid or key here: usually the wrong region's domain",
-            ),
-            10008 | 60010 | 70403 => Outcome::ConfigError(
-                "the configured identifier is not an app admin (or the request is invalid for it)",
-            ),
-            70050 => Outcome::ConfigError(
-                "Tencent locked the app out for 60 s after too many failed UserSig checks",
-            ),
-            60006 | 60016 | 60020 | 60021 => Outcome::ConfigError(
-                "the SDKAppID is invalid, disabled, out of plan, or this caller's IP is not allowed",
-            ),
-            _ => Outcome::Other,
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "HIT",
+            CacheStatus::Miss => "MISS",
+            CacheStatus::Stale => "STALE",
+            CacheStatus::Bypass => "BYPASS",
         }
     }
+}
+
+/// What goes back to the client.
+enum Reply {
+    Upstream(UpstreamResponse),
+    Cached(Arc<Cached>),
+    Error(GatewayError),
 }
 
 /// The gateway's request handler.
 #[derive(Debug)]
 pub struct Proxy {
-    apps: Vec<App>,
-    /// App name → index into `apps`.
+    shared: Arc<Shared>,
+    /// App name → index into `shared.apps`.
     app_index: HashMap<String, usize>,
     default_app: usize,
-    catalogue: Catalogue,
-    upstream: UpstreamClient,
     max_body_bytes: usize,
     allow_unknown_commands: bool,
-}
-
-impl std::fmt::Debug for UpstreamClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("UpstreamClient")
-    }
 }
 
 /// JSON-object check that allocates nothing: walks the object and discards every value.
@@ -123,17 +97,80 @@ impl<'de> serde::Deserialize<'de> for JsonObject {
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+/// Per-command runtime settings: catalogue defaults, then the config's cache rules.
+fn command_runtime(catalogue: &Catalogue, config: &Config) -> Vec<CommandRuntime> {
+    let mut commands: Vec<CommandRuntime> = catalogue
+        .iter()
+        .map(|(_, spec)| CommandRuntime {
+            cache: spec.is_cacheable.then_some(DEFAULT_CACHE_POLICY),
+            invalidates: Vec::new(),
+        })
+        .collect();
+    // read index → write indices that invalidate it.
+    let mut invalidated_by: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (read, writes) in DEFAULT_INVALIDATIONS {
+        if let Some(read) = catalogue.lookup(read) {
+            let writes = writes.iter().filter_map(|w| catalogue.lookup(w));
+            invalidated_by.insert(read.index(), writes.map(|w| w.index()).collect());
+        }
+    }
+    // Config rules replace the defaults of their command (validated by `config`).
+    for rule in &config.cache.rules {
+        let Some(read) = catalogue.lookup(&rule.command) else {
+            continue;
+        };
+        commands[read.index()].cache = rule.enabled.then_some(CachePolicy {
+            ttl: rule.ttl,
+            stale_while_revalidate: rule.stale_while_revalidate,
+            stale_if_error: rule.stale_if_error,
+        });
+        let writes = rule
+            .invalidated_by
+            .iter()
+            .filter_map(|w| catalogue.lookup(w));
+        invalidated_by.insert(read.index(), writes.map(|w| w.index()).collect());
+    }
+    for (read, writes) in invalidated_by {
+        if commands[read].cache.is_none() {
+            continue;
+        }
+        for write in writes {
+            commands[write].invalidates.push(read);
+        }
+    }
+    commands
+}
+
+fn budget_specs(catalogue: &Catalogue, config: &Config) -> (Vec<BudgetSpec>, BudgetSpec) {
+    let t = &config.throttle;
+    let spec = |quota: u32| BudgetSpec {
+        quota,
+        safety_margin: t.safety_margin,
+        burst: t.burst,
+        max_wait: t.max_wait,
+        max_waiters: t.max_waiters,
+    };
+    let specs = catalogue
+        .iter()
+        .map(|(_, command)| {
+            let quota = t
+                .quotas
+                .iter()
+                .find(|q| q.command == command.name)
+                .map(|q| q.per_second)
+                .or(command.quota_per_second)
+                .unwrap_or(t.default_quota);
+            spec(quota)
+        })
+        .collect();
+    (specs, spec(t.default_quota))
 }
 
 impl Proxy {
     /// Builds the handler from a validated config and a shared upstream client; mints every
-    /// app's first UserSig.
+    /// app's first UserSig and starts the cache's housekeeping (needs a tokio runtime).
     pub fn new(config: &Config, upstream: UpstreamClient) -> Self {
+        let catalogue = Catalogue::builtin();
         let apps: Vec<App> = config
             .apps
             .iter()
@@ -154,19 +191,69 @@ impl Proxy {
             .enumerate()
             .map(|(i, app)| (app.name.clone(), i))
             .collect();
-        Proxy {
+        let (command_specs, other_spec) = budget_specs(&catalogue, config);
+        let shared = Shared {
+            throttle: Throttle::new(apps.len(), &command_specs, other_spec),
+            cache: ResponseCache::new(
+                config.cache.max_bytes,
+                apps.len() as u32,
+                catalogue.len() as u32,
+            ),
+            commands: command_runtime(&catalogue, config),
             apps,
+            catalogue,
+            upstream,
+            retry: RetrySettings {
+                max_retries: config.upstream.max_retries,
+                base_delay: config.upstream.retry_base_delay,
+                deadline: config.upstream.deadline,
+                backoff_base: config.throttle.backoff_base,
+                backoff_max: config.throttle.backoff_max,
+            },
+        };
+        Proxy {
+            shared: Arc::new(shared),
             app_index,
             default_app: config.default_app,
-            catalogue: Catalogue::builtin(),
-            upstream,
             max_body_bytes: config.server.max_body_bytes,
             allow_unknown_commands: config.server.allow_unknown_commands,
         }
     }
 
     pub fn apps(&self) -> &[App] {
-        &self.apps
+        &self.shared.apps
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Purges cached answers: all, or those of one app and/or one command (admin endpoint).
+    ///
+    /// # Errors
+    /// The app or command is unknown; the message names it.
+    pub fn purge(&self, app: Option<&str>, command: Option<&str>) -> Result<(), String> {
+        let app = match app {
+            Some(name) => Some(
+                *self
+                    .app_index
+                    .get(name)
+                    .ok_or_else(|| format!("unknown app {name:?}"))? as u32,
+            ),
+            None => None,
+        };
+        let command = match command {
+            Some(name) => Some(
+                self.shared
+                    .catalogue
+                    .lookup(name)
+                    .ok_or_else(|| format!("unknown command {name:?}"))?
+                    .index() as u32,
+            ),
+            None => None,
+        };
+        self.shared.cache.invalidate_where(app, command);
+        Ok(())
     }
 
     /// Answers one client request. Never fails: every error becomes an envelope.
@@ -177,85 +264,63 @@ impl Proxy {
     {
         let started = Instant::now();
         let (parts, body) = request.into_parts();
-        let route = match self.route(&parts.method, parts.uri.path()) {
-            Ok(route) => route,
-            Err(error) => return self.reject(error, &parts, started),
+        let target = match self.route(&parts.method, parts.uri.path()) {
+            Ok(target) => target,
+            Err(error) => return reject(error, &parts, started),
         };
-        let body = match self.read_body(&route, &parts.headers, body).await {
+        let body = match self.read_body(&target, &parts.headers, body).await {
             Ok(body) => body,
-            Err(error) => return self.reject(error, &parts, started),
+            Err(error) => return reject(error, &parts, started),
         };
-        let answer = self.forward(&route, body).await;
-        let app = &self.apps[route.app];
-        match answer {
-            Ok(upstream) => {
-                tracing::info!(
-                    app = %app.name,
-                    command = route.command,
-                    status = upstream.status.as_u16(),
-                    error_code = upstream.error_code,
-                    latency_us = started.elapsed().as_micros() as u64,
-                    "relayed"
-                );
-                respond(upstream.status, upstream.body)
+        let deadline = started + self.shared.retry.deadline;
+        let policy = target.id.and_then(|id| self.shared.commands[id].cache);
+        let (reply, status) = match policy {
+            Some(policy) => self.lookup(&target, body, policy, deadline).await,
+            None => {
+                let result = self.shared.forward(&target, body, deadline).await;
+                if matches!(&result, Ok(r) if r.error_code == 0) {
+                    self.shared.invalidate_after_write(&target);
+                }
+                (into_reply(result), CacheStatus::Bypass)
             }
-            Err(error) => {
-                tracing::warn!(
-                    app = %app.name,
-                    command = route.command,
-                    status = error.status().as_u16(),
-                    error_code = error.code(),
-                    latency_us = started.elapsed().as_micros() as u64,
-                    error = %error,
-                    "upstream failed"
-                );
-                error.into_response()
-            }
-        }
-    }
-
-    fn reject(
-        &self,
-        error: GatewayError,
-        parts: &http::request::Parts,
-        started: Instant,
-    ) -> Response<Full<Bytes>> {
-        tracing::info!(
-            method = %parts.method,
-            status = error.status().as_u16(),
-            error_code = error.code(),
-            latency_us = started.elapsed().as_micros() as u64,
-            error = %error,
-            "rejected"
-        );
-        error.into_response()
+        };
+        respond(
+            &self.shared.apps[target.app].name,
+            &target,
+            reply,
+            status,
+            started,
+        )
     }
 
     /// In this phase the path names an app and a command. An early return means no such route,
     /// app or command (404), or a method the command does not take (405).
-    fn route<'a>(&self, method: &Method, path: &'a str) -> Result<Route<'a>, GatewayError> {
+    fn route<'a>(&self, method: &Method, path: &'a str) -> Result<Target<'a>, GatewayError> {
         let parsed = parse_path(path).ok_or(GatewayError::NoRoute)?;
         let app = match parsed.app {
             Some(name) => *self.app_index.get(name).ok_or(GatewayError::UnknownApp)?,
             None => self.default_app,
         };
         // Commands outside the catalogue are treated as writes: never cached, never retried.
-        let (access, is_cacheable) = match self.catalogue.lookup(parsed.command) {
-            Some(id) => {
-                let spec = self.catalogue.spec(id);
-                (spec.access, spec.is_cacheable)
-            }
-            None if self.allow_unknown_commands => (Access::Write, false),
+        let (id, access, is_cacheable) = match self.shared.catalogue.lookup(parsed.command) {
+            Some(id) => (
+                Some(id.index()),
+                self.shared.catalogue.spec(id).access,
+                self.shared.commands[id.index()].cache.is_some(),
+            ),
+            None if self.allow_unknown_commands => (None, Access::Write, false),
             None => return Err(GatewayError::UnknownCommand(parsed.command.to_owned())),
         };
         // A plain GET is accepted for cacheable reads, so `curl URL` works (PRODUCT.md).
-        let allows_get = is_cacheable;
-        if *method != Method::POST && !(allows_get && *method == Method::GET) {
-            return Err(GatewayError::MethodNotAllowed { allows_get });
+        if *method != Method::POST && !(is_cacheable && *method == Method::GET) {
+            return Err(GatewayError::MethodNotAllowed {
+                allows_get: is_cacheable,
+            });
         }
-        Ok(Route {
+        Ok(Target {
             app,
             command: parsed.command,
+            id,
             access,
         })
     }
@@ -264,7 +329,7 @@ impl Proxy {
     /// return means it was too large (413), unreadable, not JSON, or not an object (400).
     async fn read_body<B>(
         &self,
-        route: &Route<'_>,
+        target: &Target<'_>,
         headers: &http::HeaderMap,
         body: B,
     ) -> Result<Bytes, GatewayError>
@@ -290,7 +355,7 @@ impl Proxy {
         };
         if bytes.iter().all(u8::is_ascii_whitespace) {
             // Tencent never takes an empty body (reference §1); for a read it means `{}`.
-            return match route.access {
+            return match target.access {
                 Access::Read => Ok(Bytes::from_static(b"{}")),
                 Access::Write => Err(GatewayError::EmptyBody),
             };
@@ -304,82 +369,186 @@ impl Proxy {
         }
     }
 
-    /// In this phase the call is signed with the app's current UserSig and sent. If Tencent
-    /// says the UserSig expired or was revoked (70001/70052), it is re-minted and the call
-    /// sent once more: such a call was refused before Tencent acted on it, so this holds for
-    /// writes too. An early return is an upstream failure (502/504).
-    async fn forward(
+    /// In this phase a cacheable read is answered from the cache when it can be: fresh → HIT;
+    /// stale within `stale_while_revalidate` → STALE plus one background refresh; otherwise the
+    /// caller joins the key's single flight, and a failure falls back to an entry still within
+    /// `stale_if_error`.
+    async fn lookup(
         &self,
-        route: &Route<'_>,
+        target: &Target<'_>,
         body: Bytes,
-    ) -> Result<UpstreamResponse, GatewayError> {
-        let app = &self.apps[route.app];
-        let mut minted = app.signer.current();
-        let mut is_retry = false;
-        loop {
-            let call = SignedCall {
-                origins: &app.origins,
-                command: route.command,
-                sdkappid: app.signer.sdkappid(),
-                identifier: app.signer.identifier(),
-                usersig: &minted.usersig,
-                body: body.clone(),
-            };
-            let response = self
-                .upstream
-                .call(&call)
-                .await
-                .map_err(|e: UpstreamError| GatewayError::from(e))?;
-            match self.classify(app, route, &response) {
-                Outcome::UserSigExpired if !is_retry => {
-                    tracing::info!(
-                        app = %app.name,
-                        error_code = response.error_code,
-                        "Tencent refused the UserSig as expired; re-minting and retrying once"
-                    );
-                    minted = app.signer.remint_after_rejection(minted.generation);
-                    is_retry = true;
-                }
-                _ => return Ok(response),
+        policy: CachePolicy,
+        deadline: Instant,
+    ) -> (Reply, CacheStatus) {
+        let id = target.id.expect("only catalogue commands are cacheable");
+        let key = match canonical_body(&body) {
+            Ok(canonical) => CacheKey {
+                app: target.app as u32,
+                command: id as u32,
+                body: canonical,
+            },
+            Err(error) => {
+                return (
+                    Reply::Error(GatewayError::InvalidJson(error.to_string())),
+                    CacheStatus::Bypass,
+                )
             }
+        };
+        let fallback = match self
+            .shared
+            .cache
+            .lookup(&key, &policy, Instant::now())
+            .await
+        {
+            Lookup::Fresh(cached) => return (Reply::Cached(cached), CacheStatus::Hit),
+            Lookup::Stale(cached) => {
+                self.refresh(key, target, body, policy);
+                return (Reply::Cached(cached), CacheStatus::Stale);
+            }
+            Lookup::Miss { fallback } => fallback,
+        };
+        let result = self.fetch(key, target, body, policy, deadline).await;
+        let is_failure = match &result {
+            Ok(response) => Outcome::of(response.error_code).is_upstream_failure(),
+            Err(_) => true,
+        };
+        match fallback {
+            Some(stale) if is_failure => (Reply::Cached(stale), CacheStatus::Stale),
+            _ => (into_reply(result), CacheStatus::Miss),
         }
     }
 
-    /// In this phase Tencent's ErrorCode is read for what it means to the gateway. Config
-    /// errors are logged loudly (at most once per app every few seconds) and passed through.
-    fn classify(&self, app: &App, route: &Route<'_>, response: &UpstreamResponse) -> Outcome {
-        let outcome = Outcome::of(response.error_code);
-        if let Outcome::ConfigError(explanation) = outcome {
-            let now = unix_now();
-            let last = app.last_alarm.load(Ordering::Relaxed);
-            if now >= last + CONFIG_ALARM_INTERVAL_SECS
-                && app
-                    .last_alarm
-                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
-            {
-                tracing::error!(
-                    app = %app.name,
-                    sdkappid = app.signer.sdkappid(),
-                    command = route.command,
-                    error_code = response.error_code,
-                    "configuration error: {explanation}"
-                );
+    /// Joins (or leads) the single flight for `key` and waits for its result. The fetch runs as
+    /// its own task: this caller going away neither cancels nor repeats it.
+    async fn fetch(
+        &self,
+        key: CacheKey,
+        target: &Target<'_>,
+        body: Bytes,
+        policy: CachePolicy,
+        deadline: Instant,
+    ) -> FlightResult {
+        let waiter = match self.shared.cache.join(&key) {
+            Join::Follower(waiter) => waiter,
+            Join::Leader(flight) => {
+                let waiter = flight.waiter();
+                // A flight may have stored its answer between our miss and our registration.
+                if let Lookup::Fresh(cached) = self
+                    .shared
+                    .cache
+                    .lookup(&key, &policy, Instant::now())
+                    .await
+                {
+                    flight.complete_from_cache(&cached);
+                } else {
+                    self.spawn_fetch(flight, target, body, policy, deadline);
+                }
+                waiter
             }
+        };
+        waiter.wait().await
+    }
+
+    /// Starts a background refresh of a stale entry unless one is already running.
+    fn refresh(&self, key: CacheKey, target: &Target<'_>, body: Bytes, policy: CachePolicy) {
+        if let Join::Leader(flight) = self.shared.cache.join(&key) {
+            let deadline = Instant::now() + self.shared.retry.deadline;
+            self.spawn_fetch(flight, target, body, policy, deadline);
         }
-        outcome
+    }
+
+    fn spawn_fetch(
+        &self,
+        flight: crate::cache::Flight,
+        target: &Target<'_>,
+        body: Bytes,
+        policy: CachePolicy,
+        deadline: Instant,
+    ) {
+        let shared = Arc::clone(&self.shared);
+        let id = target.id.expect("only catalogue commands are cacheable");
+        let app = target.app;
+        let access = target.access;
+        tokio::spawn(async move {
+            let target = Target {
+                app,
+                command: shared.catalogue.spec_at(id).name,
+                id: Some(id),
+                access,
+            };
+            let result = shared.forward(&target, body, deadline).await;
+            flight.complete(result, policy).await;
+        });
     }
 }
 
-/// In this phase Tencent's answer goes back unchanged: its status and its JSON body.
-fn respond(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body));
-    *response.status_mut() = status;
+fn into_reply(result: FlightResult) -> Reply {
+    match result {
+        Ok(response) => Reply::Upstream(response),
+        Err(error) => Reply::Error(error),
+    }
+}
+
+fn reject(
+    error: GatewayError,
+    parts: &http::request::Parts,
+    started: Instant,
+) -> Response<Full<Bytes>> {
+    tracing::info!(
+        method = %parts.method,
+        status = error.status().as_u16(),
+        error_code = error.code(),
+        latency_us = started.elapsed().as_micros() as u64,
+        error = %error,
+        "rejected"
+    );
+    error.into_response()
+}
+
+/// In this phase the answer goes back: Tencent's status and JSON body unchanged (from the
+/// upstream or the cache), or a gateway error envelope; plus `X-Cache` and `Age`.
+fn respond(
+    app: &str,
+    target: &Target<'_>,
+    reply: Reply,
+    cache_status: CacheStatus,
+    started: Instant,
+) -> Response<Full<Bytes>> {
+    let (mut response, error_code, age) = match reply {
+        Reply::Upstream(upstream) => {
+            let mut response = Response::new(Full::new(upstream.body));
+            *response.status_mut() = upstream.status;
+            (response, upstream.error_code, Some(0))
+        }
+        Reply::Cached(cached) => {
+            let mut response = Response::new(Full::new(cached.body.clone()));
+            *response.status_mut() = cached.status;
+            (response, 0, Some(cached.age(Instant::now()).as_secs()))
+        }
+        Reply::Error(error) => {
+            tracing::warn!(app, command = target.command, error = %error, "upstream failed");
+            let code = error.code();
+            (error.into_response(), code, None)
+        }
+    };
+    let status = response.status();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    headers.insert("x-cache", HeaderValue::from_static("BYPASS"));
+    headers.insert("x-cache", HeaderValue::from_static(cache_status.as_str()));
+    if let (Some(age), true) = (age, cache_status != CacheStatus::Bypass) {
+        headers.insert(header::AGE, HeaderValue::from(age));
+    }
+    tracing::info!(
+        app,
+        command = target.command,
+        cache = %cache_status.as_str(),
+        status = status.as_u16(),
+        error_code,
+        latency_us = started.elapsed().as_micros() as u64,
+        "request"
+    );
     response
 }

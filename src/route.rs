@@ -1,4 +1,5 @@
-//! Client path → which app and which `service/command`, borrowing from the path.
+//! Client path → which app and which `service/command`, borrowing from the path; query
+//! strings (admin endpoints, the sandbox) → decoded pairs.
 //!
 //! Two shapes (PRODUCT.md, "Interfaces"): `/v4/{service}/{command}` for the default app and
 //! `/apps/{app}/v4/{service}/{command}` for a named one. Segments are restricted to Tencent's
@@ -49,6 +50,57 @@ pub fn parse_path(path: &str) -> Option<ParsedPath<'_>> {
     Some(ParsedPath { app, command })
 }
 
+/// Splits a raw query string into percent-decoded `(name, value)` pairs, in the order received.
+pub fn parse_query(raw: &str) -> Vec<(String, String)> {
+    raw.split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(name), percent_decode(value))
+        })
+        .collect()
+}
+
+/// Form-style decoding: `%XX` is a byte and `+` a space. A `%` not followed by two hex digits
+/// stays as it is, and bytes that are not UTF-8 become U+FFFD, so no input is an error.
+fn percent_decode(s: &str) -> String {
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let pair = bytes
+                    .get(i + 1)
+                    .copied()
+                    .and_then(hex)
+                    .zip(bytes.get(i + 2).copied().and_then(hex));
+                match pair {
+                    Some((hi, lo)) => {
+                        // Two hex digits are at most 0xFF, so the cast is lossless.
+                        out.push((hi * 16 + lo) as u8);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            other => {
+                out.push(other);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,6 +138,26 @@ mod tests {
         for (path, expected) in cases {
             let got = parse_path(path).map(|p| (p.app, p.command));
             assert_eq!(got, *expected, "{path}");
+        }
+    }
+
+    /// Query values are form-decoded in order, and malformed escapes never fail.
+    #[test]
+    fn parse_query_decodes_in_order() {
+        let cases: [(&str, &[(&str, &str)]); 6] = [
+            ("a=1&b=2", &[("a", "1"), ("b", "2")]),
+            ("x=%61b%2Fc&y=a+b", &[("x", "ab/c"), ("y", "a b")]),
+            ("flag&&z=", &[("flag", ""), ("z", "")]),
+            ("bad=%zz%4", &[("bad", "%zz%4")]),
+            ("u=%C3%A9%FF", &[("u", "é\u{FFFD}")]),
+            ("", &[]),
+        ];
+        for (raw, expected) in cases {
+            let expected: Vec<(String, String)> = expected
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect();
+            assert_eq!(parse_query(raw), expected, "{raw}");
         }
     }
 }

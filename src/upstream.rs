@@ -97,6 +97,14 @@ pub struct UpstreamClient {
     request_timeout: Duration,
 }
 
+impl std::fmt::Debug for UpstreamClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamClient")
+            .field("request_timeout", &self.request_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
 impl UpstreamClient {
     /// # Errors
     /// The extra CA PEM holds no certificate rustls accepts.
@@ -153,11 +161,24 @@ impl UpstreamClient {
     /// [`UpstreamError`] when no usable answer arrived; Tencent's own error codes are not
     /// errors here, they are in [`UpstreamResponse::error_code`].
     pub async fn call(&self, call: &SignedCall<'_>) -> Result<UpstreamResponse, UpstreamError> {
-        match self.call_origin(&call.origins.primary, call).await {
+        self.call_within(call, self.request_timeout).await
+    }
+
+    /// [`call`](Self::call) with a shorter timeout, e.g. what is left of a client's deadline.
+    ///
+    /// # Errors
+    /// As for `call`.
+    pub async fn call_within(
+        &self,
+        call: &SignedCall<'_>,
+        timeout: Duration,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let timeout = timeout.min(self.request_timeout);
+        match self.call_origin(&call.origins.primary, call, timeout).await {
             Err(UpstreamError::Connect(reason)) => match &call.origins.backup {
                 Some(backup) => {
                     tracing::warn!(%reason, backup = %backup, "main Tencent domain unreachable; trying the backup domain");
-                    self.call_origin(backup, call).await
+                    self.call_origin(backup, call, timeout).await
                 }
                 None => Err(UpstreamError::Connect(reason)),
             },
@@ -169,6 +190,7 @@ impl UpstreamClient {
         &self,
         origin: &Origin,
         call: &SignedCall<'_>,
+        timeout: Duration,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let uri = signed_uri(origin, call, rand::random::<u32>());
         let mut request = Request::new(Full::new(call.body.clone()));
@@ -199,9 +221,9 @@ impl UpstreamClient {
                 .to_bytes();
             Ok::<_, UpstreamError>((parts.status, body))
         };
-        let (status, body) = tokio::time::timeout(self.request_timeout, exchange)
+        let (status, body) = tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|_| UpstreamError::Timeout(self.request_timeout))??;
+            .map_err(|_| UpstreamError::Timeout(timeout))??;
         match serde_json::from_slice::<Envelope>(&body) {
             Ok(Envelope {
                 error_code: Some(error_code),

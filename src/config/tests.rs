@@ -1,4 +1,8 @@
+use super::raw::{
+    field_names, RawApp, RawCache, RawCacheRule, RawQuota, RawServer, RawThrottle, RawUpstream,
+};
 use super::*;
+use crate::region::Region;
 
 /// A distinctive key, so a test can search any output for it.
 const SECRET: &str = "s3cret-5bd2850fff3ecb11d7c805251c51ee46-never-printed";
@@ -74,6 +78,140 @@ fn defaults_fill_every_absent_key() {
     assert_eq!(config.app_index("Main"), None);
 }
 
+/// The keys of `[server]`, `[upstream]`, `[cache]` and `[throttle]` added for shutdown,
+/// retries, the cache and the throttle take their documented defaults.
+#[test]
+fn new_keys_take_their_documented_defaults() {
+    let Loaded { config, warnings } = load(MINIMAL, &env(&[]));
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(config.server.shutdown_grace, Duration::from_secs(25));
+    let u = &config.upstream;
+    assert_eq!(u.max_retries, 2);
+    assert_eq!(u.retry_base_delay, Duration::from_millis(100));
+    assert_eq!(u.deadline, Duration::from_secs(15));
+    assert_eq!(
+        config.cache,
+        CacheConfig {
+            max_bytes: 67_108_864,
+            rules: vec![],
+        }
+    );
+    assert_eq!(
+        config.throttle,
+        ThrottleConfig {
+            safety_margin: 0.05,
+            burst: 0.05,
+            max_wait: Duration::from_secs(2),
+            max_waiters: 1024,
+            default_quota: 200,
+            quotas: vec![],
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(30),
+        }
+    );
+}
+
+/// A rule's optional keys take their defaults: enabled, no stale serving, no invalidation;
+/// a disabled rule needs no ttl.
+#[test]
+fn cache_rule_keys_take_their_defaults() {
+    let toml = format!(
+        "{MINIMAL}[[cache.rules]]\ncommand = \"profile/portrait_get\"\nttl = \"2s\"\n\
+         [[cache.rules]]\ncommand = \"openim_robot_http_svc/get_all_robots\"\nenabled = false\n"
+    );
+    let rules = load(&toml, &env(&[])).config.cache.rules;
+    assert_eq!(
+        rules,
+        [
+            CacheRule {
+                command: "profile/portrait_get".into(),
+                enabled: true,
+                ttl: Duration::from_secs(2),
+                stale_while_revalidate: Duration::ZERO,
+                stale_if_error: Duration::ZERO,
+                invalidated_by: vec![],
+            },
+            CacheRule {
+                command: "openim_robot_http_svc/get_all_robots".into(),
+                enabled: false,
+                ttl: Duration::ZERO,
+                stale_while_revalidate: Duration::ZERO,
+                stale_if_error: Duration::ZERO,
+                invalidated_by: vec![],
+            },
+        ]
+    );
+}
+
+/// Every key of `[[cache.rules]]` and `[[throttle.quotas]]` is read, tables come out in file
+/// order, fractions accept integers, and zero turns off what may be off.
+#[test]
+fn rules_and_quotas_are_read_in_file_order() {
+    let toml = format!(
+        r#"{MINIMAL}
+[cache]
+max_bytes = 1024
+[[cache.rules]]
+command = "profile/portrait_get"
+enabled = true
+ttl = "1day"
+stale_while_revalidate = "0s"
+stale_if_error = "7days"
+invalidated_by = ["profile/portrait_set", "openim/sendmsg"]
+[[cache.rules]]
+command = "group_open_http_svc/get_group_info"
+ttl = "1s"
+stale_while_revalidate = "1day"
+[throttle]
+safety_margin = 0
+burst = 0.5
+max_wait = "0s"
+max_waiters = 0
+default_quota = 100000
+backoff_base = "30s"
+backoff_max = "30s"
+[[throttle.quotas]]
+command = "openim/sendmsg"
+per_second = 1
+[[throttle.quotas]]
+command = "im_open_login_svc/account_check"
+per_second = 100
+"#
+    );
+    let Loaded { config, warnings } = load(&toml, &env(&[]));
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(config.cache.max_bytes, 1024);
+    let rules = &config.cache.rules;
+    assert_eq!(rules.len(), 2);
+    assert_eq!(rules[0].command, "profile/portrait_get");
+    assert_eq!(rules[0].ttl, Duration::from_secs(86_400));
+    assert_eq!(rules[0].stale_while_revalidate, Duration::ZERO);
+    assert_eq!(rules[0].stale_if_error, Duration::from_secs(7 * 86_400));
+    assert_eq!(
+        rules[0].invalidated_by,
+        ["profile/portrait_set", "openim/sendmsg"]
+    );
+    assert_eq!(rules[1].command, "group_open_http_svc/get_group_info");
+    assert_eq!(rules[1].stale_while_revalidate, Duration::from_secs(86_400));
+    let t = &config.throttle;
+    assert_eq!((t.safety_margin, t.burst), (0.0, 0.5));
+    assert_eq!((t.max_wait, t.max_waiters), (Duration::ZERO, 0));
+    assert_eq!(t.default_quota, 100_000);
+    assert_eq!(t.backoff_base, t.backoff_max);
+    let quotas: Vec<(&str, u32)> = t
+        .quotas
+        .iter()
+        .map(|q| (q.command.as_str(), q.per_second))
+        .collect();
+    assert_eq!(
+        quotas,
+        [
+            ("openim/sendmsg", 1),
+            ("im_open_login_svc/account_check", 100)
+        ]
+    );
+}
+
 /// `TIM_GATEWAY__SECTION__KEY` overrides numbers, booleans, strings and nested app keys, and
 /// string fields are not reinterpreted as numbers.
 #[test]
@@ -113,10 +251,84 @@ fn env_overrides_reach_every_kind_of_key() {
         ("TIM_GATEWAY__APPS__MAIN__USERSIG_LIFETIME", "2h", |c| {
             c.apps[0].usersig_lifetime == Duration::from_secs(7200)
         }),
+        ("TIM_GATEWAY__SERVER__SHUTDOWN_GRACE", "5s", |c| {
+            c.server.shutdown_grace == Duration::from_secs(5)
+        }),
+        ("TIM_GATEWAY__UPSTREAM__MAX_RETRIES", "0", |c| {
+            c.upstream.max_retries == 0
+        }),
+        ("TIM_GATEWAY__UPSTREAM__RETRY_BASE_DELAY", "1ms", |c| {
+            c.upstream.retry_base_delay == Duration::from_millis(1)
+        }),
+        ("TIM_GATEWAY__UPSTREAM__DEADLINE", "1m", |c| {
+            c.upstream.deadline == Duration::from_secs(60)
+        }),
+        ("TIM_GATEWAY__CACHE__MAX_BYTES", "1048576", |c| {
+            c.cache.max_bytes == 1_048_576
+        }),
+        ("TIM_GATEWAY__THROTTLE__SAFETY_MARGIN", "0.2", |c| {
+            c.throttle.safety_margin == 0.2
+        }),
+        ("TIM_GATEWAY__THROTTLE__BURST", "0", |c| {
+            c.throttle.burst == 0.0
+        }),
+        ("TIM_GATEWAY__THROTTLE__MAX_WAIT", "500ms", |c| {
+            c.throttle.max_wait == Duration::from_millis(500)
+        }),
+        ("TIM_GATEWAY__THROTTLE__MAX_WAITERS", "10", |c| {
+            c.throttle.max_waiters == 10
+        }),
+        ("TIM_GATEWAY__THROTTLE__DEFAULT_QUOTA", "50", |c| {
+            c.throttle.default_quota == 50
+        }),
+        ("TIM_GATEWAY__THROTTLE__BACKOFF_BASE", "2s", |c| {
+            c.throttle.backoff_base == Duration::from_secs(2)
+        }),
+        ("TIM_GATEWAY__THROTTLE__BACKOFF_MAX", "1m", |c| {
+            c.throttle.backoff_max == Duration::from_secs(60)
+        }),
     ];
     for (name, value, check) in cases {
         let loaded = load(MINIMAL, &env(&[(name, value)]));
         assert!(check(&loaded.config), "{name}={value}: {:?}", loaded.config);
+    }
+}
+
+/// An override of a `[cache]` or `[throttle]` scalar keeps the file's `[[cache.rules]]` and
+/// `[[throttle.quotas]]`.
+#[test]
+fn env_override_keeps_the_files_arrays_of_tables() {
+    let toml = format!(
+        "{MINIMAL}[[cache.rules]]\ncommand = \"profile/portrait_get\"\nttl = \"2s\"\n\
+         [[throttle.quotas]]\ncommand = \"openim/sendmsg\"\nper_second = 10\n"
+    );
+    let config = load(
+        &toml,
+        &env(&[
+            ("TIM_GATEWAY__CACHE__MAX_BYTES", "2048"),
+            ("TIM_GATEWAY__THROTTLE__MAX_WAIT", "0s"),
+        ]),
+    )
+    .config;
+    assert_eq!(config.cache.max_bytes, 2048);
+    assert_eq!(config.cache.rules.len(), 1);
+    assert_eq!(config.throttle.max_wait, Duration::ZERO);
+    assert_eq!(config.throttle.quotas.len(), 1);
+}
+
+/// Without `upstream.deadline`, a request timeout above 15 s raises the deadline to match
+/// instead of failing a file that was valid before the key existed.
+#[test]
+fn unset_deadline_follows_a_long_request_timeout() {
+    let cases = [("5s", 15), ("15s", 15), ("30s", 30)];
+    for (request_timeout, deadline) in cases {
+        let toml = upstream(&format!("request_timeout = {request_timeout:?}"));
+        let config = load(&toml, &env(&[])).config;
+        assert_eq!(
+            config.upstream.deadline,
+            Duration::from_secs(deadline),
+            "{request_timeout}"
+        );
     }
 }
 
@@ -442,6 +654,374 @@ fn assert_problem(toml: &str, env: &Env, key: &str, fragment: &str) {
     assert!(problem.message.contains(fragment), "{toml:?}: {problem}");
 }
 
+/// `[cache]` holding `lines`, plus the minimal app.
+fn cache(lines: &str) -> String {
+    format!("{MINIMAL}[cache]\n{lines}\n")
+}
+
+/// One `[[cache.rules]]` holding `lines`, plus the minimal app.
+fn rule(lines: &str) -> String {
+    format!("{MINIMAL}[[cache.rules]]\n{lines}\n")
+}
+
+/// `[throttle]` holding `lines`, plus the minimal app.
+fn throttle(lines: &str) -> String {
+    format!("{MINIMAL}[throttle]\n{lines}\n")
+}
+
+/// One `[[throttle.quotas]]` holding `lines`, plus the minimal app.
+fn quota(lines: &str) -> String {
+    format!("{MINIMAL}[[throttle.quotas]]\n{lines}\n")
+}
+
+/// Every problem of the shutdown, retry, deadline, cache and throttle keys is reported under
+/// its key path, rules and quotas with their index.
+#[test]
+fn each_new_problem_is_reported_under_its_key() {
+    const ROBOTS: &str = "command = \"openim_robot_http_svc/get_all_robots\"";
+    let two_rules = format!(
+        "{MINIMAL}[[cache.rules]]\n{ROBOTS}\nttl = \"5s\"\n[[cache.rules]]\n{ROBOTS}\nttl = \"9s\"\n"
+    );
+    let two_quotas = format!(
+        "{MINIMAL}[[throttle.quotas]]\ncommand = \"openim/sendmsg\"\nper_second = 1\n\
+         [[throttle.quotas]]\ncommand = \"openim/sendmsg\"\nper_second = 2\n"
+    );
+    let second_rule_bad = format!(
+        "{MINIMAL}[[cache.rules]]\n{ROBOTS}\nttl = \"5s\"\n[[cache.rules]]\n{ROBOTS}\nttl = \"2days\"\n"
+    );
+    let cases: Vec<(String, &str, &str)> = vec![
+        // [server]
+        (
+            server("shutdown_grace = \"0s\""),
+            "server.shutdown_grace",
+            "is zero",
+        ),
+        (
+            server("shutdown_grace = \"11m\""),
+            "server.shutdown_grace",
+            "give at most 10m",
+        ),
+        (
+            server("shutdown_grace = \"soon\""),
+            "server.shutdown_grace",
+            "not a duration",
+        ),
+        // [upstream]
+        (
+            upstream("max_retries = 6"),
+            "upstream.max_retries",
+            "6 is out of range; give 0 ..= 5",
+        ),
+        (
+            upstream("max_retries = -1"),
+            "upstream.max_retries",
+            "expected",
+        ),
+        (
+            upstream("retry_base_delay = \"500us\""),
+            "upstream.retry_base_delay",
+            "give 1ms ..= 10s",
+        ),
+        (
+            upstream("retry_base_delay = \"11s\""),
+            "upstream.retry_base_delay",
+            "out of range",
+        ),
+        (
+            upstream("retry_base_delay = \"0s\""),
+            "upstream.retry_base_delay",
+            "is zero",
+        ),
+        (
+            upstream("deadline = \"9s\""),
+            "upstream.deadline",
+            "shorter than upstream.request_timeout (10s)",
+        ),
+        (
+            upstream("request_timeout = \"20s\"\ndeadline = \"15s\""),
+            "upstream.deadline",
+            "shorter than upstream.request_timeout (20s)",
+        ),
+        (
+            upstream("deadline = \"0s\""),
+            "upstream.deadline",
+            "is zero",
+        ),
+        // [cache]
+        (format!("cache = 1\n{MINIMAL}"), "cache", "expected a table"),
+        (
+            cache("max_bytes = 1023"),
+            "cache.max_bytes",
+            "1 KiB ..= 16 GiB",
+        ),
+        (
+            cache("max_bytes = 17179869185"),
+            "cache.max_bytes",
+            "out of range",
+        ),
+        (
+            cache("max_byte = 1024"),
+            "cache.max_byte",
+            "did you mean `max_bytes`?",
+        ),
+        (
+            cache("rules = 5"),
+            "cache.rules",
+            "expected an array of tables",
+        ),
+        (cache("rules = [1]"), "cache.rules[0]", "expected a table"),
+        // [[cache.rules]]
+        (
+            rule("ttl = \"5s\""),
+            "cache.rules[0].command",
+            "is required",
+        ),
+        (
+            rule("command = \"profile/portrait_gets\"\nttl = \"5s\""),
+            "cache.rules[0].command",
+            "not in the catalogue; did you mean \"profile/portrait_get\"?",
+        ),
+        (
+            rule("command = \"openim/sendmsg\"\nttl = \"5s\""),
+            "cache.rules[0].command",
+            "only reads can be cached",
+        ),
+        (
+            rule(ROBOTS),
+            "cache.rules[0].ttl",
+            "is required when the rule is enabled",
+        ),
+        (
+            rule(&format!("{ROBOTS}\nenabled = true")),
+            "cache.rules[0].ttl",
+            "is required",
+        ),
+        (
+            rule(&format!("{ROBOTS}\nttl = \"0s\"")),
+            "cache.rules[0].ttl",
+            "is zero",
+        ),
+        (
+            rule(&format!("{ROBOTS}\nttl = \"25h\"")),
+            "cache.rules[0].ttl",
+            "\"25h\" is out of range; give at most 1day",
+        ),
+        (
+            rule(&format!("{ROBOTS}\nenabled = false\nttl = \"2days\"")),
+            "cache.rules[0].ttl",
+            "out of range",
+        ),
+        (
+            rule(&format!(
+                "{ROBOTS}\nttl = \"5s\"\nstale_while_revalidate = \"25h\""
+            )),
+            "cache.rules[0].stale_while_revalidate",
+            "give 0s ..= 1day",
+        ),
+        (
+            rule(&format!(
+                "{ROBOTS}\nttl = \"5s\"\nstale_if_error = \"8days\""
+            )),
+            "cache.rules[0].stale_if_error",
+            "give 0s ..= 7days",
+        ),
+        (
+            rule(&format!(
+                "{ROBOTS}\nttl = \"5s\"\nstale_if_error = \"forever\""
+            )),
+            "cache.rules[0].stale_if_error",
+            "not a duration",
+        ),
+        (
+            rule(&format!("{ROBOTS}\nttl = \"5s\"\nenabled = \"sometimes\"")),
+            "cache.rules[0].enabled",
+            "expected",
+        ),
+        (
+            rule(&format!(
+                "{ROBOTS}\nttl = \"5s\"\ninvalidated_by = \"openim/sendmsg\""
+            )),
+            "cache.rules[0].invalidated_by",
+            "expected",
+        ),
+        (
+            rule(&format!(
+                "{ROBOTS}\nttl = \"5s\"\ninvalidated_by = [\"openim/sendmsg\", \"nope/nope\"]"
+            )),
+            "cache.rules[0].invalidated_by[1]",
+            "\"nope/nope\" is not in the catalogue",
+        ),
+        (
+            rule(&format!(
+                "{ROBOTS}\nttl = \"5s\"\ninvalidated_by = [\"profile/portrait_get\"]"
+            )),
+            "cache.rules[0].invalidated_by[0]",
+            "is a read; only a write can invalidate",
+        ),
+        (
+            rule(&format!("{ROBOTS}\nttl = \"5s\"\ntll = \"5s\"")),
+            "cache.rules[0].tll",
+            "did you mean `ttl`?",
+        ),
+        (
+            two_rules,
+            "cache.rules[1].command",
+            "already has a rule (cache.rules[0])",
+        ),
+        (second_rule_bad, "cache.rules[1].ttl", "out of range"),
+        // [throttle]
+        (
+            throttle("safety_margin = 0.6"),
+            "throttle.safety_margin",
+            "0.6 is out of range; give 0.0 ..= 0.5",
+        ),
+        (
+            throttle("safety_margin = -0.1"),
+            "throttle.safety_margin",
+            "out of range",
+        ),
+        (
+            throttle("safety_margin = \"nan\""),
+            "throttle.safety_margin",
+            "out of range",
+        ),
+        (
+            throttle("safety_margin = \"lots\""),
+            "throttle.safety_margin",
+            "expected",
+        ),
+        (throttle("burst = 1"), "throttle.burst", "out of range"),
+        (
+            throttle("max_wait = \"61s\""),
+            "throttle.max_wait",
+            "give 0s ..= 1m",
+        ),
+        (
+            throttle("max_waiters = 1000001"),
+            "throttle.max_waiters",
+            "give 0 ..= 1000000",
+        ),
+        (
+            throttle("default_quota = 0"),
+            "throttle.default_quota",
+            "give 1 ..= 100000 calls/s",
+        ),
+        (
+            throttle("default_quota = 100001"),
+            "throttle.default_quota",
+            "out of range",
+        ),
+        (
+            throttle("backoff_base = \"0s\""),
+            "throttle.backoff_base",
+            "is zero",
+        ),
+        (
+            throttle("backoff_base = \"1m\""),
+            "throttle.backoff_max",
+            "shorter than throttle.backoff_base (1m)",
+        ),
+        (
+            throttle("backoff_base = \"2s\"\nbackoff_max = \"1s\""),
+            "throttle.backoff_max",
+            "shorter than throttle.backoff_base (2s)",
+        ),
+        (
+            throttle("quotas = {}"),
+            "throttle.quotas",
+            "expected an array of tables",
+        ),
+        // [[throttle.quotas]]
+        (
+            quota("per_second = 1"),
+            "throttle.quotas[0].command",
+            "is required",
+        ),
+        (
+            quota("command = \"openim/sendmsg\""),
+            "throttle.quotas[0].per_second",
+            "is required",
+        ),
+        (
+            quota("command = \"openim/sendmsgs\"\nper_second = 1"),
+            "throttle.quotas[0].command",
+            "not in the catalogue",
+        ),
+        (
+            quota("command = \"openim/sendmsg\"\nper_second = 0"),
+            "throttle.quotas[0].per_second",
+            "give 1 ..= 100000 calls/s",
+        ),
+        (
+            quota("command = \"openim/sendmsg\"\nper_second = 100001"),
+            "throttle.quotas[0].per_second",
+            "out of range",
+        ),
+        (
+            quota("command = \"openim/sendmsg\"\nper_second = 5\nper_secnod = 5"),
+            "throttle.quotas[0].per_secnod",
+            "did you mean `per_second`?",
+        ),
+        (
+            two_quotas,
+            "throttle.quotas[1].command",
+            "already has a quota (throttle.quotas[0])",
+        ),
+    ];
+    for (toml, key, fragment) in cases {
+        assert_problem(&toml, &env(&[]), key, fragment);
+    }
+
+    // A bad override names its variable; arrays of tables cannot be overridden.
+    let robots_rule = rule(&format!("{ROBOTS}\nttl = \"5s\""));
+    let env_cases = [
+        (
+            MINIMAL,
+            ("TIM_GATEWAY__THROTTLE__MAX_WAIT", "2m"),
+            "throttle.max_wait",
+            "(set by TIM_GATEWAY__THROTTLE__MAX_WAIT)",
+        ),
+        (
+            &robots_rule,
+            ("TIM_GATEWAY__CACHE__RULES__0__TTL", "9s"),
+            "cache.rules",
+            "cannot be set from the environment; unset the TIM_GATEWAY__CACHE__RULES… variables",
+        ),
+        (
+            MINIMAL,
+            ("TIM_GATEWAY__THROTTLE__QUOTAS", "x"),
+            "throttle.quotas",
+            "cannot be set from the environment",
+        ),
+    ];
+    for (toml, pair, key, fragment) in env_cases {
+        assert_problem(toml, &env(&[pair]), key, fragment);
+    }
+}
+
+/// A wrongly typed value inside a rule or quota, or an element that is not a table, is one
+/// problem, not also a "required" one.
+#[test]
+fn a_wrongly_typed_value_in_a_rule_is_reported_once() {
+    let cases = [
+        (
+            rule("command = \"profile/portrait_get\"\nttl = []"),
+            "cache.rules[0].ttl",
+        ),
+        (rule("command = 5\nttl = \"5s\""), "cache.rules[0].command"),
+        (cache("rules = [[]]"), "cache.rules[0]"),
+        (
+            quota("command = \"openim/sendmsg\"\nper_second = \"many\""),
+            "throttle.quotas[0].per_second",
+        ),
+    ];
+    for (toml, key) in cases {
+        let found = problems(&toml, &env(&[]));
+        assert_eq!(found.len(), 1, "{toml}: {found:?}");
+        assert_eq!(found[0].key, key, "{toml}");
+    }
+}
+
 /// One run reports every problem of a file, sorted by key, including several type errors.
 #[test]
 fn several_problems_are_reported_at_once() {
@@ -559,6 +1139,11 @@ fn questionable_settings_warn_without_failing() {
             shared_key.into(),
             "apps.default.secret_key_env",
             "same secret key",
+        ),
+        (
+            quota("command = \"im_open_login_svc/account_check\"\nper_second = 101"),
+            "throttle.quotas[0].per_second",
+            "above Tencent's documented 100",
         ),
     ];
     for (toml, key, fragment) in cases {
@@ -699,24 +1284,120 @@ fn example_config_validates() {
     assert_eq!(config.apps[0].secret_key.expose(), "eu-key");
     assert_eq!(config.apps[1].origins, Region::Singapore.origins());
     assert_eq!(config.apps[1].secret_key.expose(), "main-key");
+    // The example's rule spells out the built-in default for get_all_robots.
+    assert_eq!(
+        config.cache.rules,
+        [CacheRule {
+            command: "openim_robot_http_svc/get_all_robots".into(),
+            enabled: true,
+            ttl: Duration::from_secs(5),
+            stale_while_revalidate: Duration::from_secs(25),
+            stale_if_error: Duration::from_secs(300),
+            invalidated_by: vec![
+                "openim_robot_http_svc/create_robot".into(),
+                "openim_robot_http_svc/delete_robot".into(),
+            ],
+        }]
+    );
+    assert_eq!(
+        config.throttle.quotas,
+        [QuotaOverride {
+            command: "im_open_login_svc/account_check".into(),
+            per_second: 100,
+        }]
+    );
 }
 
-/// config/example.toml documents every key the gateway reads (possibly commented out).
+/// config/example.toml documents every key the gateway reads (possibly commented out), arrays
+/// of tables as `[[section.key]]`.
 #[test]
 fn example_config_mentions_every_key() {
     let text = include_str!("../../config/example.toml");
     let keys = [
-        field_names::<RawServer>(),
-        field_names::<RawUpstream>(),
-        field_names::<RawApp>(),
+        ("server", field_names::<RawServer>()),
+        ("upstream", field_names::<RawUpstream>()),
+        ("apps.NAME", field_names::<RawApp>()),
+        ("cache", field_names::<RawCache>()),
+        ("cache.rules", field_names::<RawCacheRule>()),
+        ("throttle", field_names::<RawThrottle>()),
+        ("throttle.quotas", field_names::<RawQuota>()),
     ];
-    assert!(keys.iter().all(|fields| !fields.is_empty()));
-    for key in keys.concat() {
+    for (section, fields) in keys {
+        assert!(!fields.is_empty(), "{section}");
+        for key in fields {
+            let is_mentioned = text.contains(&format!("{key} = "))
+                || text.contains(&format!("[[{section}.{key}]]"));
+            assert!(is_mentioned, "example.toml lacks {section}.{key}");
+        }
+    }
+    // The built-in get_all_robots rule that a [[cache.rules]] table replaces.
+    for fact in [
+        "openim_robot_http_svc/get_all_robots",
+        "\"5s\"",
+        "\"25s\"",
+        "\"5m\"",
+        "openim_robot_http_svc/create_robot",
+        "openim_robot_http_svc/delete_robot",
+        "replaces its default rule",
+        "# command = \"profile/portrait_get\"",
+    ] {
+        assert!(text.contains(fact), "example.toml lacks {fact}");
+    }
+}
+
+/// `check-config`'s listing (the `Display` of a config) has a line for every key, with each
+/// rule and quota under its index.
+#[test]
+fn display_lists_every_key() {
+    let toml = format!(
+        "{MINIMAL}[[cache.rules]]\ncommand = \"profile/portrait_get\"\nttl = \"2s\"\n\
+         invalidated_by = [\"profile/portrait_set\"]\n\
+         [[throttle.quotas]]\ncommand = \"openim/sendmsg\"\nper_second = 10\n"
+    );
+    let text = load(&toml, &env(&[])).config.to_string();
+    for line in [
+        "server.shutdown_grace = 25s",
+        "upstream.max_retries = 2",
+        "upstream.retry_base_delay = 100ms",
+        "upstream.deadline = 15s",
+        "cache.max_bytes = 67108864",
+        "cache.rules[0].command = profile/portrait_get",
+        "cache.rules[0].enabled = true",
+        "cache.rules[0].ttl = 2s",
+        "cache.rules[0].stale_while_revalidate = 0s",
+        "cache.rules[0].stale_if_error = 0s",
+        "cache.rules[0].invalidated_by = [profile/portrait_set]",
+        "throttle.safety_margin = 0.05",
+        "throttle.burst = 0.05",
+        "throttle.max_wait = 2s",
+        "throttle.max_waiters = 1024",
+        "throttle.default_quota = 200",
+        "throttle.quotas[0].command = openim/sendmsg",
+        "throttle.quotas[0].per_second = 10",
+        "throttle.backoff_base = 1s",
+        "throttle.backoff_max = 30s",
+    ] {
         assert!(
-            text.contains(&format!("{key} = ")),
-            "example.toml lacks {key}"
+            text.contains(&format!("{line}\n")),
+            "{line} missing from:\n{text}"
         );
     }
+    // Every key of the plain sections has its line.
+    for (section, fields) in [
+        ("server", field_names::<RawServer>()),
+        ("upstream", field_names::<RawUpstream>()),
+        ("cache", field_names::<RawCache>()),
+        ("throttle", field_names::<RawThrottle>()),
+    ] {
+        for key in fields {
+            let has_line = text.contains(&format!("{section}.{key} = "))
+                || text.contains(&format!("{section}.{key}[0]"));
+            assert!(has_line, "{section}.{key} missing from:\n{text}");
+        }
+    }
+    let empty = load(MINIMAL, &env(&[])).config.to_string();
+    assert!(empty.contains("cache.rules = (none"), "{empty}");
+    assert!(empty.contains("throttle.quotas = (none"), "{empty}");
 }
 
 /// The built-in demo config validates with what the demo fills in at runtime.
@@ -750,10 +1431,12 @@ fn unreadable_or_malformed_files_are_reported() {
     }
 }
 
-/// The known keys come from the `Raw*` structs themselves.
+/// The known keys come from the `Raw*` structs themselves, arrays of tables included.
 #[test]
 fn field_names_are_read_from_serde() {
     assert!(field_names::<RawServer>().contains(&"default_app"));
     assert!(field_names::<RawApp>().contains(&"secret_key_env"));
     assert!(!field_names::<RawApp>().contains(&"secret_key"));
+    assert!(field_names::<RawCache>().contains(&"rules"));
+    assert!(field_names::<RawThrottle>().contains(&"quotas"));
 }

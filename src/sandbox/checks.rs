@@ -105,57 +105,6 @@ pub(super) fn parse_path(path: &str) -> Option<(&str, &str)> {
     (is_segment(service) && is_segment(command)).then_some((service, command))
 }
 
-/// Splits a raw query string into percent-decoded `(name, value)` pairs, in the order received.
-pub(super) fn parse_query(raw: &str) -> Vec<(String, String)> {
-    raw.split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(name), percent_decode(value))
-        })
-        .collect()
-}
-
-/// Form-style decoding: `%XX` is a byte and `+` a space. A `%` not followed by two hex digits
-/// stays as it is, and bytes that are not UTF-8 become U+FFFD, so no input is an error.
-fn percent_decode(s: &str) -> String {
-    let hex = |b: u8| char::from(b).to_digit(16);
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let pair = bytes
-                    .get(i + 1)
-                    .copied()
-                    .and_then(hex)
-                    .zip(bytes.get(i + 2).copied().and_then(hex));
-                match pair {
-                    Some((hi, lo)) => {
-                        // Two hex digits are at most 0xFF, so the cast is lossless.
-                        out.push((hi * 16 + lo) as u8);
-                        i += 3;
-                    }
-                    None => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            other => {
-                out.push(other);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The common parameters of a request that passed the query checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Params {
@@ -364,22 +313,6 @@ mod tests {
         ];
         for (path, is_ok) in cases {
             assert_eq!(parse_path(path).is_some(), is_ok, "{path}");
-        }
-    }
-
-    /// Query values are form-decoded in order, and malformed escapes never fail.
-    #[test]
-    fn parse_query_decodes_in_order() {
-        let cases: [(&str, &[(&str, &str)]); 6] = [
-            ("a=1&b=2", &[("a", "1"), ("b", "2")]),
-            ("x=%61b%2Fc&y=a+b", &[("x", "ab/c"), ("y", "a b")]),
-            ("flag&&z=", &[("flag", ""), ("z", "")]),
-            ("bad=%zz%4", &[("bad", "%zz%4")]),
-            ("u=%C3%A9%FF", &[("u", "é\u{FFFD}")]),
-            ("", &[]),
-        ];
-        for (raw, expected) in cases {
-            assert_eq!(parse_query(raw), owned(expected), "{raw}");
         }
     }
 

@@ -80,6 +80,8 @@ pub struct RecordedRequest {
     pub body: bytes::Bytes,
     /// The ErrorCode the sandbox answered with (0 = success), or [`RecordedRequest::NO_ANSWER`].
     pub error_code: i64,
+    /// When the request had fully arrived (tokio time).
+    pub received_at: tokio::time::Instant,
 }
 
 impl RecordedRequest {
@@ -423,7 +425,7 @@ pub(super) async fn handle(
 ) -> Result<Response<Full<Bytes>>, ServeError> {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
-    let query = checks::parse_query(parts.uri.query().unwrap_or(""));
+    let query = crate::route::parse_query(parts.uri.query().unwrap_or(""));
     let command = checks::parse_path(&path).map(|(s, c)| format!("{s}/{c}"));
     // The whole body is read before anything else, so a dropped request was fully sent.
     let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
@@ -431,8 +433,10 @@ pub(super) async fn handle(
         Err(e) if e.is::<LengthLimitError>() => Err(CheckError::BodyTooLarge(MAX_BODY_BYTES)),
         Err(e) => return Err(ServeError::Body(e)),
     };
-    shared.count_arrival(command.as_deref(), Instant::now());
+    let received_at = Instant::now();
+    shared.count_arrival(command.as_deref(), received_at);
     let recorded = |error_code| RecordedRequest {
+        received_at,
         method: parts.method.to_string(),
         path: path.clone(),
         query: query.clone(),

@@ -22,6 +22,10 @@ pub const SDKAPPID: u64 = 1_400_000_000;
 pub const ADMIN: &str = "administrator";
 pub const GET_ALL_ROBOTS: &str = "openim_robot_http_svc/get_all_robots";
 pub const CREATE_ROBOT: &str = "openim_robot_http_svc/create_robot";
+pub const DELETE_ROBOT: &str = "openim_robot_http_svc/delete_robot";
+/// A read the gateway does not cache: every call reaches the upstream.
+pub const ACCOUNT_CHECK: &str = "im_open_login_svc/account_check";
+pub const CHECK_BODY: &str = r#"{"CheckItem":[{"UserID":"alice"}]}"#;
 
 pub async fn start_sandbox() -> Sandbox {
     start_sandbox_with(SandboxOptions {
@@ -51,27 +55,61 @@ impl TestGateway {
     pub fn addr(&self) -> SocketAddr {
         self.gateway.client_addr()
     }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.gateway.admin_addr()
+    }
 }
 
-/// The TOML of a one-app gateway in front of `sandbox`, with `app_extra` appended to the
-/// `[apps.main]` table and `top_extra` to the `[server]` table.
-pub fn gateway_toml(endpoint: &str, ca_path: &str, server_extra: &str, app_extra: &str) -> String {
+/// Extra configuration for a test gateway: lines for each table, and tables at the end.
+#[derive(Debug, Clone, Copy)]
+pub struct Extra<'a> {
+    pub server: &'a str,
+    pub upstream: &'a str,
+    pub app: &'a str,
+    /// More tables, e.g. `[[cache.rules]]`, appended at the end.
+    pub tail: &'a str,
+    /// The secret key the gateway signs with.
+    pub key: &'a str,
+}
+
+impl Default for Extra<'_> {
+    fn default() -> Self {
+        Extra {
+            server: "",
+            upstream: "",
+            app: "",
+            tail: "",
+            key: KEY,
+        }
+    }
+}
+
+/// The TOML of a one-app gateway in front of `endpoint`, trusting the CA at `ca_path`.
+pub fn gateway_toml(endpoint: &str, ca_path: &str, extra: &Extra<'_>) -> String {
     format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
-{server_extra}
+{server}
 
 [upstream]
 ca_file = "{ca_path}"
+{upstream}
 
 [apps.main]
 sdkappid = {SDKAPPID}
 identifier = "{ADMIN}"
 endpoint = "{endpoint}"
-{app_extra}
-"#
+{app}
+
+{tail}
+"#,
+        server = extra.server,
+        upstream = extra.upstream,
+        app = extra.app,
+        tail = extra.tail,
     )
 }
 
@@ -82,28 +120,23 @@ pub fn write_ca(sandbox: &Sandbox) -> tempfile::NamedTempFile {
 }
 
 pub async fn start_gateway(sandbox: &Sandbox) -> TestGateway {
-    start_gateway_with(sandbox, "", "", KEY).await
+    start_gateway_with(sandbox, Extra::default()).await
 }
 
-/// Starts a gateway for `sandbox` with extra config lines and the given secret key.
-pub async fn start_gateway_with(
-    sandbox: &Sandbox,
-    server_extra: &str,
-    app_extra: &str,
-    key: &str,
-) -> TestGateway {
+/// Starts a gateway for `sandbox` with extra configuration.
+pub async fn start_gateway_with(sandbox: &Sandbox, extra: Extra<'_>) -> TestGateway {
     let ca = write_ca(sandbox);
     let toml = gateway_toml(
         &sandbox.endpoint(),
         &ca.path().display().to_string(),
-        server_extra,
-        app_extra,
+        &extra,
     );
     let env = Env::from_map(HashMap::from([(
         "TIM_GATEWAY_SECRET_KEY".to_owned(),
-        key.to_owned(),
+        extra.key.to_owned(),
     )]));
-    let loaded = Config::from_toml_str(&toml, &env).expect("test config is valid");
+    let loaded = Config::from_toml_str(&toml, &env)
+        .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{toml}"));
     let gateway = Gateway::start(&loaded.config, std::time::Duration::from_secs(5))
         .await
         .expect("gateway starts on loopback");

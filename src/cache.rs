@@ -1,0 +1,609 @@
+//! The answer cache: moka underneath, our own freshness, single-flight fetches, invalidation.
+//!
+//! - Keys are (app, command, canonical JSON body): key order and whitespace do not split
+//!   entries, and nothing per-call (`random`, `usersig`) is in them.
+//! - Only `ErrorCode == 0` answers are stored. Memory is bounded in bytes by a weigher; expired
+//!   entries are removed by a housekeeping task that runs moka's pending tasks every second.
+//! - Freshness is decided here from `fetched_at` (tokio time, so tests can pause it); moka's
+//!   per-entry expiry is only the hard cap `ttl + max(stale_while_revalidate, stale_if_error)`
+//!   (moka's clock cannot be injected, moka-rs/moka#522).
+//! - Single flight: at most one fetch per key runs at a time, as its own task, so a client that
+//!   disconnects cannot cancel or repeat it; every waiter is woken by a watch channel the
+//!   moment it finishes. A leader re-checks the cache after registering its flight, which
+//!   closes the window where a flight finished between a miss and the registration.
+//! - Invalidation is a generation counter per (app, command): bumping it makes every stored
+//!   entry and every in-flight fetch of that pair unusable at once, in O(1).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use moka::future::Cache;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::error::GatewayError;
+use crate::upstream::UpstreamResponse;
+
+/// Per-entry bookkeeping counted by the weigher besides key and body bytes.
+const ENTRY_OVERHEAD_BYTES: usize = 160;
+
+/// How often expired entries are swept out of memory.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a command's answers may be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CachePolicy {
+    /// Served as fresh (HIT) for this long.
+    pub ttl: Duration,
+    /// After `ttl`, served as STALE for this long while one background refresh runs.
+    pub stale_while_revalidate: Duration,
+    /// After `ttl`, served as STALE for this long when fetching a fresh answer fails.
+    pub stale_if_error: Duration,
+}
+
+impl CachePolicy {
+    /// How long moka keeps the entry at most.
+    fn hard_ttl(&self) -> Duration {
+        self.ttl + self.stale_while_revalidate.max(self.stale_if_error)
+    }
+}
+
+/// An (app, command, canonical body) key. `app` and `command` are indices fixed at start.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    pub app: u32,
+    pub command: u32,
+    /// Canonical JSON: sorted keys, no insignificant whitespace.
+    pub body: Bytes,
+}
+
+/// A stored answer.
+#[derive(Debug)]
+pub struct Cached {
+    pub status: StatusCode,
+    pub body: Bytes,
+    pub fetched_at: Instant,
+    /// The (app, command) generation it was fetched under; stale once that moves on.
+    generation: u64,
+    policy: CachePolicy,
+}
+
+impl Cached {
+    /// Whole seconds since it was fetched, for the `Age` header.
+    pub fn age(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.fetched_at)
+    }
+}
+
+/// What a lookup found.
+#[derive(Debug)]
+pub enum Lookup {
+    /// Within `ttl`: answer from the cache.
+    Fresh(Arc<Cached>),
+    /// Past `ttl`, within `stale_while_revalidate`: answer from the cache and refresh.
+    Stale(Arc<Cached>),
+    /// Nothing servable now. `fallback` is an entry still within `stale_if_error`, to serve
+    /// if the fetch fails.
+    Miss { fallback: Option<Arc<Cached>> },
+}
+
+/// The outcome of one fetch, shared with every waiter of its flight.
+pub type FlightResult = Result<UpstreamResponse, GatewayError>;
+
+type FlightSender = watch::Sender<Option<FlightResult>>;
+
+/// How a caller takes part in the flight for a key.
+pub enum Join {
+    /// Nobody was fetching: the caller must start the fetch and complete the flight.
+    Leader(Flight),
+    /// A fetch is running; wait on this.
+    Follower(FlightWaiter),
+}
+
+/// The leader's handle. Completing it (or dropping it, if the fetch task dies) wakes every
+/// waiter and removes the flight.
+pub struct Flight {
+    key: CacheKey,
+    cache: Arc<ResponseCache>,
+    sender: Arc<FlightSender>,
+    /// The generation when the flight started: a result from before an invalidation is
+    /// shared with its waiters but not stored.
+    generation: u64,
+    is_completed: bool,
+}
+
+/// Waits for a flight's result.
+pub struct FlightWaiter(watch::Receiver<Option<FlightResult>>);
+
+impl FlightWaiter {
+    /// The flight's result; an internal error if the fetch task died without one.
+    pub async fn wait(mut self) -> FlightResult {
+        match self.0.wait_for(Option::is_some).await {
+            Ok(result) => result.clone().expect("wait_for returned a completed value"),
+            Err(_) => Err(GatewayError::UpstreamProtocol(
+                "the shared fetch ended without an answer".into(),
+            )),
+        }
+    }
+}
+
+impl Flight {
+    pub fn waiter(&self) -> FlightWaiter {
+        FlightWaiter(self.sender.subscribe())
+    }
+
+    pub fn key(&self) -> &CacheKey {
+        &self.key
+    }
+
+    /// Stores a successful answer (if still current), removes the flight, then wakes the
+    /// waiters, in that order so that no newcomer finds neither the entry nor the flight.
+    pub async fn complete(mut self, result: FlightResult, policy: CachePolicy) {
+        if let Ok(response) = &result {
+            if response.error_code == 0 && response.status == StatusCode::OK {
+                self.cache
+                    .store(self.key.clone(), response, self.generation, policy)
+                    .await;
+            }
+        }
+        self.finish(Some(result));
+    }
+
+    /// Completes the flight with an answer that is already in the cache (the leader's
+    /// re-check found one); nothing is stored.
+    pub fn complete_from_cache(mut self, cached: &Cached) {
+        let response = UpstreamResponse {
+            status: cached.status,
+            body: cached.body.clone(),
+            error_code: 0,
+        };
+        self.finish(Some(Ok(response)));
+    }
+
+    fn finish(&mut self, result: Option<FlightResult>) {
+        if self.is_completed {
+            return;
+        }
+        self.is_completed = true;
+        {
+            let mut flights = self.cache.lock_flights();
+            if flights
+                .get(&self.key)
+                .is_some_and(|s| Arc::ptr_eq(s, &self.sender))
+            {
+                flights.remove(&self.key);
+            }
+        }
+        if let Some(result) = result {
+            self.sender.send_replace(Some(result));
+        }
+        // Without a result the sender drops with the last `Arc`, and waiters see an error.
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        self.finish(None);
+    }
+}
+
+/// The cache shared by every request.
+pub struct ResponseCache {
+    entries: Cache<CacheKey, Arc<Cached>>,
+    /// Keys with a fetch in progress.
+    flights: Mutex<HashMap<CacheKey, Arc<FlightSender>>>,
+    /// Generation per (app, command), indexed `app * commands + command`.
+    generations: Vec<AtomicU64>,
+    commands: u32,
+}
+
+impl std::fmt::Debug for ResponseCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseCache")
+            .field("entries", &self.entries.entry_count())
+            .field("bytes", &self.entries.weighted_size())
+            .finish_non_exhaustive()
+    }
+}
+
+struct PolicyExpiry;
+
+impl moka::Expiry<CacheKey, Arc<Cached>> for PolicyExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &CacheKey,
+        value: &Arc<Cached>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.policy.hard_ttl())
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &CacheKey,
+        value: &Arc<Cached>,
+        _updated_at: std::time::Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.policy.hard_ttl())
+    }
+}
+
+impl ResponseCache {
+    /// A cache of at most `max_bytes` for `apps × commands` (app, command) pairs, with its
+    /// housekeeping task (which ends when the cache is dropped).
+    pub fn new(max_bytes: u64, apps: u32, commands: u32) -> Arc<Self> {
+        let entries = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|key: &CacheKey, value: &Arc<Cached>| {
+                let bytes = key.body.len() + value.body.len() + ENTRY_OVERHEAD_BYTES;
+                u32::try_from(bytes).unwrap_or(u32::MAX)
+            })
+            .expire_after(PolicyExpiry)
+            .support_invalidation_closures()
+            .build();
+        let cache = Arc::new(ResponseCache {
+            entries,
+            flights: Mutex::new(HashMap::new()),
+            generations: (0..apps * commands).map(|_| AtomicU64::new(0)).collect(),
+            commands,
+        });
+        tokio::spawn(housekeeping(Arc::downgrade(&cache)));
+        cache
+    }
+
+    fn lock_flights(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Arc<FlightSender>>> {
+        self.flights.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn generation(&self, app: u32, command: u32) -> u64 {
+        self.generations[(app * self.commands + command) as usize].load(Ordering::Acquire)
+    }
+
+    /// Looks `key` up and classifies the entry by `policy` at `now`.
+    pub async fn lookup(&self, key: &CacheKey, policy: &CachePolicy, now: Instant) -> Lookup {
+        let Some(cached) = self.entries.get(key).await else {
+            return Lookup::Miss { fallback: None };
+        };
+        if cached.generation != self.generation(key.app, key.command) {
+            // Invalidated: not even a fallback (it predates a write the client may have made).
+            return Lookup::Miss { fallback: None };
+        }
+        let age = cached.age(now);
+        if age < policy.ttl {
+            Lookup::Fresh(cached)
+        } else if age < policy.ttl + policy.stale_while_revalidate {
+            Lookup::Stale(cached)
+        } else if age < policy.ttl + policy.stale_if_error {
+            Lookup::Miss {
+                fallback: Some(cached),
+            }
+        } else {
+            Lookup::Miss { fallback: None }
+        }
+    }
+
+    /// Joins the flight for `key`, or registers a new one and makes the caller its leader.
+    pub fn join(self: &Arc<Self>, key: &CacheKey) -> Join {
+        let mut flights = self.lock_flights();
+        if let Some(sender) = flights.get(key) {
+            return Join::Follower(FlightWaiter(sender.subscribe()));
+        }
+        let sender = Arc::new(watch::Sender::new(None));
+        flights.insert(key.clone(), Arc::clone(&sender));
+        drop(flights);
+        Join::Leader(Flight {
+            key: key.clone(),
+            cache: Arc::clone(self),
+            sender,
+            generation: self.generation(key.app, key.command),
+            is_completed: false,
+        })
+    }
+
+    async fn store(
+        &self,
+        key: CacheKey,
+        response: &UpstreamResponse,
+        generation: u64,
+        policy: CachePolicy,
+    ) {
+        if generation != self.generation(key.app, key.command) {
+            return;
+        }
+        let cached = Arc::new(Cached {
+            status: response.status,
+            body: response.body.clone(),
+            fetched_at: Instant::now(),
+            generation,
+            policy,
+        });
+        self.entries.insert(key, cached).await;
+    }
+
+    /// Makes every entry and in-flight fetch of (app, command) unusable at once; the memory
+    /// is reclaimed in the background.
+    pub fn invalidate(&self, app: u32, command: u32) {
+        self.generations[(app * self.commands + command) as usize].fetch_add(1, Ordering::AcqRel);
+        let _ = self
+            .entries
+            .invalidate_entries_if(move |key, _| key.app == app && key.command == command);
+    }
+
+    /// Invalidates every entry of `app` (all commands), or of every app.
+    pub fn invalidate_where(&self, app: Option<u32>, command: Option<u32>) {
+        let apps = self.generations.len() as u32 / self.commands.max(1);
+        for a in 0..apps {
+            for c in 0..self.commands {
+                if app.is_none_or(|x| x == a) && command.is_none_or(|x| x == c) {
+                    self.generations[(a * self.commands + c) as usize]
+                        .fetch_add(1, Ordering::AcqRel);
+                }
+            }
+        }
+        if app.is_none() && command.is_none() {
+            self.entries.invalidate_all();
+        } else {
+            let _ = self.entries.invalidate_entries_if(move |key, _| {
+                app.is_none_or(|x| x == key.app) && command.is_none_or(|x| x == key.command)
+            });
+        }
+    }
+
+    /// Entries and weighted bytes (approximate until pending tasks run).
+    pub fn usage(&self) -> (u64, u64) {
+        (self.entries.entry_count(), self.entries.weighted_size())
+    }
+
+    /// Applies pending evictions and expirations now (tests; housekeeping does it every second).
+    pub async fn run_pending_tasks(&self) {
+        self.entries.run_pending_tasks().await;
+    }
+}
+
+async fn housekeeping(cache: Weak<ResponseCache>) {
+    let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(cache) = cache.upgrade() else { return };
+        cache.entries.run_pending_tasks().await;
+    }
+}
+
+/// Canonical JSON of a request body for the cache key: object keys sorted, no insignificant
+/// whitespace. `{}` (the common case) costs no allocation.
+///
+/// # Errors
+/// The body is not valid JSON (the proxy has checked it before, so this is a bug guard).
+pub fn canonical_body(body: &Bytes) -> Result<Bytes, serde_json::Error> {
+    let trimmed = body.trim_ascii();
+    if trimmed == b"{}" {
+        return Ok(Bytes::from_static(b"{}"));
+    }
+    let value: serde_json::Value = serde_json::from_slice(trimmed)?;
+    let mut out = Vec::with_capacity(trimmed.len());
+    write_canonical(&value, &mut out);
+    Ok(Bytes::from(out))
+}
+
+/// Writes `value` with sorted object keys, whatever order serde_json's map keeps.
+fn write_canonical(value: &serde_json::Value, out: &mut Vec<u8>) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
+            for (i, (key, value)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                serde_json::to_writer(&mut *out, key).expect("writing to a Vec cannot fail");
+                out.push(b':');
+                write_canonical(value, out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(b']');
+        }
+        scalar => serde_json::to_writer(&mut *out, scalar).expect("writing to a Vec cannot fail"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Key order and whitespace do not change the canonical body; values do.
+    #[test]
+    fn canonical_body_ignores_order_and_whitespace() {
+        let canonical = |s: &str| canonical_body(&Bytes::copy_from_slice(s.as_bytes())).unwrap();
+        assert_eq!(canonical(" {} "), Bytes::from_static(b"{}"));
+        assert_eq!(canonical("{ }"), Bytes::from_static(b"{}"));
+        let a = canonical(r#"{"b":1,"a":{"y":[1,{"d":2,"c":3}],"x":"é"}}"#);
+        let b = canonical("{\n \"a\" : {\"x\":\"é\", \"y\":[1, {\"c\":3,\"d\":2}]},\t\"b\":1}");
+        assert_eq!(a, b);
+        assert_eq!(
+            a,
+            Bytes::from(r#"{"a":{"x":"é","y":[1,{"c":3,"d":2}]},"b":1}"#)
+        );
+        assert_ne!(canonical(r#"{"a":[1,2]}"#), canonical(r#"{"a":[2,1]}"#));
+        assert!(canonical_body(&Bytes::from_static(b"{")).is_err());
+    }
+
+    fn policy() -> CachePolicy {
+        CachePolicy {
+            ttl: Duration::from_secs(5),
+            stale_while_revalidate: Duration::from_secs(10),
+            stale_if_error: Duration::from_secs(60),
+        }
+    }
+
+    fn key(body: &'static str) -> CacheKey {
+        CacheKey {
+            app: 0,
+            command: 1,
+            body: Bytes::from_static(body.as_bytes()),
+        }
+    }
+
+    fn ok(body: &'static str) -> FlightResult {
+        Ok(UpstreamResponse {
+            status: StatusCode::OK,
+            body: Bytes::from_static(body.as_bytes()),
+            error_code: 0,
+        })
+    }
+
+    async fn fill(cache: &Arc<ResponseCache>, key: &CacheKey, result: FlightResult) {
+        let Join::Leader(flight) = cache.join(key) else {
+            panic!("no flight should be running")
+        };
+        flight.complete(result, policy()).await;
+    }
+
+    /// Fresh within ttl, stale within swr, fallback within stale_if_error, then gone.
+    #[tokio::test(start_paused = true)]
+    async fn freshness_follows_the_policy() {
+        let cache = ResponseCache::new(1 << 20, 1, 2);
+        let k = key("{}");
+        fill(&cache, &k, ok(r#"{"ErrorCode":0}"#)).await;
+        let p = policy();
+        let classify = |lookup: Lookup| match lookup {
+            Lookup::Fresh(_) => "fresh",
+            Lookup::Stale(_) => "stale",
+            Lookup::Miss { fallback: Some(_) } => "fallback",
+            Lookup::Miss { fallback: None } => "miss",
+        };
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        assert_eq!(classify(cache.lookup(&k, &p, at(0)).await), "fresh");
+        assert_eq!(classify(cache.lookup(&k, &p, at(4)).await), "fresh");
+        assert_eq!(classify(cache.lookup(&k, &p, at(5)).await), "stale");
+        assert_eq!(classify(cache.lookup(&k, &p, at(14)).await), "stale");
+        assert_eq!(classify(cache.lookup(&k, &p, at(15)).await), "fallback");
+        assert_eq!(classify(cache.lookup(&k, &p, at(65)).await), "miss");
+    }
+
+    /// Only ErrorCode 0 answers are stored; an error is shared with the flight's waiters.
+    #[tokio::test]
+    async fn errors_are_shared_not_stored() {
+        let cache = ResponseCache::new(1 << 20, 1, 2);
+        let k = key("{}");
+        let Join::Leader(flight) = cache.join(&k) else {
+            panic!()
+        };
+        let Join::Follower(waiter) = cache.join(&k) else {
+            panic!("second caller follows")
+        };
+        let failing = Ok(UpstreamResponse {
+            status: StatusCode::OK,
+            body: Bytes::from_static(br#"{"ErrorCode":10002}"#),
+            error_code: 10002,
+        });
+        flight.complete(failing, policy()).await;
+        assert_eq!(waiter.wait().await.unwrap().error_code, 10002);
+        assert!(matches!(
+            cache.lookup(&k, &policy(), Instant::now()).await,
+            Lookup::Miss { fallback: None }
+        ));
+        assert!(
+            matches!(cache.join(&k), Join::Leader(_)),
+            "the flight is gone"
+        );
+    }
+
+    /// A leader that dies without completing wakes its waiters with an error and frees the key.
+    #[tokio::test]
+    async fn dropped_leader_wakes_waiters() {
+        let cache = ResponseCache::new(1 << 20, 1, 2);
+        let k = key("{}");
+        let Join::Leader(flight) = cache.join(&k) else {
+            panic!()
+        };
+        let waiter = flight.waiter();
+        drop(flight);
+        assert!(waiter.wait().await.is_err());
+        assert!(matches!(cache.join(&k), Join::Leader(_)));
+    }
+
+    /// Invalidation hides stored entries at once and keeps an in-flight result out of the cache.
+    #[tokio::test]
+    async fn invalidation_covers_entries_and_flights() {
+        let cache = ResponseCache::new(1 << 20, 2, 2);
+        let k = key("{}");
+        fill(&cache, &k, ok("{}")).await;
+        let other_app = CacheKey {
+            app: 1,
+            ..k.clone()
+        };
+        fill(&cache, &other_app, ok("{}")).await;
+        let Join::Leader(in_flight) = cache.join(&key(r#"{"a":1}"#)) else {
+            panic!()
+        };
+        cache.invalidate(0, 1);
+        assert!(matches!(
+            cache.lookup(&k, &policy(), Instant::now()).await,
+            Lookup::Miss { fallback: None }
+        ));
+        assert!(matches!(
+            cache.lookup(&other_app, &policy(), Instant::now()).await,
+            Lookup::Fresh(_)
+        ));
+        in_flight.complete(ok("{}"), policy()).await;
+        assert!(matches!(
+            cache
+                .lookup(&key(r#"{"a":1}"#), &policy(), Instant::now())
+                .await,
+            Lookup::Miss { fallback: None }
+        ));
+        cache.invalidate_where(None, None);
+        assert!(matches!(
+            cache.lookup(&other_app, &policy(), Instant::now()).await,
+            Lookup::Miss { .. }
+        ));
+    }
+
+    /// The cache is bounded by bytes: entries beyond `max_bytes` are evicted.
+    #[tokio::test]
+    async fn bounded_by_bytes() {
+        let cache = ResponseCache::new(64 * 1024, 1, 1);
+        let big = Bytes::from(vec![b'x'; 4 * 1024]);
+        for i in 0..100u32 {
+            let k = CacheKey {
+                app: 0,
+                command: 0,
+                body: Bytes::from(format!("{{\"i\":{i}}}")),
+            };
+            let Join::Leader(flight) = cache.join(&k) else {
+                panic!()
+            };
+            let response = UpstreamResponse {
+                status: StatusCode::OK,
+                body: big.clone(),
+                error_code: 0,
+            };
+            flight.complete(Ok(response), policy()).await;
+        }
+        cache.run_pending_tasks().await;
+        let (entries, bytes) = cache.usage();
+        assert!(bytes <= 64 * 1024, "{bytes} bytes in {entries} entries");
+        assert!(
+            (10..=16).contains(&entries),
+            "{entries} entries of ~4.2 KiB in 64 KiB"
+        );
+    }
+}

@@ -1,0 +1,189 @@
+//! `[throttle]` and its `[[throttle.quotas]]`.
+//!
+//! Promises: every fraction, wait and quota is in its documented range; a quota override
+//! names a catalogued command, at most once; `backoff_max` is at least `backoff_base`.
+
+use std::collections::HashMap;
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use super::{bounded_duration, catalogued, duration, fraction, number_in, Findings};
+use crate::catalogue::Catalogue;
+use crate::config::raw::{RawQuota, RawThrottle};
+use crate::config::{
+    QuotaOverride, ThrottleConfig, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX, DEFAULT_BURST,
+    DEFAULT_MAX_WAIT, DEFAULT_MAX_WAITERS, DEFAULT_QUOTA, DEFAULT_SAFETY_MARGIN,
+};
+
+/// Upper bound of `safety_margin` and `burst`: past half, the budget is mostly unused or
+/// mostly one burst.
+const MAX_FRACTION: f64 = 0.5;
+const MAX_WAITS: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(60);
+const MAX_WAITERS: RangeInclusive<usize> = 0..=1_000_000;
+const QUOTAS: RangeInclusive<u32> = 1..=100_000;
+
+pub(super) fn validate_throttle(
+    raw: RawThrottle,
+    catalogue: &Catalogue,
+    findings: &mut Findings,
+) -> ThrottleConfig {
+    let safety_margin = fraction(
+        findings,
+        "throttle.safety_margin",
+        raw.safety_margin,
+        DEFAULT_SAFETY_MARGIN,
+        MAX_FRACTION,
+    );
+    let burst = fraction(
+        findings,
+        "throttle.burst",
+        raw.burst,
+        DEFAULT_BURST,
+        MAX_FRACTION,
+    );
+    let max_wait = bounded_duration(
+        findings,
+        "throttle.max_wait",
+        raw.max_wait,
+        DEFAULT_MAX_WAIT,
+        MAX_WAITS,
+    );
+    let max_waiters = number_in(
+        findings,
+        "throttle.max_waiters",
+        raw.max_waiters,
+        DEFAULT_MAX_WAITERS,
+        MAX_WAITERS,
+        "",
+    );
+    let default_quota = number_in(
+        findings,
+        "throttle.default_quota",
+        raw.default_quota,
+        DEFAULT_QUOTA,
+        QUOTAS,
+        " calls/s",
+    );
+
+    // Command → the key of its first override, to name it when a second one turns up.
+    let mut first_override: HashMap<String, String> = HashMap::new();
+    let mut quotas = Vec::with_capacity(raw.quotas.len());
+    for (i, raw_quota) in raw.quotas.into_iter().enumerate() {
+        let key = format!("throttle.quotas[{i}]");
+        // Not a table: reported in stage 1, and its (empty) fields would only add noise.
+        if findings.has_problem(&key) {
+            continue;
+        }
+        let Some(quota) = validate_quota(&key, raw_quota, catalogue, findings) else {
+            continue;
+        };
+        if let Some(first) = first_override.get(&quota.command) {
+            findings.problem(
+                format!("{key}.command"),
+                format!(
+                    "{} already has a quota ({first}); give each command one quota",
+                    quota.command
+                ),
+            );
+            continue;
+        }
+        first_override.insert(quota.command.clone(), key);
+        quotas.push(quota);
+    }
+
+    let backoff_base = duration(
+        findings,
+        "throttle.backoff_base",
+        raw.backoff_base,
+        DEFAULT_BACKOFF_BASE,
+    );
+    let backoff_max = duration(
+        findings,
+        "throttle.backoff_max",
+        raw.backoff_max,
+        DEFAULT_BACKOFF_MAX,
+    );
+    // Compared only with a base that was itself valid, so one slip is one problem.
+    if backoff_max < backoff_base && !findings.has_problem("throttle.backoff_base") {
+        findings.problem(
+            "throttle.backoff_max",
+            format!(
+                "{} is shorter than throttle.backoff_base ({}); the pause doubles from the \
+                 base up to this cap",
+                humantime::format_duration(backoff_max),
+                humantime::format_duration(backoff_base)
+            ),
+        );
+    }
+
+    ThrottleConfig {
+        safety_margin,
+        burst,
+        max_wait,
+        max_waiters,
+        default_quota,
+        quotas,
+        backoff_base,
+        backoff_max,
+    }
+}
+
+/// One override, or `None` when its command or quota is missing or refused (reported).
+fn validate_quota(
+    key: &str,
+    raw: RawQuota,
+    catalogue: &Catalogue,
+    findings: &mut Findings,
+) -> Option<QuotaOverride> {
+    let command_key = format!("{key}.command");
+    let spec = match &raw.command {
+        Some(command) => catalogued(catalogue, findings, &command_key, command),
+        None => {
+            findings.problem(
+                &command_key,
+                "is required: the command whose quota this sets, e.g. \
+                 \"im_open_login_svc/account_check\"",
+            );
+            None
+        }
+    };
+    let per_second_key = format!("{key}.per_second");
+    let per_second = match raw.per_second {
+        // A value of the wrong type was dropped and reported under this key, which keeps that
+        // first problem.
+        None => {
+            findings.problem(&per_second_key, "is required: calls per second, e.g. 100");
+            None
+        }
+        Some(n) => match u32::try_from(n) {
+            Ok(n) if QUOTAS.contains(&n) => Some(n),
+            _ => {
+                findings.problem(
+                    &per_second_key,
+                    format!(
+                        "{n} is out of range; give {} ..= {} calls/s",
+                        QUOTAS.start(),
+                        QUOTAS.end()
+                    ),
+                );
+                None
+            }
+        },
+    };
+    let (spec, per_second) = (spec?, per_second?);
+    if let Some(documented) = spec.quota_per_second.filter(|&q| per_second > q) {
+        findings.warning(
+            &per_second_key,
+            format!(
+                "{per_second} calls/s is above Tencent's documented {documented} for {} \
+                 (reference §4–5); past it Tencent answers 60007, so raise it only if your \
+                 plan's limit is higher",
+                spec.name
+            ),
+        );
+    }
+    Some(QuotaOverride {
+        command: spec.name.to_owned(),
+        per_second,
+    })
+}

@@ -1,0 +1,509 @@
+//! Per-(app, command) upstream budget.
+//!
+//! Invariant: no sliding 1-second window holds more than `budget` upstream calls, where
+//! `budget = floor(quota × (1 − safety_margin))` is strictly below Tencent's quota.
+//!
+//! The limiter is GCRA (the algorithm behind `governor`), with reservations: a caller is given
+//! the earliest conforming instant (its *slot*) under one short mutex, and sleeps until then.
+//! Slots are handed out in arrival order, so waiters form a FIFO without a queue structure,
+//! and nobody polls. With emission interval `1/rate` and a burst of `burst` calls, any window
+//! of one second holds at most `burst + rate` calls, so we pick `rate = budget − burst`
+//! (a burst equal to the rate would let about twice the rate through in the first second).
+//! Under overload the sustained rate is `rate`, at least 90% of the budget by default.
+//!
+//! A caller whose slot is further away than `max_wait` (or its deadline), or who would join a
+//! queue already holding `max_waiters`, is refused at once with a `retry_after`; it reserves
+//! nothing. Tencent's frequency signals pause a budget (60007/60018/60019), every budget of an
+//! app (60011), or lock the app for 60 s (70050); a pause moves the slots of everyone already
+//! waiting, who then take new slots after it.
+//!
+//! We keep our own ~100-line GCRA rather than `governor` because we need reservations that
+//! are FIFO, bounded by a wait limit known before waiting, and invalidated by a pause;
+//! `governor`'s `until_ready` re-polls each waiter and is not FIFO.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// How long Tencent blocks an app after too many failed UserSig checks (reference §6), plus
+/// a second of margin for clock differences.
+pub const LOCKOUT: Duration = Duration::from_secs(61);
+
+/// Why a caller got no permit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ThrottleError {
+    /// No slot within the caller's wait limit.
+    #[error("the upstream budget is exhausted; retry after {retry_after:?}")]
+    Saturated { retry_after: Duration },
+    /// Too many callers already waiting.
+    #[error("too many requests are already waiting for the upstream budget; retry after {retry_after:?}")]
+    QueueFull { retry_after: Duration },
+    /// Tencent signalled frequency limits or locked the app; calls are paused.
+    #[error(
+        "calls are paused after Tencent's frequency-limit answer; retry after {retry_after:?}"
+    )]
+    Paused { retry_after: Duration },
+    /// Tencent locked the app out after failed UserSig checks (70050).
+    #[error("Tencent locked this app out for 60 s (70050); retry after {retry_after:?}")]
+    LockedOut { retry_after: Duration },
+}
+
+impl ThrottleError {
+    pub fn retry_after(&self) -> Duration {
+        match *self {
+            ThrottleError::Saturated { retry_after }
+            | ThrottleError::QueueFull { retry_after }
+            | ThrottleError::Paused { retry_after }
+            | ThrottleError::LockedOut { retry_after } => retry_after,
+        }
+    }
+}
+
+/// Proof that a call may go out now. Holding it has no further effect: GCRA limits the rate
+/// at which permits are issued, not how many calls are open.
+#[must_use = "a permit stands for one upstream call"]
+#[derive(Debug)]
+pub struct Permit {
+    /// How long the caller waited for it.
+    pub waited: Duration,
+}
+
+/// The numbers a budget is built from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BudgetSpec {
+    /// Tencent's documented calls per second.
+    pub quota: u32,
+    /// Fraction of the quota never used, 0.0..=0.5.
+    pub safety_margin: f64,
+    /// Fraction of the budget that may go out at once, 0.0..=0.5.
+    pub burst: f64,
+    pub max_wait: Duration,
+    pub max_waiters: usize,
+}
+
+impl BudgetSpec {
+    /// Calls allowed in any sliding second: strictly below the quota.
+    pub fn budget(&self) -> u32 {
+        let budget = (f64::from(self.quota) * (1.0 - self.safety_margin)).floor() as u32;
+        budget.min(self.quota.saturating_sub(1)).max(1)
+    }
+
+    /// Calls that may go out back to back.
+    pub fn burst_calls(&self) -> u32 {
+        let budget = self.budget();
+        ((f64::from(budget) * self.burst).floor() as u32)
+            .max(1)
+            .min(budget.saturating_sub(1).max(1))
+    }
+
+    /// The sustained rate in calls per second: budget minus burst (see the module docs).
+    pub fn rate(&self) -> u32 {
+        (self.budget() - self.burst_calls()).max(1)
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    /// GCRA's theoretical arrival time of the next call.
+    tat: Instant,
+    /// No slot before this instant (Tencent asked us to back off).
+    paused_until: Instant,
+    /// Whether the pause is a 70050 lockout, for the error callers get.
+    is_locked_out: bool,
+    /// Increases with every pause; a waiter whose slot predates a pause takes a new one.
+    epoch: u64,
+    /// Consecutive frequency-limit signals, for the doubling back-off.
+    strikes: u32,
+}
+
+/// One (app, command) budget.
+#[derive(Debug)]
+pub struct Budget {
+    spec: BudgetSpec,
+    /// Time between two calls at the sustained rate.
+    interval: Duration,
+    /// How far ahead of its theoretical time a call may go: `(burst − 1) × interval`.
+    tolerance: Duration,
+    state: Mutex<State>,
+    /// Callers sleeping until their slot.
+    waiters: AtomicUsize,
+}
+
+/// Decrements the waiter count however the wait ends, cancellation included.
+struct WaiterGuard<'a>(&'a AtomicUsize);
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Budget {
+    pub fn new(spec: BudgetSpec) -> Self {
+        let interval = Duration::from_secs(1) / spec.rate();
+        let tolerance = interval * (spec.burst_calls() - 1);
+        let now = Instant::now();
+        Budget {
+            spec,
+            interval,
+            tolerance,
+            state: Mutex::new(State {
+                tat: now,
+                paused_until: now,
+                is_locked_out: false,
+                epoch: 0,
+                strikes: 0,
+            }),
+            waiters: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn spec(&self) -> &BudgetSpec {
+        &self.spec
+    }
+
+    /// Callers currently waiting for a slot.
+    pub fn waiters(&self) -> usize {
+        self.waiters.load(Ordering::Acquire)
+    }
+
+    /// Whether calls are paused at `now` by a Tencent signal.
+    pub fn is_paused(&self) -> bool {
+        self.lock().paused_until > Instant::now()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for a permit until at most `deadline` (and `max_wait` from now).
+    ///
+    /// # Errors
+    /// A [`ThrottleError`] with a `retry_after` when no slot is available in time.
+    pub async fn acquire(&self, deadline: Instant) -> Result<Permit, ThrottleError> {
+        let started = Instant::now();
+        let limit = deadline.min(started + self.spec.max_wait);
+        let mut now = started;
+        loop {
+            let (slot, epoch) = self.reserve(now, limit)?;
+            if slot <= now {
+                // No sleep in this round; earlier rounds (voided by a pause) may have slept.
+                return Ok(Permit {
+                    waited: if now == started {
+                        Duration::ZERO
+                    } else {
+                        now - started
+                    },
+                });
+            }
+            let _waiting = WaiterGuard(&self.waiters);
+            tokio::time::sleep_until(slot).await;
+            now = Instant::now();
+            if self.lock().epoch == epoch {
+                return Ok(Permit {
+                    waited: now - started,
+                });
+            }
+            // A pause came while we slept: our slot is void; take a new one after the pause.
+        }
+    }
+
+    /// Takes the earliest conforming slot no later than `limit`, or explains why not.
+    fn reserve(&self, now: Instant, limit: Instant) -> Result<(Instant, u64), ThrottleError> {
+        let mut state = self.lock();
+        let conforming = state.tat.checked_sub(self.tolerance).unwrap_or(state.tat);
+        let slot = now.max(conforming).max(state.paused_until);
+        if slot > limit {
+            let retry_after = slot - now;
+            return Err(if state.paused_until > limit {
+                if state.is_locked_out {
+                    ThrottleError::LockedOut { retry_after }
+                } else {
+                    ThrottleError::Paused { retry_after }
+                }
+            } else {
+                ThrottleError::Saturated { retry_after }
+            });
+        }
+        if slot > now {
+            // Counted here, under the lock, so the queue bound is exact; the guard in
+            // `acquire` gives the place back.
+            if self.waiters.load(Ordering::Acquire) >= self.spec.max_waiters {
+                return Err(ThrottleError::QueueFull {
+                    retry_after: slot - now,
+                });
+            }
+            self.waiters.fetch_add(1, Ordering::AcqRel);
+        }
+        state.tat = slot.max(state.tat) + self.interval;
+        Ok((slot, state.epoch))
+    }
+
+    /// Tencent said this command is over its frequency limit: pause for a back-off that
+    /// doubles with each consecutive signal, from `base` up to `max`.
+    pub fn back_off(&self, base: Duration, max: Duration) -> Duration {
+        let mut state = self.lock();
+        let pause = base.saturating_mul(1u32 << state.strikes.min(16)).min(max);
+        state.strikes = state.strikes.saturating_add(1);
+        self.pause_locked(&mut state, pause, false);
+        pause
+    }
+
+    /// Pauses every call for `pause` (an app-wide signal or a 70050 lockout).
+    pub fn pause(&self, pause: Duration, is_locked_out: bool) {
+        let mut state = self.lock();
+        self.pause_locked(&mut state, pause, is_locked_out);
+    }
+
+    fn pause_locked(&self, state: &mut State, pause: Duration, is_locked_out: bool) {
+        let until = Instant::now() + pause;
+        if until > state.paused_until {
+            state.paused_until = until;
+            state.is_locked_out = is_locked_out;
+        }
+        // Slots reserved before the pause are void; the next slot is the pause's end.
+        state.tat = state.paused_until;
+        state.epoch += 1;
+    }
+
+    /// A call succeeded: the back-off starts again from `base` next time.
+    pub fn record_success(&self) {
+        let mut state = self.lock();
+        if state.strikes != 0 {
+            state.strikes = 0;
+        }
+    }
+}
+
+/// Every budget of the gateway: one per (app, catalogue command), plus one per app shared by
+/// pass-through commands (their names come from clients, so they get no budget of their own).
+#[derive(Debug)]
+pub struct Throttle {
+    /// Indexed `app * slots + command`, where slot `commands` is the app's pass-through budget.
+    budgets: Vec<Budget>,
+    slots: usize,
+}
+
+impl Throttle {
+    /// `command_specs[i]` is the spec of catalogue command `i`; `other` the spec of the
+    /// pass-through budget. Every app gets the same set.
+    pub fn new(apps: usize, command_specs: &[BudgetSpec], other: BudgetSpec) -> Self {
+        let slots = command_specs.len() + 1;
+        let budgets = (0..apps)
+            .flat_map(|_| {
+                command_specs
+                    .iter()
+                    .copied()
+                    .chain(std::iter::once(other))
+                    .map(Budget::new)
+            })
+            .collect();
+        Throttle { budgets, slots }
+    }
+
+    /// The budget of `command` (a catalogue index, or `None` for pass-through) in `app`.
+    pub fn budget(&self, app: usize, command: Option<usize>) -> &Budget {
+        let slot = command.unwrap_or(self.slots - 1);
+        &self.budgets[app * self.slots + slot]
+    }
+
+    /// Pauses every budget of `app` (Tencent's 60011, or a 70050 lockout).
+    pub fn pause_app(&self, app: usize, pause: Duration, is_locked_out: bool) {
+        for budget in &self.budgets[app * self.slots..(app + 1) * self.slots] {
+            budget.pause(pause, is_locked_out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(quota: u32) -> BudgetSpec {
+        BudgetSpec {
+            quota,
+            safety_margin: 0.05,
+            burst: 0.05,
+            max_wait: Duration::from_secs(2),
+            max_waiters: 10_000,
+        }
+    }
+
+    /// Tencent's 200/s gives a budget of 190 per second: a burst of 9, then 181/s.
+    #[test]
+    fn budget_numbers_for_tencents_quota() {
+        let spec = spec(200);
+        assert_eq!(
+            (spec.budget(), spec.burst_calls(), spec.rate()),
+            (190, 9, 181)
+        );
+        let tiny = BudgetSpec { quota: 2, ..spec };
+        assert_eq!((tiny.budget(), tiny.burst_calls(), tiny.rate()), (1, 1, 1));
+        let no_margin = BudgetSpec {
+            safety_margin: 0.0,
+            ..spec
+        };
+        assert_eq!(no_margin.budget(), 199, "always strictly below the quota");
+    }
+
+    /// Under paused time, 10 s of unbounded demand yields at most `budget` permits in every
+    /// sliding second and a sustained rate of `rate`.
+    #[tokio::test(start_paused = true)]
+    async fn no_sliding_second_exceeds_the_budget() {
+        let budget = std::sync::Arc::new(Budget::new(BudgetSpec {
+            max_wait: Duration::from_secs(60),
+            ..spec(200)
+        }));
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..2_000 {
+            let budget = std::sync::Arc::clone(&budget);
+            tasks.push(tokio::spawn(async move {
+                let _ = budget
+                    .acquire(Instant::now() + Duration::from_secs(60))
+                    .await
+                    .unwrap();
+                Instant::now()
+            }));
+        }
+        let mut times = Vec::new();
+        for task in tasks {
+            times.push(task.await.unwrap() - start);
+        }
+        times.sort();
+        let mut max_in_window = 0;
+        let mut left = 0;
+        for right in 0..times.len() {
+            while times[right] - times[left] >= Duration::from_secs(1) {
+                left += 1;
+            }
+            max_in_window = max_in_window.max(right - left + 1);
+        }
+        assert!(max_in_window <= 190, "{max_in_window} calls in one second");
+        // 2,000 calls at 181/s after a burst of 9 take (2000 - 9) / 181 s ≈ 11.0 s.
+        let last = *times.last().unwrap();
+        assert!(
+            last >= Duration::from_millis(10_990) && last <= Duration::from_millis(11_010),
+            "{last:?}"
+        );
+    }
+
+    /// Callers are served in arrival order.
+    #[tokio::test(start_paused = true)]
+    async fn waiters_are_served_first_in_first_out() {
+        let budget = std::sync::Arc::new(Budget::new(spec(20)));
+        let order = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for i in 0..30 {
+            let budget = std::sync::Arc::clone(&budget);
+            let order = std::sync::Arc::clone(&order);
+            tasks.push(tokio::spawn(async move {
+                if budget
+                    .acquire(Instant::now() + Duration::from_secs(60))
+                    .await
+                    .is_ok()
+                {
+                    order.lock().unwrap().push(i);
+                }
+            }));
+            // Arrival order is spawn order: let each task reserve before the next starts.
+            tokio::task::yield_now().await;
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let order = order.lock().unwrap().clone();
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(order, sorted);
+        assert!(!order.is_empty());
+    }
+
+    /// A caller whose slot is beyond `max_wait` is refused at once with the wait it would
+    /// have needed, and reserves nothing.
+    #[tokio::test(start_paused = true)]
+    async fn beyond_max_wait_is_refused_with_retry_after() {
+        let budget = Budget::new(BudgetSpec {
+            max_wait: Duration::ZERO,
+            ..spec(20)
+        });
+        // Budget 19, burst 1 → rate 18/s: one call now, the next ~55.6 ms later.
+        let far = Instant::now() + Duration::from_secs(60);
+        let _ = budget.acquire(far).await.unwrap();
+        let refused = budget.acquire(far).await.unwrap_err();
+        assert_eq!(
+            refused,
+            ThrottleError::Saturated {
+                retry_after: Duration::from_secs(1) / 18
+            }
+        );
+        tokio::time::advance(Duration::from_secs(1) / 18).await;
+        let _ = budget.acquire(far).await.unwrap();
+    }
+
+    /// When `max_waiters` callers already wait, the next one is refused with QueueFull.
+    #[tokio::test(start_paused = true)]
+    async fn full_queue_refuses_newcomers() {
+        let budget = std::sync::Arc::new(Budget::new(BudgetSpec {
+            max_waiters: 2,
+            ..spec(20)
+        }));
+        let far = Instant::now() + Duration::from_secs(60);
+        let _ = budget.acquire(far).await.unwrap(); // no wait
+        let mut waiting = Vec::new();
+        for _ in 0..2 {
+            let budget = std::sync::Arc::clone(&budget);
+            waiting.push(tokio::spawn(async move { budget.acquire(far).await }));
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(budget.waiters(), 2);
+        assert!(matches!(
+            budget.acquire(far).await,
+            Err(ThrottleError::QueueFull { .. })
+        ));
+        for task in waiting {
+            let _ = task.await.unwrap().unwrap();
+        }
+        assert_eq!(budget.waiters(), 0);
+    }
+
+    /// A back-off pauses new and already-waiting callers until it ends, doubling per strike
+    /// and resetting after a success.
+    #[tokio::test(start_paused = true)]
+    async fn back_off_pauses_waiters_and_doubles() {
+        let budget = std::sync::Arc::new(Budget::new(spec(20)));
+        let far = Instant::now() + Duration::from_secs(60);
+        let _ = budget.acquire(far).await.unwrap();
+        let waiter = {
+            let budget = std::sync::Arc::clone(&budget);
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let _ = budget.acquire(far).await.unwrap();
+                Instant::now() - started
+            })
+        };
+        tokio::task::yield_now().await;
+        let base = Duration::from_secs(1);
+        assert_eq!(budget.back_off(base, Duration::from_secs(30)), base);
+        assert!(budget.is_paused());
+        assert_eq!(
+            waiter.await.unwrap(),
+            base,
+            "the waiter moved to the pause's end"
+        );
+        assert_eq!(budget.back_off(base, Duration::from_secs(30)), base * 2);
+        budget.record_success();
+        assert_eq!(budget.back_off(base, Duration::from_secs(30)), base);
+        let quick = Budget::new(BudgetSpec {
+            max_wait: Duration::from_millis(100),
+            ..spec(20)
+        });
+        quick.pause(LOCKOUT, true);
+        assert!(matches!(
+            quick.acquire(far).await,
+            Err(ThrottleError::LockedOut { .. })
+        ));
+    }
+}
