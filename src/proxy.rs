@@ -22,7 +22,8 @@ use tokio::time::Instant;
 pub use forward::{App, CommandRuntime, Outcome, RetrySettings, Shared, Target};
 
 use crate::cache::{
-    canonical_body, CacheKey, CachePolicy, Cached, FlightResult, Join, Lookup, ResponseCache,
+    canonical_body, CacheKey, CachePolicy, Cached, Flight, FlightResult, Join, Lookup,
+    ResponseCache,
 };
 use crate::catalogue::{Access, Catalogue, DEFAULT_INVALIDATIONS};
 use crate::config::Config;
@@ -277,7 +278,7 @@ impl Proxy {
         let (reply, status) = match policy {
             Some(policy) => self.lookup(&target, body, policy, deadline).await,
             None => {
-                let result = self.shared.forward(&target, body, deadline).await;
+                let result = self.shared.forward(&target, body, deadline, true).await;
                 if matches!(&result, Ok(r) if r.error_code == 0) {
                     self.shared.invalidate_after_write(&target);
                 }
@@ -394,6 +395,15 @@ impl Proxy {
                 )
             }
         };
+        let fill = |key: CacheKey, body: Bytes, deadline: Instant, may_wait: bool| Fill {
+            key,
+            app: target.app,
+            id,
+            body,
+            policy,
+            deadline,
+            may_wait,
+        };
         let fallback = match self
             .shared
             .cache
@@ -402,12 +412,15 @@ impl Proxy {
         {
             Lookup::Fresh(cached) => return (Reply::Cached(cached), CacheStatus::Hit),
             Lookup::Stale(cached) => {
-                self.refresh(key, target, body, policy);
+                // No client waits on the refresh: it gets a deadline of its own.
+                let own_deadline = Instant::now() + self.shared.retry.deadline;
+                self.refresh(fill(key, body, own_deadline, true));
                 return (Reply::Cached(cached), CacheStatus::Stale);
             }
             Lookup::Miss { fallback } => fallback,
         };
-        let result = self.fetch(key, target, body, policy, deadline).await;
+        let may_wait = fallback.is_none();
+        let result = self.fetch(fill(key, body, deadline, may_wait)).await;
         let is_failure = match &result {
             Ok(response) => Outcome::of(response.error_code).is_upstream_failure(),
             Err(_) => true,
@@ -418,17 +431,10 @@ impl Proxy {
         }
     }
 
-    /// Joins (or leads) the single flight for `key` and waits for its result. The fetch runs as
-    /// its own task: this caller going away neither cancels nor repeats it.
-    async fn fetch(
-        &self,
-        key: CacheKey,
-        target: &Target<'_>,
-        body: Bytes,
-        policy: CachePolicy,
-        deadline: Instant,
-    ) -> FlightResult {
-        let waiter = match self.shared.cache.join(&key) {
+    /// Joins (or leads) the single flight for the fill's key and waits for its result. The
+    /// fetch runs as its own task: this caller going away neither cancels nor repeats it.
+    async fn fetch(&self, fill: Fill) -> FlightResult {
+        let waiter = match self.shared.cache.join(&fill.key) {
             Join::Follower(waiter) => waiter,
             Join::Leader(flight) => {
                 let waiter = flight.waiter();
@@ -436,12 +442,12 @@ impl Proxy {
                 if let Lookup::Fresh(cached) = self
                     .shared
                     .cache
-                    .lookup(&key, &policy, Instant::now())
+                    .lookup(&fill.key, &fill.policy, Instant::now())
                     .await
                 {
                     flight.complete_from_cache(&cached);
                 } else {
-                    self.spawn_fetch(flight, target, body, policy, deadline);
+                    tokio::spawn(Arc::clone(&self.shared).run_fill(flight, fill));
                 }
                 waiter
             }
@@ -450,35 +456,40 @@ impl Proxy {
     }
 
     /// Starts a background refresh of a stale entry unless one is already running.
-    fn refresh(&self, key: CacheKey, target: &Target<'_>, body: Bytes, policy: CachePolicy) {
-        if let Join::Leader(flight) = self.shared.cache.join(&key) {
-            let deadline = Instant::now() + self.shared.retry.deadline;
-            self.spawn_fetch(flight, target, body, policy, deadline);
+    fn refresh(&self, fill: Fill) {
+        if let Join::Leader(flight) = self.shared.cache.join(&fill.key) {
+            tokio::spawn(Arc::clone(&self.shared).run_fill(flight, fill));
         }
     }
+}
 
-    fn spawn_fetch(
-        &self,
-        flight: crate::cache::Flight,
-        target: &Target<'_>,
-        body: Bytes,
-        policy: CachePolicy,
-        deadline: Instant,
-    ) {
-        let shared = Arc::clone(&self.shared);
-        let id = target.id.expect("only catalogue commands are cacheable");
-        let app = target.app;
-        let access = target.access;
-        tokio::spawn(async move {
-            let target = Target {
-                app,
-                command: shared.catalogue.spec_at(id).name,
-                id: Some(id),
-                access,
-            };
-            let result = shared.forward(&target, body, deadline).await;
-            flight.complete(result, policy).await;
-        });
+/// One fetch that fills a cache entry: everything its task needs, owned.
+struct Fill {
+    key: CacheKey,
+    app: usize,
+    /// Catalogue index of the (cacheable) command.
+    id: usize,
+    body: Bytes,
+    policy: CachePolicy,
+    deadline: Instant,
+    /// False when a stale fallback exists: do not queue for a permit (see `Shared::forward`).
+    may_wait: bool,
+}
+
+impl Shared {
+    /// Fetches for `fill` and completes its flight: stores a success, wakes every waiter.
+    async fn run_fill(self: Arc<Self>, flight: Flight, fill: Fill) {
+        let spec = self.catalogue.spec_at(fill.id);
+        let target = Target {
+            app: fill.app,
+            command: spec.name,
+            id: Some(fill.id),
+            access: spec.access,
+        };
+        let result = self
+            .forward(&target, fill.body, fill.deadline, fill.may_wait)
+            .await;
+        flight.complete(result, fill.policy).await;
     }
 }
 

@@ -184,7 +184,8 @@ impl Budget {
     /// A [`ThrottleError`] with a `retry_after` when no slot is available in time.
     pub async fn acquire(&self, deadline: Instant) -> Result<Permit, ThrottleError> {
         let started = Instant::now();
-        let limit = deadline.min(started + self.spec.max_wait);
+        // A deadline already past still takes a slot that is free right now.
+        let limit = deadline.max(started).min(started + self.spec.max_wait);
         let mut now = started;
         loop {
             let (slot, epoch) = self.reserve(now, limit)?;
@@ -441,6 +442,20 @@ mod tests {
         );
         tokio::time::advance(Duration::from_secs(1) / 18).await;
         let _ = budget.acquire(far).await.unwrap();
+    }
+
+    /// A caller that may not wait (deadline already past) still gets a slot that is free now,
+    /// and is refused only when it would have to wait.
+    #[tokio::test(start_paused = true)]
+    async fn no_wait_callers_take_free_slots_only() {
+        let budget = Budget::new(spec(20));
+        let past = Instant::now();
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let _ = budget.acquire(past).await.expect("a free slot");
+        assert!(matches!(
+            budget.acquire(past).await,
+            Err(ThrottleError::Saturated { .. })
+        ));
     }
 
     /// When `max_waiters` callers already wait, the next one is refused with QueueFull.

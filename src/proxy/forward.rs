@@ -154,11 +154,15 @@ impl Shared {
     ///
     /// # Errors
     /// A [`GatewayError`] when there is no answer to relay: throttled, or the upstream failed.
+    ///
+    /// `may_wait` is false when the caller has a stale answer to fall back on: then a busy or
+    /// paused budget fails at once instead of queueing, and the stale answer goes out now.
     pub async fn forward(
         &self,
         target: &Target<'_>,
         body: Bytes,
         deadline: Instant,
+        may_wait: bool,
     ) -> FlightResult {
         let app = &self.apps[target.app];
         let budget = self.throttle.budget(target.app, target.id);
@@ -167,7 +171,11 @@ impl Shared {
         let mut retries = 0;
         loop {
             // Every attempt, retries included, takes a permit: retries stay inside the quota.
-            let permit = budget.acquire(deadline).await.map_err(GatewayError::from)?;
+            let wait_until = if may_wait { deadline } else { Instant::now() };
+            let permit = budget
+                .acquire(wait_until)
+                .await
+                .map_err(GatewayError::from)?;
             if !permit.waited.is_zero() {
                 tracing::trace!(app = %app.name, command = target.command, waited = ?permit.waited, "throttled");
             }
