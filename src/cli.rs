@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::config::{
     Config, ConfigError, Env, DEFAULT_SECRET_KEY_ENV as SECRET_KEY_ENV, DEMO_TOML,
 };
-use crate::gateway::{Gateway, DEFAULT_SHUTDOWN_GRACE};
+use crate::gateway::Gateway;
 use crate::sandbox::{Sandbox, SandboxApp, SandboxOptions};
 use crate::usersig::{self, SecretKey};
 
@@ -50,9 +50,10 @@ pub enum Command {
         /// The TOML configuration file.
         #[arg(long, short)]
         config: PathBuf,
-        /// How long in-flight requests may take to finish after SIGTERM.
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "25s")]
-        shutdown_grace: Duration,
+        /// How long in-flight requests may take to finish after SIGTERM (default: the config's
+        /// `server.shutdown_grace`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        shutdown_grace: Option<Duration>,
     },
     /// Run the gateway against the embedded Tencent look-alike, with demo credentials.
     Demo {
@@ -152,6 +153,7 @@ pub async fn run(command: Command) -> anyhow::Result<Exit> {
             for warning in &loaded.warnings {
                 tracing::warn!(key = %warning.key, "{}", warning.message);
             }
+            let shutdown_grace = shutdown_grace.unwrap_or(loaded.config.server.shutdown_grace);
             let gateway = Gateway::start(&loaded.config, shutdown_grace).await?;
             crate::shutdown::signal().await;
             tracing::info!(grace = ?shutdown_grace, "draining");
@@ -300,7 +302,7 @@ async fn demo(
     ]));
     let loaded = Config::from_toml_str(DEMO_TOML, &env)
         .map_err(|e| anyhow::anyhow!("the built-in demo config is invalid: {e}"))?;
-    let gateway = Gateway::start(&loaded.config, DEFAULT_SHUTDOWN_GRACE).await?;
+    let gateway = Gateway::start(&loaded.config, loaded.config.server.shutdown_grace).await?;
     let base = format!("http://{}", gateway.client_addr());
     println!(
         "\ntim-gateway demo: gateway on {base}, admin on http://{admin}, Tencent look-alike on {sandbox}\n\

@@ -21,10 +21,6 @@ use crate::proxy::Proxy;
 use crate::server::{self, Handler};
 use crate::upstream::{UpstreamBuildError, UpstreamClient, UpstreamSettings};
 
-/// Grace period for in-flight requests after a shutdown signal; below Kubernetes' default
-/// 30 s `terminationGracePeriodSeconds`.
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
-
 /// The gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
