@@ -1,5 +1,6 @@
-//! The admin listener: `/healthz` (process alive), `/readyz` (UserSigs minted, not draining)
-//! and `POST /cache/purge[?app=NAME][&command=SERVICE/COMMAND]`.
+//! The admin listener: `/metrics` (Prometheus text), `/healthz` (process alive), `/readyz`
+//! (UserSigs minted, not draining) and `POST /cache/purge[?app=NAME][&command=SERVICE/COMMAND]`.
+//! It stays up while the client listener drains, so probes see the not-ready state.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -77,6 +78,15 @@ impl Handler for Admin {
             _ if method != Method::GET && method != Method::HEAD => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
             }
+            "/metrics" => {
+                let mut response =
+                    Response::new(Full::new(Bytes::from(self.proxy.render_metrics())));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                response
+            }
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" => {
                 // Every app's first UserSig is minted when the proxy is built, so a proxy
@@ -91,7 +101,7 @@ impl Handler for Admin {
             }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /healthz, /readyz or POST /cache/purge\n",
+                "not found; try /metrics, /healthz, /readyz or POST /cache/purge\n",
             ),
         }
     }

@@ -235,9 +235,23 @@ impl moka::Expiry<CacheKey, Arc<Cached>> for PolicyExpiry {
 
 impl ResponseCache {
     /// A cache of at most `max_bytes` for `apps × commands` (app, command) pairs, with its
-    /// housekeeping task (which ends when the cache is dropped).
-    pub fn new(max_bytes: u64, apps: u32, commands: u32) -> Arc<Self> {
+    /// housekeeping task (which ends when the cache is dropped). `on_evict` is told why each
+    /// entry left: `size`, `expired`, `explicit` (invalidated) or `replaced`.
+    pub fn new(
+        max_bytes: u64,
+        apps: u32,
+        commands: u32,
+        on_evict: impl Fn(&'static str) + Send + Sync + 'static,
+    ) -> Arc<Self> {
         let entries = Cache::builder()
+            .eviction_listener(move |_key, _value, cause| {
+                on_evict(match cause {
+                    moka::notification::RemovalCause::Size => "size",
+                    moka::notification::RemovalCause::Expired => "expired",
+                    moka::notification::RemovalCause::Explicit => "explicit",
+                    moka::notification::RemovalCause::Replaced => "replaced",
+                })
+            })
             .max_capacity(max_bytes)
             .weigher(|key: &CacheKey, value: &Arc<Cached>| {
                 let bytes = key.body.len() + value.body.len() + ENTRY_OVERHEAD_BYTES;
@@ -478,7 +492,7 @@ mod tests {
     /// Fresh within ttl, stale within swr, fallback within stale_if_error, then gone.
     #[tokio::test(start_paused = true)]
     async fn freshness_follows_the_policy() {
-        let cache = ResponseCache::new(1 << 20, 1, 2);
+        let cache = ResponseCache::new(1 << 20, 1, 2, |_| {});
         let k = key("{}");
         fill(&cache, &k, ok(r#"{"ErrorCode":0}"#)).await;
         let p = policy();
@@ -501,7 +515,7 @@ mod tests {
     /// Only ErrorCode 0 answers are stored; an error is shared with the flight's waiters.
     #[tokio::test]
     async fn errors_are_shared_not_stored() {
-        let cache = ResponseCache::new(1 << 20, 1, 2);
+        let cache = ResponseCache::new(1 << 20, 1, 2, |_| {});
         let k = key("{}");
         let Join::Leader(flight) = cache.join(&k) else {
             panic!()
@@ -529,7 +543,7 @@ mod tests {
     /// A leader that dies without completing wakes its waiters with an error and frees the key.
     #[tokio::test]
     async fn dropped_leader_wakes_waiters() {
-        let cache = ResponseCache::new(1 << 20, 1, 2);
+        let cache = ResponseCache::new(1 << 20, 1, 2, |_| {});
         let k = key("{}");
         let Join::Leader(flight) = cache.join(&k) else {
             panic!()
@@ -543,7 +557,7 @@ mod tests {
     /// Invalidation hides stored entries at once and keeps an in-flight result out of the cache.
     #[tokio::test]
     async fn invalidation_covers_entries_and_flights() {
-        let cache = ResponseCache::new(1 << 20, 2, 2);
+        let cache = ResponseCache::new(1 << 20, 2, 2, |_| {});
         let k = key("{}");
         fill(&cache, &k, ok("{}")).await;
         let other_app = CacheKey {
@@ -580,7 +594,7 @@ mod tests {
     /// The cache is bounded by bytes: entries beyond `max_bytes` are evicted.
     #[tokio::test]
     async fn bounded_by_bytes() {
-        let cache = ResponseCache::new(64 * 1024, 1, 1);
+        let cache = ResponseCache::new(64 * 1024, 1, 1, |_| {});
         let big = Bytes::from(vec![b'x'; 4 * 1024]);
         for i in 0..100u32 {
             let k = CacheKey {

@@ -1,8 +1,10 @@
 //! A running gateway: the proxy on the client listener and the admin endpoints, with one
 //! shutdown switch for both.
 //!
-//! Shutdown order (STYLE.md §7): readiness flips to not-ready first, then the listeners close
-//! and in-flight requests get `grace` to finish.
+//! Shutdown order (STYLE.md §7): readiness flips to not-ready first; requests waiting for a
+//! throttle permit get a clean 503; the client listener closes (new connections are refused)
+//! and in-flight requests get `grace` to finish; the admin listener, which kept answering
+//! probes and scrapes meanwhile, closes last.
 
 use std::io;
 use std::net::SocketAddr;
@@ -47,8 +49,10 @@ pub struct Gateway {
     proxy: Arc<Proxy>,
     /// Shared with `/readyz`.
     is_draining: Arc<AtomicBool>,
-    /// `true` once shutdown has begun; both servers watch it.
-    stop: watch::Sender<bool>,
+    /// `true` once the client listener must stop.
+    stop_client: watch::Sender<bool>,
+    /// `true` once the admin listener must stop (after the client side drained).
+    stop_admin: watch::Sender<bool>,
     client_task: JoinHandle<bool>,
     admin_task: JoinHandle<bool>,
 }
@@ -86,7 +90,8 @@ impl Gateway {
 
         let proxy = Arc::new(Proxy::new(config, upstream));
         let is_draining = Arc::new(AtomicBool::new(false));
-        let (stop, _) = watch::channel(false);
+        let (stop_client, _) = watch::channel(false);
+        let (stop_admin, _) = watch::channel(false);
         let stopped = |stop: &watch::Sender<bool>| {
             let mut rx = stop.subscribe();
             async move {
@@ -96,14 +101,20 @@ impl Gateway {
         let client_task = tokio::spawn(server::run(
             client_listener,
             Arc::clone(&proxy),
-            stopped(&stop),
+            stopped(&stop_client),
             grace,
         ));
         let admin = Arc::new(Admin {
             proxy: Arc::clone(&proxy),
             is_draining: Arc::clone(&is_draining),
         });
-        let admin_task = tokio::spawn(server::run(admin_listener, admin, stopped(&stop), grace));
+        // The admin side has nothing long-running to drain: a short grace is enough.
+        let admin_task = tokio::spawn(server::run(
+            admin_listener,
+            admin,
+            stopped(&stop_admin),
+            Duration::from_secs(1),
+        ));
         for app in proxy.apps() {
             tracing::info!(
                 app = %app.name,
@@ -120,7 +131,8 @@ impl Gateway {
             admin_addr,
             proxy,
             is_draining,
-            stop,
+            stop_client,
+            stop_admin,
             client_task,
             admin_task,
         })
@@ -142,8 +154,10 @@ impl Gateway {
     /// flight finished within the grace period.
     pub async fn shutdown(self) -> bool {
         self.is_draining.store(true, Ordering::Release);
-        let _ = self.stop.send(true);
+        self.proxy.begin_drain();
+        let _ = self.stop_client.send(true);
         let client = self.client_task.await.unwrap_or(false);
+        let _ = self.stop_admin.send(true);
         let admin = self.admin_task.await.unwrap_or(false);
         client && admin
     }

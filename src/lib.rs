@@ -7,6 +7,7 @@
 //! - [`config`]: TOML file + `TIM_GATEWAY__…` env overrides → validated `Config`, all problems at once.
 //! - [`error`]: gateway-made errors in Tencent's envelope.
 //! - [`gateway`]: assemble and run the proxy and admin listeners; shutdown.
+//! - [`metrics`]: every `tim_gateway_*` Prometheus metric.
 //! - [`proxy`]: the client-facing handler, phase by phase.
 //! - [`region`]: regional domains and upstream origins.
 //! - [`route`]: client path → app and command.
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod gateway;
+pub mod metrics;
 pub mod proxy;
 pub mod region;
 pub mod route;

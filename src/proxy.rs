@@ -28,6 +28,7 @@ use crate::cache::{
 use crate::catalogue::{Access, Catalogue, DEFAULT_INVALIDATIONS};
 use crate::config::Config;
 use crate::error::GatewayError;
+use crate::metrics::Metrics;
 use crate::route::parse_path;
 use crate::signer::Signer;
 use crate::throttle::{BudgetSpec, Throttle};
@@ -193,13 +194,26 @@ impl Proxy {
             .map(|(i, app)| (app.name.clone(), i))
             .collect();
         let (command_specs, other_spec) = budget_specs(&catalogue, config);
+        let app_names: Vec<String> = apps.iter().map(|app| app.name.clone()).collect();
+        let command_names: Vec<&'static str> = catalogue.iter().map(|(_, s)| s.name).collect();
+        let metrics = Arc::new(
+            Metrics::register(&app_names, &command_names)
+                .expect("metric names and labels are fixed and valid"),
+        );
+        let on_evict = {
+            let metrics = Arc::clone(&metrics);
+            move |cause| metrics.cache_eviction(cause)
+        };
         let shared = Shared {
             throttle: Throttle::new(apps.len(), &command_specs, other_spec),
             cache: ResponseCache::new(
                 config.cache.max_bytes,
                 apps.len() as u32,
                 catalogue.len() as u32,
+                on_evict,
             ),
+            metrics,
+            draining: tokio::sync::watch::Sender::new(false),
             commands: command_runtime(&catalogue, config),
             apps,
             catalogue,
@@ -254,7 +268,56 @@ impl Proxy {
             None => None,
         };
         self.shared.cache.invalidate_where(app, command);
+        for (a, c) in self.cacheable_pairs() {
+            if app.is_none_or(|x| x as usize == a) && command.is_none_or(|x| x as usize == c) {
+                self.shared.metrics.cache_invalidation(a, c);
+            }
+        }
         Ok(())
+    }
+
+    /// Every (app, catalogue command) pair whose answers are cached.
+    fn cacheable_pairs(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let commands = &self.shared.commands;
+        (0..self.shared.apps.len()).flat_map(move |a| {
+            (0..commands.len())
+                .filter(|&c| commands[c].cache.is_some())
+                .map(move |c| (a, c))
+        })
+    }
+
+    /// Copies scrape-time state (cache size, throttle queues and pauses, UserSig mints and
+    /// expiry) into the metrics and renders them.
+    pub fn render_metrics(&self) -> Vec<u8> {
+        let shared = &self.shared;
+        let metrics = &shared.metrics;
+        let (entries, bytes) = shared.cache.usage();
+        metrics.set_cache_usage(entries, bytes);
+        for (a, app) in shared.apps.iter().enumerate() {
+            let minted = app.signer.peek();
+            metrics.set_usersig(a, app.signer.mints_by_reason(), minted.expires_at_unix);
+            for c in 0..=shared.catalogue.len() {
+                let command = (c < shared.catalogue.len()).then_some(c);
+                let budget = shared.throttle.budget(a, command);
+                let spec = budget.spec();
+                let slot = command.unwrap_or(metrics.other_command());
+                metrics.set_budget(
+                    a,
+                    slot,
+                    budget.waiters(),
+                    budget.is_paused(),
+                    spec.budget(),
+                    spec.quota,
+                );
+            }
+        }
+        metrics.render()
+    }
+
+    /// Starts draining: requests waiting for a throttle permit stop waiting and get a clean
+    /// 503; calls already sent finish.
+    pub fn begin_drain(&self) {
+        self.shared.draining.send_replace(true);
     }
 
     /// Answers one client request. Never fails: every error becomes an envelope.
@@ -263,35 +326,50 @@ impl Proxy {
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let started = Instant::now();
+        let metrics = &self.shared.metrics;
+        // Decremented however the request ends, a client hanging up included.
+        let _in_flight = InFlight::enter(&metrics.in_flight);
         let (parts, body) = request.into_parts();
-        let target = match self.route(&parts.method, parts.uri.path()) {
-            Ok(target) => target,
-            Err(error) => return reject(error, &parts, started),
+        let mut ctx = RequestCtx {
+            started: Instant::now(),
+            request_id: request_id(&parts.headers),
+            app: metrics.unknown_app(),
+            command: metrics.unknown_command(),
+            cache: CacheStatus::Bypass,
         };
-        let body = match self.read_body(&target, &parts.headers, body).await {
-            Ok(body) => body,
-            Err(error) => return reject(error, &parts, started),
-        };
-        let deadline = started + self.shared.retry.deadline;
-        let policy = target.id.and_then(|id| self.shared.commands[id].cache);
-        let (reply, status) = match policy {
-            Some(policy) => self.lookup(&target, body, policy, deadline).await,
-            None => {
-                let result = self.shared.forward(&target, body, deadline, true).await;
-                if matches!(&result, Ok(r) if r.error_code == 0) {
-                    self.shared.invalidate_after_write(&target);
-                }
-                (into_reply(result), CacheStatus::Bypass)
+        let (reply, target) = match self.route(&parts.method, parts.uri.path()) {
+            Err(error) => (Reply::Error(error), None),
+            Ok(target) => {
+                ctx.app = target.app;
+                ctx.command = target.id.unwrap_or(metrics.other_command());
+                let reply = match self.read_body(&target, &parts.headers, body).await {
+                    Err(error) => Reply::Error(error),
+                    Ok(body) => self.answer(&target, body, &mut ctx).await,
+                };
+                (reply, Some(target))
             }
         };
-        respond(
-            &self.shared.apps[target.app].name,
-            &target,
-            reply,
-            status,
-            started,
-        )
+        self.respond(reply, &ctx, target.as_ref(), &parts)
+    }
+
+    /// Answers a routed request with a valid body: from the cache for cacheable reads,
+    /// otherwise straight upstream.
+    async fn answer(&self, target: &Target<'_>, body: Bytes, ctx: &mut RequestCtx) -> Reply {
+        let deadline = ctx.started + self.shared.retry.deadline;
+        match target.id.and_then(|id| self.shared.commands[id].cache) {
+            Some(policy) => {
+                let (reply, status) = self.lookup(target, body, policy, deadline).await;
+                ctx.cache = status;
+                reply
+            }
+            None => {
+                let result = self.shared.forward(target, body, deadline, true).await;
+                if matches!(&result, Ok(r) if r.error_code == 0) {
+                    self.shared.invalidate_after_write(target);
+                }
+                into_reply(result)
+            }
+        }
     }
 
     /// In this phase the path names an app and a command. An early return means no such route,
@@ -410,14 +488,27 @@ impl Proxy {
             .lookup(&key, &policy, Instant::now())
             .await
         {
-            Lookup::Fresh(cached) => return (Reply::Cached(cached), CacheStatus::Hit),
+            Lookup::Fresh(cached) => {
+                self.shared
+                    .metrics
+                    .cache_lookup(target.app, id, CacheStatus::Hit);
+                return (Reply::Cached(cached), CacheStatus::Hit);
+            }
             Lookup::Stale(cached) => {
+                self.shared
+                    .metrics
+                    .cache_lookup(target.app, id, CacheStatus::Stale);
                 // No client waits on the refresh: it gets a deadline of its own.
                 let own_deadline = Instant::now() + self.shared.retry.deadline;
                 self.refresh(fill(key, body, own_deadline, true));
                 return (Reply::Cached(cached), CacheStatus::Stale);
             }
-            Lookup::Miss { fallback } => fallback,
+            Lookup::Miss { fallback } => {
+                self.shared
+                    .metrics
+                    .cache_lookup(target.app, id, CacheStatus::Miss);
+                fallback
+            }
         };
         let may_wait = fallback.is_none();
         let result = self.fetch(fill(key, body, deadline, may_wait)).await;
@@ -435,7 +526,10 @@ impl Proxy {
     /// fetch runs as its own task: this caller going away neither cancels nor repeats it.
     async fn fetch(&self, fill: Fill) -> FlightResult {
         let waiter = match self.shared.cache.join(&fill.key) {
-            Join::Follower(waiter) => waiter,
+            Join::Follower(waiter) => {
+                self.shared.metrics.cache_coalesced(fill.app, fill.id);
+                waiter
+            }
             Join::Leader(flight) => {
                 let waiter = flight.waiter();
                 // A flight may have stored its answer between our miss and our registration.
@@ -458,6 +552,7 @@ impl Proxy {
     /// Starts a background refresh of a stale entry unless one is already running.
     fn refresh(&self, fill: Fill) {
         if let Join::Leader(flight) = self.shared.cache.join(&fill.key) {
+            self.shared.metrics.cache_refresh(fill.app, fill.id);
             tokio::spawn(Arc::clone(&self.shared).run_fill(flight, fill));
         }
     }
@@ -500,66 +595,141 @@ fn into_reply(result: FlightResult) -> Reply {
     }
 }
 
-fn reject(
-    error: GatewayError,
-    parts: &http::request::Parts,
+/// What the final log line and the metrics need to know about a request.
+struct RequestCtx {
     started: Instant,
-) -> Response<Full<Bytes>> {
-    tracing::info!(
-        method = %parts.method,
-        status = error.status().as_u16(),
-        error_code = error.code(),
-        latency_us = started.elapsed().as_micros() as u64,
-        error = %error,
-        "rejected"
-    );
-    error.into_response()
+    /// The client's `X-Request-Id` if usable, else a fresh one; echoed back.
+    request_id: HeaderValue,
+    /// Metrics indices: app (or unknown) and command slot (or other / unknown).
+    app: usize,
+    command: usize,
+    cache: CacheStatus,
 }
 
-/// In this phase the answer goes back: Tencent's status and JSON body unchanged (from the
-/// upstream or the cache), or a gateway error envelope; plus `X-Cache` and `Age`.
-fn respond(
-    app: &str,
-    target: &Target<'_>,
-    reply: Reply,
-    cache_status: CacheStatus,
-    started: Instant,
-) -> Response<Full<Bytes>> {
-    let (mut response, error_code, age) = match reply {
-        Reply::Upstream(upstream) => {
-            let mut response = Response::new(Full::new(upstream.body));
-            *response.status_mut() = upstream.status;
-            (response, upstream.error_code, Some(0))
-        }
-        Reply::Cached(cached) => {
-            let mut response = Response::new(Full::new(cached.body.clone()));
-            *response.status_mut() = cached.status;
-            (response, 0, Some(cached.age(Instant::now()).as_secs()))
-        }
-        Reply::Error(error) => {
-            tracing::warn!(app, command = target.command, error = %error, "upstream failed");
-            let code = error.code();
-            (error.into_response(), code, None)
-        }
-    };
-    let status = response.status();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert("x-cache", HeaderValue::from_static(cache_status.as_str()));
-    if let (Some(age), true) = (age, cache_status != CacheStatus::Bypass) {
-        headers.insert(header::AGE, HeaderValue::from(age));
+/// Counts a request in flight until dropped.
+struct InFlight<'a>(&'a prometheus::IntGauge);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a prometheus::IntGauge) -> Self {
+        gauge.inc();
+        InFlight(gauge)
     }
-    tracing::info!(
-        app,
-        command = target.command,
-        cache = %cache_status.as_str(),
-        status = status.as_u16(),
-        error_code,
-        latency_us = started.elapsed().as_micros() as u64,
-        "request"
-    );
-    response
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Longest client `X-Request-Id` echoed back; longer ones are replaced.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// The client's `X-Request-Id` when it is short visible ASCII, else 16 random hex digits.
+fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get(REQUEST_ID) {
+        let bytes = id.as_bytes();
+        if !bytes.is_empty()
+            && bytes.len() <= MAX_REQUEST_ID_LEN
+            && bytes.iter().all(|b| b.is_ascii_graphic())
+        {
+            return id.clone();
+        }
+    }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let random = rand::random::<u64>();
+    let mut id = [0u8; 16];
+    for (i, digit) in id.iter_mut().enumerate() {
+        *digit = HEX[((random >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
+}
+
+const REQUEST_ID: &str = "x-request-id";
+
+impl Proxy {
+    /// In this phase the answer goes back: Tencent's status and JSON body unchanged (from the
+    /// upstream or the cache), or a gateway error envelope; plus `X-Cache`, `Age` and
+    /// `X-Request-Id`. The request's metrics and its one log line are written here.
+    fn respond(
+        &self,
+        reply: Reply,
+        ctx: &RequestCtx,
+        target: Option<&Target<'_>>,
+        parts: &http::request::Parts,
+    ) -> Response<Full<Bytes>> {
+        let (mut response, error_code, age, error) = match reply {
+            Reply::Upstream(upstream) => {
+                let mut response = Response::new(Full::new(upstream.body));
+                *response.status_mut() = upstream.status;
+                (response, upstream.error_code, Some(0), None)
+            }
+            Reply::Cached(cached) => {
+                let mut response = Response::new(Full::new(cached.body.clone()));
+                *response.status_mut() = cached.status;
+                (
+                    response,
+                    0,
+                    Some(cached.age(Instant::now()).as_secs()),
+                    None,
+                )
+            }
+            Reply::Error(error) => {
+                let code = error.code();
+                let text = error.to_string();
+                (error.into_response(), code, None, Some(text))
+            }
+        };
+        let status = response.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if target.is_some() {
+            headers.insert("x-cache", HeaderValue::from_static(ctx.cache.as_str()));
+        }
+        if let (Some(age), true) = (age, ctx.cache != CacheStatus::Bypass) {
+            headers.insert(header::AGE, HeaderValue::from(age));
+        }
+        headers.insert(REQUEST_ID, ctx.request_id.clone());
+
+        let elapsed = ctx.started.elapsed();
+        self.shared
+            .metrics
+            .request(ctx.app, ctx.command, ctx.cache, status.as_u16(), elapsed);
+        let app = self
+            .shared
+            .apps
+            .get(ctx.app)
+            .map_or("-", |a| a.name.as_str());
+        let command = target.map_or("-", |t| t.command);
+        let request_id = ctx.request_id.to_str().unwrap_or("-");
+        match error {
+            None => tracing::info!(
+                request_id,
+                app,
+                command,
+                cache = %ctx.cache.as_str(),
+                status = status.as_u16(),
+                error_code,
+                latency_us = elapsed.as_micros() as u64,
+                "request"
+            ),
+            Some(error) => tracing::info!(
+                request_id,
+                method = %parts.method,
+                path = parts.uri.path(),
+                app,
+                command,
+                cache = %ctx.cache.as_str(),
+                status = status.as_u16(),
+                error_code,
+                latency_us = elapsed.as_micros() as u64,
+                error = %error,
+                "request"
+            ),
+        }
+        response
+    }
 }

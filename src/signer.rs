@@ -20,9 +20,9 @@ const REFRESH_AT_FRACTION: f64 = 0.8;
 /// Why a UserSig was minted (a metric label in the operations work).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MintReason {
-    Startup,
-    Schedule,
-    Rejected,
+    Startup = 0,
+    Schedule = 1,
+    Rejected = 2,
 }
 
 /// One minted UserSig and when to replace it.
@@ -47,8 +47,8 @@ pub struct Signer {
     current: RwLock<Arc<Minted>>,
     /// Held while minting, so concurrent callers that all see a due refresh mint once.
     mint_lock: Mutex<()>,
-    /// Mints so far, for tests and metrics.
-    mints: AtomicU64,
+    /// Mints so far by reason (startup, schedule, rejected), for tests and metrics.
+    mints: [AtomicU64; 3],
 }
 
 impl std::fmt::Debug for Signer {
@@ -87,7 +87,7 @@ impl Signer {
             lifetime,
             current: RwLock::new(Arc::new(first)),
             mint_lock: Mutex::new(()),
-            mints: AtomicU64::new(1),
+            mints: [AtomicU64::new(1), AtomicU64::new(0), AtomicU64::new(0)],
         }
     }
 
@@ -120,7 +120,17 @@ impl Signer {
 
     /// How many UserSigs this signer has minted, the first included.
     pub fn mints(&self) -> u64 {
-        self.mints.load(Ordering::Relaxed)
+        self.mints_by_reason().iter().sum()
+    }
+
+    /// Mints so far, by [`MintReason`] in the order startup, schedule, rejected.
+    pub fn mints_by_reason(&self) -> [u64; 3] {
+        self.mints.each_ref().map(|m| m.load(Ordering::Relaxed))
+    }
+
+    /// The current UserSig without re-minting (for metrics and readiness).
+    pub fn peek(&self) -> Arc<Minted> {
+        self.snapshot()
     }
 
     fn snapshot(&self) -> Arc<Minted> {
@@ -164,7 +174,7 @@ impl Signer {
             reason,
         ));
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&next);
-        self.mints.fetch_add(1, Ordering::Relaxed);
+        self.mints[reason as usize].fetch_add(1, Ordering::Relaxed);
         next
     }
 }

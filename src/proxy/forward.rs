@@ -12,8 +12,10 @@ use tokio::time::Instant;
 use crate::cache::{CachePolicy, FlightResult, ResponseCache};
 use crate::catalogue::{Access, Catalogue};
 use crate::error::GatewayError;
+use crate::metrics::{Metrics, RejectReason, UpstreamOutcome};
 use crate::region::Origins;
 use crate::signer::Signer;
+use crate::throttle::ThrottleError;
 use crate::throttle::{Throttle, LOCKOUT};
 use crate::upstream::{SignedCall, UpstreamClient, UpstreamError, UpstreamResponse};
 
@@ -62,6 +64,9 @@ pub struct Shared {
     pub throttle: Throttle,
     pub upstream: UpstreamClient,
     pub retry: RetrySettings,
+    pub metrics: std::sync::Arc<Metrics>,
+    /// `true` once shutdown began: throttle waiters give up with a clean 503.
+    pub draining: tokio::sync::watch::Sender<bool>,
 }
 
 /// Which upstream call to make.
@@ -172,12 +177,30 @@ impl Shared {
         loop {
             // Every attempt, retries included, takes a permit: retries stay inside the quota.
             let wait_until = if may_wait { deadline } else { Instant::now() };
-            let permit = budget
-                .acquire(wait_until)
-                .await
-                .map_err(GatewayError::from)?;
-            if !permit.waited.is_zero() {
-                tracing::trace!(app = %app.name, command = target.command, waited = ?permit.waited, "throttled");
+            let slot = target.id.unwrap_or(self.metrics.other_command());
+            let mut draining = self.draining.subscribe();
+            let acquired = tokio::select! {
+                // A permit that is free now wins over a shutdown that began meanwhile.
+                biased;
+                acquired = budget.acquire(wait_until) => acquired,
+                _ = draining.wait_for(|is_draining| *is_draining) => {
+                    return Err(GatewayError::Draining);
+                }
+            };
+            match acquired {
+                Ok(permit) => self
+                    .metrics
+                    .throttle_permit(target.app, slot, permit.waited),
+                Err(refused) => {
+                    let reason = match refused {
+                        ThrottleError::Saturated { .. } => RejectReason::Saturated,
+                        ThrottleError::QueueFull { .. } => RejectReason::QueueFull,
+                        ThrottleError::Paused { .. } => RejectReason::Paused,
+                        ThrottleError::LockedOut { .. } => RejectReason::LockedOut,
+                    };
+                    self.metrics.throttle_rejection(target.app, slot, reason);
+                    return Err(GatewayError::from(refused));
+                }
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -191,7 +214,19 @@ impl Shared {
                 usersig: &minted.usersig,
                 body: body.clone(),
             };
+            let sent = Instant::now();
             let result = self.upstream.call_within(&call, remaining).await;
+            let (outcome, error_code) = match &result {
+                Ok(response) if response.error_code == 0 => (UpstreamOutcome::Ok, Some(0)),
+                Ok(response) => (UpstreamOutcome::TencentError, Some(response.error_code)),
+                Err(UpstreamError::Timeout(_)) => (UpstreamOutcome::Timeout, None),
+                Err(UpstreamError::Connect(_)) => (UpstreamOutcome::ConnectError, None),
+                Err(UpstreamError::Protocol(_) | UpstreamError::HttpStatus(_)) => {
+                    (UpstreamOutcome::HttpError, None)
+                }
+            };
+            self.metrics
+                .upstream_call(target.app, slot, outcome, error_code, sent.elapsed());
             let is_retryable = match &result {
                 // Nothing was sent: safe to retry, even a write.
                 Err(UpstreamError::Connect(_)) => true,
@@ -295,6 +330,7 @@ impl Shared {
         let Some(id) = target.id else { return };
         for &read in &self.commands[id].invalidates {
             self.cache.invalidate(target.app as u32, read as u32);
+            self.metrics.cache_invalidation(target.app, read);
             tracing::debug!(
                 app = %self.apps[target.app].name,
                 write = target.command,
