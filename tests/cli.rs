@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use http::{Method, StatusCode};
 use support::*;
 use tim_gateway::usersig::{self, SecretKey};
 
@@ -18,6 +19,7 @@ struct Served {
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
     addr: SocketAddr,
+    admin: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -27,12 +29,21 @@ impl Served {
     }
 
     /// Sends SIGTERM and waits (at most 20 s) for the exit status.
-    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+    fn terminate(self) -> (std::process::ExitStatus, String) {
+        self.send_sigterm();
+        self.wait_exit()
+    }
+
+    fn send_sigterm(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .expect("kill runs");
         assert!(status.success());
+    }
+
+    /// Waits (at most 20 s) for the process to exit; returns its status and log.
+    fn wait_exit(mut self) -> (std::process::ExitStatus, String) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -58,18 +69,27 @@ impl Drop for Served {
 
 /// Starts `tim-gateway serve` in front of `sandbox` with RUST_LOG=trace and a key file.
 fn serve(sandbox: &tim_gateway::sandbox::Sandbox, key: &str) -> Served {
+    serve_with(sandbox, key, Extra::default())
+}
+
+/// As [`serve`], with extra configuration (`extra.key` is ignored: the key goes in a file).
+fn serve_with(sandbox: &tim_gateway::sandbox::Sandbox, key: &str, extra: Extra<'_>) -> Served {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, sandbox.ca_pem()).unwrap();
     let key_file = dir.path().join("key");
     std::fs::write(&key_file, format!("{key}\n")).unwrap();
     let config = dir.path().join("gateway.toml");
-    let mut toml = gateway_toml(
+    let app = format!(
+        "{}\nsecret_key_file = \"{}\"\n",
+        extra.app,
+        key_file.display()
+    );
+    let toml = gateway_toml(
         &sandbox.endpoint(),
         &ca.display().to_string(),
-        &Extra::default(),
+        &Extra { app: &app, ..extra },
     );
-    toml.push_str(&format!("secret_key_file = \"{}\"\n", key_file.display()));
     std::fs::File::create(&config)
         .unwrap()
         .write_all(toml.as_bytes())
@@ -90,23 +110,29 @@ fn serve(sandbox: &tim_gateway::sandbox::Sandbox, key: &str) -> Served {
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
-            if line.contains("client listener bound") {
-                if let Some(addr) = line.split("addr=").nth(1) {
-                    let addr = addr.split_whitespace().next().unwrap_or_default();
-                    let _ = addr_tx.send(addr.parse::<SocketAddr>());
+            for (which, marker) in [(0, "client listener bound"), (1, "admin listener bound")] {
+                if line.contains(marker) {
+                    if let Some(addr) = line.split("addr=").nth(1) {
+                        let addr = addr.split_whitespace().next().unwrap_or_default();
+                        let _ = addr_tx.send((which, addr.parse::<SocketAddr>()));
+                    }
                 }
             }
             sink.lock().unwrap().push(line);
         }
     });
-    let addr = addr_rx
-        .recv_timeout(Duration::from_secs(20))
-        .unwrap_or_else(|_| panic!("no listen line; log: {}", log.lock().unwrap().join("\n")))
-        .expect("a socket address in the listen line");
+    let mut addrs = [None, None];
+    while addrs.iter().any(Option::is_none) {
+        let (which, addr) = addr_rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("no listen line; log: {}", log.lock().unwrap().join("\n")));
+        addrs[which] = Some(addr.expect("a socket address in the listen line"));
+    }
     Served {
         child,
         log,
-        addr,
+        addr: addrs[0].unwrap(),
+        admin: addrs[1].unwrap(),
         _dir: dir,
     }
 }
@@ -189,6 +215,105 @@ async fn wrong_key_is_logged_as_a_configuration_error() {
         alarms[0]
     );
     assert!(!log.contains("this-is-not-the-key"));
+}
+
+/// SIGTERM drains gracefully: readiness flips to 503 at once, new connections are refused,
+/// a call already sent upstream finishes with its real answer, a request waiting for a
+/// throttle permit gets a clean 503 envelope, and the process exits 0. Margins: the upstream
+/// answers after 2 s and the grace period is 10 s; the checks during the drain take
+/// milliseconds.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_and_exits_zero() {
+    let sandbox = start_sandbox().await;
+    // One call per second for account_check (quota 2 → budget 1), waiting up to 30 s.
+    let tail = format!(
+        "[throttle]\nmax_wait = \"30s\"\n[[throttle.quotas]]\ncommand = \"{ACCOUNT_CHECK}\"\nper_second = 2\n"
+    );
+    let served = serve_with(
+        &sandbox,
+        KEY,
+        Extra {
+            server: r#"shutdown_grace = "10s""#,
+            upstream: r#"deadline = "40s""#,
+            tail: &tail,
+            ..Extra::default()
+        },
+    );
+    let (addr, admin) = (served.addr, served.admin);
+    assert_eq!(call_raw(admin, "/readyz").await, Some(200));
+
+    sandbox.set_latency(Duration::from_secs(2));
+    let in_flight = tokio::spawn(async move { post(addr, ACCOUNT_CHECK, CHECK_BODY).await });
+    while sandbox.calls(ACCOUNT_CHECK) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The budget's one permit for this second is taken: this request waits for the next.
+    let waiting = tokio::spawn(async move { post(addr, ACCOUNT_CHECK, CHECK_BODY).await });
+    while !metric_line(admin, "tim_gateway_throttle_waiters{")
+        .await
+        .ends_with(" 1")
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    served.send_sigterm();
+    let mut readiness = call_raw(admin, "/readyz").await;
+    while readiness == Some(200) {
+        readiness = call_raw(admin, "/readyz").await;
+    }
+    assert_eq!(readiness, Some(503), "not ready while draining");
+    let mut refused = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        refused,
+        "new client connections are refused during the drain"
+    );
+
+    let waited = waiting.await.unwrap();
+    assert_eq!(
+        (waited.status, waited.error_code()),
+        (StatusCode::SERVICE_UNAVAILABLE, 1_905_005)
+    );
+    let finished = in_flight.await.unwrap();
+    assert_eq!(
+        (finished.status, finished.error_code()),
+        (StatusCode::OK, 0)
+    );
+    let (status, log) = served.wait_exit();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert_eq!(sandbox.calls(ACCOUNT_CHECK), 1);
+}
+
+/// The first line of `/metrics` that starts with `prefix`, or "" if none does.
+async fn metric_line(admin: SocketAddr, prefix: &str) -> String {
+    let response = client()
+        .get(format!("http://{admin}/metrics").parse().unwrap())
+        .await
+        .expect("metrics answer");
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find(|l| l.starts_with(prefix) && l.contains(ACCOUNT_CHECK))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The status of `GET path`, or `None` if the connection failed.
+async fn call_raw(addr: SocketAddr, path: &str) -> Option<u16> {
+    client()
+        .get(format!("http://{addr}{path}").parse().unwrap())
+        .await
+        .ok()
+        .map(|r| r.status().as_u16())
 }
 
 /// `tim-gateway usersig` prints a UserSig that verifies, and with --time reproduces the
