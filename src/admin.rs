@@ -43,6 +43,14 @@ fn json(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
     response
 }
 
+fn not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
+    let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
 impl Admin {
     fn purge(&self, query: Option<&str>) -> Response<Full<Bytes>> {
         let mut app = None;
@@ -74,10 +82,8 @@ impl Handler for Admin {
         let method = request.method();
         match request.uri().path() {
             "/cache/purge" if method == Method::POST => self.purge(request.uri().query()),
-            "/cache/purge" => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
-            _ if method != Method::GET && method != Method::HEAD => {
-                text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
-            }
+            "/cache/purge" => not_allowed("POST"),
+            _ if method != Method::GET && method != Method::HEAD => not_allowed("GET, HEAD"),
             "/metrics" => {
                 let mut response =
                     Response::new(Full::new(Bytes::from(self.proxy.render_metrics())));
@@ -89,14 +95,23 @@ impl Handler for Admin {
             }
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" => {
-                // Every app's first UserSig is minted when the proxy is built, so a proxy
-                // that exists is ready until draining begins.
+                // Every app's first UserSig is minted when the proxy is built; it must still be
+                // valid (a stopped clock or a suspended process could outlive it).
+                let now = crate::signer::unix_now();
                 if self.is_draining.load(Ordering::Acquire) {
                     text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-                } else if self.proxy.apps().iter().all(|app| app.signer.mints() > 0) {
+                } else if self
+                    .proxy
+                    .apps()
+                    .iter()
+                    .all(|app| app.signer.peek().expires_at_unix > now)
+                {
                     text(StatusCode::OK, "ready\n")
                 } else {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "no UserSig yet\n")
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "an app's UserSig has expired\n",
+                    )
                 }
             }
             _ => text(

@@ -120,13 +120,12 @@ pub struct Flight {
 pub struct FlightWaiter(watch::Receiver<Option<FlightResult>>);
 
 impl FlightWaiter {
-    /// The flight's result; an internal error if the fetch task died without one.
-    pub async fn wait(mut self) -> FlightResult {
+    /// The flight's result, or `None` if its leader went away without one (the caller may
+    /// join again).
+    pub async fn wait(mut self) -> Option<FlightResult> {
         match self.0.wait_for(Option::is_some).await {
-            Ok(result) => result.clone().expect("wait_for returned a completed value"),
-            Err(_) => Err(GatewayError::UpstreamProtocol(
-                "the shared fetch ended without an answer".into(),
-            )),
+            Ok(result) => result.clone(),
+            Err(_) => None,
         }
     }
 }
@@ -173,7 +172,7 @@ impl Flight {
             let mut flights = self.cache.lock_flights();
             if flights
                 .get(&self.key)
-                .is_some_and(|s| Arc::ptr_eq(s, &self.sender))
+                .is_some_and(|(s, _)| Arc::ptr_eq(s, &self.sender))
             {
                 flights.remove(&self.key);
             }
@@ -194,8 +193,8 @@ impl Drop for Flight {
 /// The cache shared by every request.
 pub struct ResponseCache {
     entries: Cache<CacheKey, Arc<Cached>>,
-    /// Keys with a fetch in progress.
-    flights: Mutex<HashMap<CacheKey, Arc<FlightSender>>>,
+    /// Keys with a fetch in progress, with the generation each fetch started under.
+    flights: Mutex<HashMap<CacheKey, (Arc<FlightSender>, u64)>>,
     /// Generation per (app, command), indexed `app * commands + command`.
     generations: Vec<AtomicU64>,
     commands: u32,
@@ -270,7 +269,9 @@ impl ResponseCache {
         cache
     }
 
-    fn lock_flights(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Arc<FlightSender>>> {
+    fn lock_flights(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<CacheKey, (Arc<FlightSender>, u64)>> {
         self.flights.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -302,19 +303,25 @@ impl ResponseCache {
     }
 
     /// Joins the flight for `key`, or registers a new one and makes the caller its leader.
+    /// A flight that started before an invalidation of its (app, command) is not joined: its
+    /// answer may predate a write the caller made.
     pub fn join(self: &Arc<Self>, key: &CacheKey) -> Join {
+        let generation = self.generation(key.app, key.command);
         let mut flights = self.lock_flights();
-        if let Some(sender) = flights.get(key) {
-            return Join::Follower(FlightWaiter(sender.subscribe()));
+        if let Some((sender, started_under)) = flights.get(key) {
+            if *started_under == generation {
+                return Join::Follower(FlightWaiter(sender.subscribe()));
+            }
         }
         let sender = Arc::new(watch::Sender::new(None));
-        flights.insert(key.clone(), Arc::clone(&sender));
+        // Replaces an outdated flight, which still completes for its own waiters.
+        flights.insert(key.clone(), (Arc::clone(&sender), generation));
         drop(flights);
         Join::Leader(Flight {
             key: key.clone(),
             cache: Arc::clone(self),
             sender,
-            generation: self.generation(key.app, key.command),
+            generation,
             is_completed: false,
         })
     }
@@ -342,10 +349,7 @@ impl ResponseCache {
     /// Makes every entry and in-flight fetch of (app, command) unusable at once; the memory
     /// is reclaimed in the background.
     pub fn invalidate(&self, app: u32, command: u32) {
-        self.generations[(app * self.commands + command) as usize].fetch_add(1, Ordering::AcqRel);
-        let _ = self
-            .entries
-            .invalidate_entries_if(move |key, _| key.app == app && key.command == command);
+        self.invalidate_where(Some(app), Some(command));
     }
 
     /// Invalidates every entry of `app` (all commands), or of every app.
@@ -389,52 +393,109 @@ async fn housekeeping(cache: Weak<ResponseCache>) {
     }
 }
 
+/// Why a body has no canonical form: it is not JSON, or an object repeats a key (which
+/// Tencent might read differently from us, so such bodies are never cached).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CanonicalError {
+    #[error("the body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("an object in the body repeats the key {0:?}")]
+    DuplicateKey(String),
+}
+
 /// Canonical JSON of a request body for the cache key: object keys sorted, no insignificant
-/// whitespace. `{}` (the common case) costs no allocation.
+/// whitespace, strings re-escaped uniformly, numbers kept exactly as written (never rounded
+/// through `f64`, so distinct bodies cannot share a key). `{}` costs no allocation.
 ///
 /// # Errors
-/// The body is not valid JSON (the proxy has checked it before, so this is a bug guard).
-pub fn canonical_body(body: &Bytes) -> Result<Bytes, serde_json::Error> {
+/// The body is not JSON, or an object in it repeats a key.
+pub fn canonical_body(body: &Bytes) -> Result<Bytes, CanonicalError> {
     let trimmed = body.trim_ascii();
     if trimmed == b"{}" {
         return Ok(Bytes::from_static(b"{}"));
     }
-    let value: serde_json::Value = serde_json::from_slice(trimmed)?;
+    let raw: &serde_json::value::RawValue =
+        serde_json::from_slice(trimmed).map_err(|e| CanonicalError::InvalidJson(e.to_string()))?;
     let mut out = Vec::with_capacity(trimmed.len());
-    write_canonical(&value, &mut out);
+    write_canonical(raw, &mut out)?;
     Ok(Bytes::from(out))
 }
 
-/// Writes `value` with sorted object keys, whatever order serde_json's map keeps.
-fn write_canonical(value: &serde_json::Value, out: &mut Vec<u8>) {
-    use serde_json::Value;
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+/// Object entries in input order, keys decoded, values still raw.
+struct Entries<'a>(Vec<(String, &'a serde_json::value::RawValue)>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Entries<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EntriesVisitor;
+        impl<'de> serde::de::Visitor<'de> for EntriesVisitor {
+            type Value = Entries<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(4));
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(Entries(entries))
+            }
+        }
+        deserializer.deserialize_map(EntriesVisitor)
+    }
+}
+
+fn invalid(error: serde_json::Error) -> CanonicalError {
+    CanonicalError::InvalidJson(error.to_string())
+}
+
+/// Writes `raw` canonically, recursing through objects and arrays by their raw text.
+fn write_canonical(
+    raw: &serde_json::value::RawValue,
+    out: &mut Vec<u8>,
+) -> Result<(), CanonicalError> {
+    let text = raw.get().trim_ascii_start();
+    match text.as_bytes().first() {
+        Some(b'{') => {
+            let Entries(mut entries) = serde_json::from_str(text).map_err(invalid)?;
+            entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            if let Some(pair) = entries.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+                return Err(CanonicalError::DuplicateKey(pair[0].0.clone()));
+            }
             out.push(b'{');
-            for (i, (key, value)) in entries.into_iter().enumerate() {
+            for (i, (key, value)) in entries.iter().enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
-                serde_json::to_writer(&mut *out, key).expect("writing to a Vec cannot fail");
+                serde_json::to_writer(&mut *out, key).map_err(invalid)?;
                 out.push(b':');
-                write_canonical(value, out);
+                write_canonical(value, out)?;
             }
             out.push(b'}');
         }
-        Value::Array(items) => {
+        Some(b'[') => {
+            let items: Vec<&serde_json::value::RawValue> =
+                serde_json::from_str(text).map_err(invalid)?;
             out.push(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
-                write_canonical(item, out);
+                write_canonical(item, out)?;
             }
             out.push(b']');
         }
-        scalar => serde_json::to_writer(&mut *out, scalar).expect("writing to a Vec cannot fail"),
+        Some(b'"') => {
+            // Decoded and re-encoded: `"\u00e9"` and `"é"` are the same string.
+            let string: String = serde_json::from_str(text).map_err(invalid)?;
+            serde_json::to_writer(&mut *out, &string).map_err(invalid)?;
+        }
+        // Numbers, true, false, null: exactly as written.
+        _ => out.extend_from_slice(text.trim_ascii_end().as_bytes()),
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -455,7 +516,30 @@ mod tests {
             Bytes::from(r#"{"a":{"x":"é","y":[1,{"c":3,"d":2}]},"b":1}"#)
         );
         assert_ne!(canonical(r#"{"a":[1,2]}"#), canonical(r#"{"a":[2,1]}"#));
+        assert_eq!(canonical(r#"{"s":"\u00e9"}"#), canonical(r#"{"s":"é"}"#));
         assert!(canonical_body(&Bytes::from_static(b"{")).is_err());
+    }
+
+    /// Numbers that f64 would round to the same value keep distinct keys, and an object that
+    /// repeats a key has no canonical form.
+    #[test]
+    fn canonical_body_keeps_numbers_exact_and_refuses_duplicate_keys() {
+        let canonical = |s: &str| canonical_body(&Bytes::copy_from_slice(s.as_bytes()));
+        let big_a = canonical(r#"{"n":12345678901234567890123}"#).unwrap();
+        let big_b = canonical(r#"{"n":12345678901234567890124}"#).unwrap();
+        assert_ne!(big_a, big_b);
+        assert_eq!(
+            big_a,
+            Bytes::from_static(br#"{"n":12345678901234567890123}"#)
+        );
+        assert_ne!(
+            canonical(r#"{"x":0.30000000000000001}"#).unwrap(),
+            canonical(r#"{"x":0.3}"#).unwrap()
+        );
+        assert_eq!(
+            canonical(r#"{"a":1,"b":{"c":1,"c":2}}"#),
+            Err(CanonicalError::DuplicateKey("c".into()))
+        );
     }
 
     fn policy() -> CachePolicy {
@@ -529,7 +613,7 @@ mod tests {
             error_code: 10002,
         });
         flight.complete(failing, policy()).await;
-        assert_eq!(waiter.wait().await.unwrap().error_code, 10002);
+        assert_eq!(waiter.wait().await.unwrap().unwrap().error_code, 10002);
         assert!(matches!(
             cache.lookup(&k, &policy(), Instant::now()).await,
             Lookup::Miss { fallback: None }
@@ -550,7 +634,7 @@ mod tests {
         };
         let waiter = flight.waiter();
         drop(flight);
-        assert!(waiter.wait().await.is_err());
+        assert!(waiter.wait().await.is_none());
         assert!(matches!(cache.join(&k), Join::Leader(_)));
     }
 
@@ -589,6 +673,37 @@ mod tests {
             cache.lookup(&other_app, &policy(), Instant::now()).await,
             Lookup::Miss { .. }
         ));
+    }
+
+    /// After an invalidation, newcomers start a new flight instead of joining one that began
+    /// before it; the old flight still answers its own waiters and cannot remove the new one.
+    #[tokio::test]
+    async fn newcomers_do_not_join_flights_older_than_an_invalidation() {
+        let cache = ResponseCache::new(1 << 20, 1, 2, |_| {});
+        let k = key("{}");
+        let Join::Leader(old) = cache.join(&k) else {
+            panic!()
+        };
+        let old_waiter = old.waiter();
+        cache.invalidate(0, 1);
+        let Join::Leader(new) = cache.join(&k) else {
+            panic!("a new flight after the write")
+        };
+        let Join::Follower(new_waiter) = cache.join(&k) else {
+            panic!("joins the new flight")
+        };
+        old.complete(ok("old"), policy()).await;
+        assert_eq!(old_waiter.wait().await.unwrap().unwrap().body, "old");
+        assert!(
+            matches!(cache.join(&k), Join::Follower(_)),
+            "the new flight is still there"
+        );
+        new.complete(ok("new"), policy()).await;
+        assert_eq!(new_waiter.wait().await.unwrap().unwrap().body, "new");
+        let Lookup::Fresh(stored) = cache.lookup(&k, &policy(), Instant::now()).await else {
+            panic!("the new answer is stored")
+        };
+        assert_eq!(stored.body, "new");
     }
 
     /// The cache is bounded by bytes: entries beyond `max_bytes` are evicted.

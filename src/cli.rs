@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -212,12 +212,7 @@ pub async fn run(command: Command) -> anyhow::Result<Exit> {
             let Some(key) = read_key(key_file.as_deref(), &env)? else {
                 bail!("no secret key: set {SECRET_KEY_ENV} or pass --key-file");
             };
-            let time = time.unwrap_or_else(|| {
-                SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0)
-            });
+            let time = time.unwrap_or_else(crate::signer::unix_now);
             println!(
                 "{}",
                 usersig::mint(&key, sdkappid, &identifier, time, expire).expose()
@@ -238,12 +233,8 @@ pub async fn run(command: Command) -> anyhow::Result<Exit> {
                     c.server.listen,
                     c.server.admin_listen
                 );
-                for app in &c.apps {
-                    println!(
-                        "  app {:?}: sdkappid {}, identifier {:?}, upstream {}",
-                        app.name, app.sdkappid, app.identifier, app.origins.primary
-                    );
-                }
+                // Every effective setting, defaults included (secrets shown only by source).
+                println!("{c}");
                 Ok(Exit::Ok)
             }
             Err(error) => {

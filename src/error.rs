@@ -58,6 +58,8 @@ pub enum GatewayError {
     BodyTooLarge { limit: usize },
     #[error("reading the request body failed")]
     ClientBody,
+    #[error("the request body did not arrive within the request deadline")]
+    ClientTimeout,
     #[error("could not connect to Tencent: {0}")]
     UpstreamConnect(String),
     #[error("Tencent did not answer within {0:?}")]
@@ -88,12 +90,14 @@ impl GatewayError {
                 GatewayError::EmptyBody => 4007,
                 GatewayError::BodyTooLarge { .. } => 4008,
                 GatewayError::ClientBody => 4009,
+                GatewayError::ClientTimeout => 4012,
                 GatewayError::UpstreamConnect(_) => 5001,
                 GatewayError::UpstreamTimeout(_) => 5002,
                 GatewayError::UpstreamProtocol(_) => 5003,
                 GatewayError::UpstreamHttpStatus(_) => 5004,
                 GatewayError::Draining => 5005,
                 GatewayError::Throttled(ThrottleError::LockedOut { .. }) => 5006,
+                GatewayError::Throttled(ThrottleError::UserSigRejected { .. }) => 5007,
                 GatewayError::Throttled(_) => 4010,
                 GatewayError::BadAdminRequest(_) => 4011,
             }
@@ -111,21 +115,36 @@ impl GatewayError {
             | GatewayError::ClientBody
             | GatewayError::BadAdminRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::UpstreamConnect(_)
             | GatewayError::UpstreamProtocol(_)
             | GatewayError::UpstreamHttpStatus(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Draining => StatusCode::SERVICE_UNAVAILABLE,
-            GatewayError::Throttled(ThrottleError::LockedOut { .. }) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            GatewayError::Throttled(
+                ThrottleError::LockedOut { .. } | ThrottleError::UserSigRejected { .. },
+            ) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
     /// The Tencent envelope `{"ActionStatus":"FAIL","ErrorInfo":..,"ErrorCode":..}`.
     pub fn envelope(&self) -> Bytes {
-        Bytes::from(envelope("FAIL", &self.to_string(), self.code()))
+        Bytes::from(envelope("FAIL", &self.client_message(), self.code()))
+    }
+
+    /// What the client is told: the `Display` text, minus the network and TLS details of
+    /// upstream failures (those go to the log only).
+    pub fn client_message(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            GatewayError::UpstreamConnect(_) => {
+                "could not connect to Tencent (main and backup domain)".into()
+            }
+            GatewayError::UpstreamProtocol(_) => {
+                "Tencent's answer was unusable (connection dropped or not JSON)".into()
+            }
+            other => other.to_string().into(),
+        }
     }
 
     /// The full HTTP answer for this error.
@@ -141,7 +160,11 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { allows_get } => {
                 headers.insert(
                     header::ALLOW,
-                    HeaderValue::from_static(if allows_get { "POST, GET" } else { "POST" }),
+                    HeaderValue::from_static(if allows_get {
+                        "POST, GET, HEAD"
+                    } else {
+                        "POST"
+                    }),
                 );
             }
             GatewayError::Throttled(throttled) => {
@@ -189,6 +212,7 @@ mod tests {
             GatewayError::EmptyBody,
             GatewayError::BodyTooLarge { limit: 1 },
             GatewayError::ClientBody,
+            GatewayError::ClientTimeout,
             GatewayError::UpstreamConnect("x".into()),
             GatewayError::UpstreamTimeout(std::time::Duration::from_secs(1)),
             GatewayError::UpstreamProtocol("x".into()),
@@ -201,6 +225,9 @@ mod tests {
                 retry_after: std::time::Duration::from_secs(60),
             }),
             GatewayError::BadAdminRequest("x".into()),
+            GatewayError::Throttled(ThrottleError::UserSigRejected {
+                retry_after: std::time::Duration::from_secs(1),
+            }),
         ];
         let mut codes: Vec<i64> = errors.iter().map(GatewayError::code).collect();
         codes.sort_unstable();

@@ -103,6 +103,7 @@ pub enum RejectReason {
     QueueFull,
     Paused,
     LockedOut,
+    UserSigRejected,
 }
 
 impl RejectReason {
@@ -112,6 +113,7 @@ impl RejectReason {
             RejectReason::QueueFull => "queue_full",
             RejectReason::Paused => "paused",
             RejectReason::LockedOut => "locked_out",
+            RejectReason::UserSigRejected => "usersig_rejected",
         }
     }
 }

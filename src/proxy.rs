@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response};
+use http::{header, HeaderName, HeaderValue, Method, Request, Response};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -22,8 +22,8 @@ use tokio::time::Instant;
 pub use forward::{App, CommandRuntime, Outcome, RetrySettings, Shared, Target};
 
 use crate::cache::{
-    canonical_body, CacheKey, CachePolicy, Cached, Flight, FlightResult, Join, Lookup,
-    ResponseCache,
+    canonical_body, CacheKey, CachePolicy, Cached, CanonicalError, Flight, FlightResult, Join,
+    Lookup, ResponseCache,
 };
 use crate::catalogue::{Access, Catalogue, DEFAULT_INVALIDATIONS};
 use crate::config::Config;
@@ -342,9 +342,13 @@ impl Proxy {
             Ok(target) => {
                 ctx.app = target.app;
                 ctx.command = target.id.unwrap_or(metrics.other_command());
-                let reply = match self.read_body(&target, &parts.headers, body).await {
-                    Err(error) => Reply::Error(error),
-                    Ok(body) => self.answer(&target, body, &mut ctx).await,
+                // A client trickling its body is bounded by the same deadline as the request.
+                let deadline = ctx.started + self.shared.retry.deadline;
+                let read = self.read_body(&target, &parts.headers, body);
+                let reply = match tokio::time::timeout_at(deadline, read).await {
+                    Err(_) => Reply::Error(GatewayError::ClientTimeout),
+                    Ok(Err(error)) => Reply::Error(error),
+                    Ok(Ok(body)) => self.answer(&target, body, &mut ctx).await,
                 };
                 (reply, Some(target))
             }
@@ -363,10 +367,27 @@ impl Proxy {
                 reply
             }
             None => {
+                // Armed before the call: if this task is cancelled (the client hung up) after
+                // the write may have reached Tencent, the reads it affects are still dropped.
+                let mut invalidation = InvalidateOnDrop {
+                    shared: &self.shared,
+                    target,
+                    is_armed: true,
+                };
                 let result = self.shared.forward(target, body, deadline, true).await;
-                if matches!(&result, Ok(r) if r.error_code == 0) {
-                    self.shared.invalidate_after_write(target);
-                }
+                invalidation.is_armed = match &result {
+                    // Tencent's answer says whether the write happened.
+                    Ok(response) => response.error_code == 0,
+                    // Never sent: nothing changed upstream.
+                    Err(
+                        GatewayError::Throttled(_)
+                        | GatewayError::Draining
+                        | GatewayError::UpstreamConnect(_),
+                    ) => false,
+                    // Sent, outcome unknown (timeout, dropped connection): assume it happened.
+                    Err(_) => true,
+                };
+                drop(invalidation);
                 into_reply(result)
             }
         }
@@ -391,7 +412,8 @@ impl Proxy {
             None => return Err(GatewayError::UnknownCommand(parsed.command.to_owned())),
         };
         // A plain GET is accepted for cacheable reads, so `curl URL` works (PRODUCT.md).
-        if *method != Method::POST && !(is_cacheable && *method == Method::GET) {
+        let is_plain_read = *method == Method::GET || *method == Method::HEAD;
+        if *method != Method::POST && !(is_cacheable && is_plain_read) {
             return Err(GatewayError::MethodNotAllowed {
                 allows_get: is_cacheable,
             });
@@ -466,9 +488,14 @@ impl Proxy {
                 command: id as u32,
                 body: canonical,
             },
-            Err(error) => {
+            // Not cacheable as written (a repeated key): straight to Tencent, uncached.
+            Err(CanonicalError::DuplicateKey(_)) => {
+                let result = self.shared.forward(target, body, deadline, true).await;
+                return (into_reply(result), CacheStatus::Bypass);
+            }
+            Err(CanonicalError::InvalidJson(reason)) => {
                 return (
-                    Reply::Error(GatewayError::InvalidJson(error.to_string())),
+                    Reply::Error(GatewayError::InvalidJson(reason)),
                     CacheStatus::Bypass,
                 )
             }
@@ -513,7 +540,10 @@ impl Proxy {
         let may_wait = fallback.is_none();
         let result = self.fetch(fill(key, body, deadline, may_wait)).await;
         let is_failure = match &result {
-            Ok(response) => Outcome::of(response.error_code).is_upstream_failure(),
+            Ok(response) => {
+                response.status.is_server_error()
+                    || Outcome::of(response.error_code).is_upstream_failure()
+            }
             Err(_) => true,
         };
         match fallback {
@@ -523,30 +553,28 @@ impl Proxy {
     }
 
     /// Joins (or leads) the single flight for the fill's key and waits for its result. The
-    /// fetch runs as its own task: this caller going away neither cancels nor repeats it.
+    /// fetch runs as its own task, started at once: this caller going away neither cancels
+    /// nor repeats it. If a leader's task dies without an answer, the waiters join again.
     async fn fetch(&self, fill: Fill) -> FlightResult {
-        let waiter = match self.shared.cache.join(&fill.key) {
-            Join::Follower(waiter) => {
-                self.shared.metrics.cache_coalesced(fill.app, fill.id);
-                waiter
-            }
-            Join::Leader(flight) => {
-                let waiter = flight.waiter();
-                // A flight may have stored its answer between our miss and our registration.
-                if let Lookup::Fresh(cached) = self
-                    .shared
-                    .cache
-                    .lookup(&fill.key, &fill.policy, Instant::now())
-                    .await
-                {
-                    flight.complete_from_cache(&cached);
-                } else {
-                    tokio::spawn(Arc::clone(&self.shared).run_fill(flight, fill));
+        for _ in 0..MAX_FLIGHT_JOINS {
+            let waiter = match self.shared.cache.join(&fill.key) {
+                Join::Follower(waiter) => {
+                    self.shared.metrics.cache_coalesced(fill.app, fill.id);
+                    waiter
                 }
-                waiter
+                Join::Leader(flight) => {
+                    let waiter = flight.waiter();
+                    tokio::spawn(Arc::clone(&self.shared).run_fill(flight, fill.clone()));
+                    waiter
+                }
+            };
+            if let Some(result) = waiter.wait().await {
+                return result;
             }
-        };
-        waiter.wait().await
+        }
+        Err(GatewayError::UpstreamProtocol(
+            "the shared fetch ended without an answer".into(),
+        ))
     }
 
     /// Starts a background refresh of a stale entry unless one is already running.
@@ -558,7 +586,26 @@ impl Proxy {
     }
 }
 
+/// How often a waiter joins a flight whose leader died without an answer before giving up.
+const MAX_FLIGHT_JOINS: usize = 3;
+
+/// Invalidates the reads a write affects when dropped armed.
+struct InvalidateOnDrop<'a> {
+    shared: &'a Shared,
+    target: &'a Target<'a>,
+    is_armed: bool,
+}
+
+impl Drop for InvalidateOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.is_armed {
+            self.shared.invalidate_after_write(self.target);
+        }
+    }
+}
+
 /// One fetch that fills a cache entry: everything its task needs, owned.
+#[derive(Clone)]
 struct Fill {
     key: CacheKey,
     app: usize,
@@ -574,6 +621,16 @@ struct Fill {
 impl Shared {
     /// Fetches for `fill` and completes its flight: stores a success, wakes every waiter.
     async fn run_fill(self: Arc<Self>, flight: Flight, fill: Fill) {
+        // Another flight may have stored a fresh answer between our lookup and our
+        // registration (or just before a stale-while-revalidate refresh): use it.
+        if let Lookup::Fresh(cached) = self
+            .cache
+            .lookup(&fill.key, &fill.policy, Instant::now())
+            .await
+        {
+            flight.complete_from_cache(&cached);
+            return;
+        }
         let spec = self.catalogue.spec_at(fill.id);
         let target = Target {
             app: fill.app,
@@ -627,7 +684,7 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// The client's `X-Request-Id` when it is short visible ASCII, else 16 random hex digits.
 fn request_id(headers: &http::HeaderMap) -> HeaderValue {
-    if let Some(id) = headers.get(REQUEST_ID) {
+    if let Some(id) = headers.get(&REQUEST_ID) {
         let bytes = id.as_bytes();
         if !bytes.is_empty()
             && bytes.len() <= MAX_REQUEST_ID_LEN
@@ -645,7 +702,8 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
 }
 
-const REQUEST_ID: &str = "x-request-id";
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 impl Proxy {
     /// In this phase the answer goes back: Tencent's status and JSON body unchanged (from the
@@ -687,7 +745,7 @@ impl Proxy {
             HeaderValue::from_static("application/json"),
         );
         if target.is_some() {
-            headers.insert("x-cache", HeaderValue::from_static(ctx.cache.as_str()));
+            headers.insert(X_CACHE, HeaderValue::from_static(ctx.cache.as_str()));
         }
         if let (Some(age), true) = (age, ctx.cache != CacheStatus::Bypass) {
             headers.insert(header::AGE, HeaderValue::from(age));

@@ -61,7 +61,8 @@ impl std::fmt::Debug for Signer {
     }
 }
 
-fn unix_now() -> u64 {
+/// Seconds since the Unix epoch by the system clock (0 if the clock is before 1970).
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -9,27 +9,44 @@
 //! and nobody polls. With emission interval `1/rate` and a burst of `burst` calls, any window
 //! of one second holds at most `burst + rate` calls, so we pick `rate = budget − burst`
 //! (a burst equal to the rate would let about twice the rate through in the first second).
-//! Under overload the sustained rate is `rate`, at least 90% of the budget by default.
+//! Under overload the sustained rate is `rate`, at least 90% of the budget (config keeps
+//! `burst ≤ 0.1`).
 //!
 //! A caller whose slot is further away than `max_wait` (or its deadline), or who would join a
 //! queue already holding `max_waiters`, is refused at once with a `retry_after`; it reserves
-//! nothing. Tencent's frequency signals pause a budget (60007/60018/60019), every budget of an
-//! app (60011), or lock the app for 60 s (70050); a pause moves the slots of everyone already
-//! waiting, who then take new slots after it.
+//! nothing. A caller that leaves before its slot (its client hung up) gives the slot back:
+//! the next caller takes it, so departures do not waste quota.
 //!
-//! We keep our own ~100-line GCRA rather than `governor` because we need reservations that
-//! are FIFO, bounded by a wait limit known before waiting, and invalidated by a pause;
-//! `governor`'s `until_ready` re-polls each waiter and is not FIFO.
+//! Tencent's signals pause a budget (60007/60018/60019 and UserSig rejections, doubling while
+//! they repeat) or lock it (70050, 60 s). A pause wakes everyone waiting; their slots are void
+//! and they take new ones after the pause, which restarts without a burst.
+//!
+//! We keep our own GCRA rather than `governor` because we need reservations that are FIFO,
+//! bounded by a wait limit known before waiting, given back on cancellation and voided by a
+//! pause; `governor`'s `until_ready` re-polls each waiter and is not FIFO.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// How long Tencent blocks an app after too many failed UserSig checks (reference §6), plus
 /// a second of margin for clock differences.
 pub const LOCKOUT: Duration = Duration::from_secs(61);
+
+/// Why calls are paused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseReason {
+    /// Tencent answered 60007/60011/60018/60019.
+    FrequencyLimit,
+    /// Tencent rejected the UserSig (wrong key, sdkappid or identifier): repeated failures
+    /// would lock the app out for 60 s, so calls are spaced out until it is fixed.
+    UserSigRejected,
+}
 
 /// Why a caller got no permit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -40,11 +57,14 @@ pub enum ThrottleError {
     /// Too many callers already waiting.
     #[error("too many requests are already waiting for the upstream budget; retry after {retry_after:?}")]
     QueueFull { retry_after: Duration },
-    /// Tencent signalled frequency limits or locked the app; calls are paused.
+    /// Tencent signalled frequency limits; calls are paused.
     #[error(
         "calls are paused after Tencent's frequency-limit answer; retry after {retry_after:?}"
     )]
     Paused { retry_after: Duration },
+    /// Tencent rejected the gateway's UserSig; calls are spaced out to avoid a lockout.
+    #[error("Tencent rejected the gateway's UserSig (check the app's secret key, sdkappid and identifier); calls to this app are paused to avoid Tencent's 60 s lockout; retry after {retry_after:?}")]
+    UserSigRejected { retry_after: Duration },
     /// Tencent locked the app out after failed UserSig checks (70050).
     #[error("Tencent locked this app out for 60 s (70050); retry after {retry_after:?}")]
     LockedOut { retry_after: Duration },
@@ -56,6 +76,7 @@ impl ThrottleError {
             ThrottleError::Saturated { retry_after }
             | ThrottleError::QueueFull { retry_after }
             | ThrottleError::Paused { retry_after }
+            | ThrottleError::UserSigRejected { retry_after }
             | ThrottleError::LockedOut { retry_after } => retry_after,
         }
     }
@@ -73,11 +94,11 @@ pub struct Permit {
 /// The numbers a budget is built from.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BudgetSpec {
-    /// Tencent's documented calls per second.
+    /// Tencent's documented calls per second (at least 2).
     pub quota: u32,
     /// Fraction of the quota never used, 0.0..=0.5.
     pub safety_margin: f64,
-    /// Fraction of the budget that may go out at once, 0.0..=0.5.
+    /// Fraction of the budget that may go out at once, 0.0..=0.1.
     pub burst: f64,
     pub max_wait: Duration,
     pub max_waiters: usize,
@@ -110,12 +131,24 @@ struct State {
     tat: Instant,
     /// No slot before this instant (Tencent asked us to back off).
     paused_until: Instant,
-    /// Whether the pause is a 70050 lockout, for the error callers get.
-    is_locked_out: bool,
+    pause_reason: PauseReason,
+    /// No slot before this instant either: Tencent locked the app out (70050).
+    locked_until: Instant,
     /// Increases with every pause; a waiter whose slot predates a pause takes a new one.
     epoch: u64,
-    /// Consecutive frequency-limit signals, for the doubling back-off.
+    /// Consecutive pause signals, for the doubling back-off.
     strikes: u32,
+    /// The latest slot granted, so a pause cannot let the next call come sooner than one
+    /// interval after it.
+    last_granted: Option<Instant>,
+    /// Future slots given back by callers that left before their turn, earliest first.
+    returned: BinaryHeap<Reverse<Instant>>,
+}
+
+impl State {
+    fn blocked_until(&self) -> Instant {
+        self.paused_until.max(self.locked_until)
+    }
 }
 
 /// One (app, command) budget.
@@ -129,14 +162,36 @@ pub struct Budget {
     state: Mutex<State>,
     /// Callers sleeping until their slot.
     waiters: AtomicUsize,
+    /// Wakes every sleeping caller when a pause voids their slots.
+    paused: Notify,
 }
 
-/// Decrements the waiter count however the wait ends, cancellation included.
-struct WaiterGuard<'a>(&'a AtomicUsize);
+/// A slot a caller is sleeping towards. Dropped unsettled (the caller went away), it gives
+/// the slot back; either way it releases the caller's place in the queue.
+struct Reservation<'a> {
+    budget: &'a Budget,
+    slot: Instant,
+    epoch: u64,
+    /// `tat` before and after this reservation moved it, if it did.
+    moved_tat: Option<(Instant, Instant)>,
+    is_settled: bool,
+}
 
-impl Drop for WaiterGuard<'_> {
+impl Drop for Reservation<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.budget.waiters.fetch_sub(1, Ordering::AcqRel);
+        if self.is_settled {
+            return;
+        }
+        let mut state = self.budget.lock();
+        if state.epoch != self.epoch || self.slot <= Instant::now() {
+            return; // voided by a pause, or already past: nothing to give back
+        }
+        match self.moved_tat {
+            // Still the latest reservation: undo it entirely.
+            Some((before, after)) if state.tat == after => state.tat = before,
+            _ => state.returned.push(Reverse(self.slot)),
+        }
     }
 }
 
@@ -152,11 +207,15 @@ impl Budget {
             state: Mutex::new(State {
                 tat: now,
                 paused_until: now,
-                is_locked_out: false,
+                pause_reason: PauseReason::FrequencyLimit,
+                locked_until: now,
                 epoch: 0,
                 strikes: 0,
+                last_granted: None,
+                returned: BinaryHeap::new(),
             }),
             waiters: AtomicUsize::new(0),
+            paused: Notify::new(),
         }
     }
 
@@ -169,104 +228,145 @@ impl Budget {
         self.waiters.load(Ordering::Acquire)
     }
 
-    /// Whether calls are paused at `now` by a Tencent signal.
+    /// Whether calls are paused or locked out right now by a Tencent signal.
     pub fn is_paused(&self) -> bool {
-        self.lock().paused_until > Instant::now()
+        self.lock().blocked_until() > Instant::now()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Waits for a permit until at most `deadline` (and `max_wait` from now).
+    /// Waits for a permit until at most `deadline` (and `max_wait` from now). A deadline
+    /// already past still takes a slot that is free right now.
     ///
     /// # Errors
     /// A [`ThrottleError`] with a `retry_after` when no slot is available in time.
     pub async fn acquire(&self, deadline: Instant) -> Result<Permit, ThrottleError> {
         let started = Instant::now();
-        // A deadline already past still takes a slot that is free right now.
         let limit = deadline.max(started).min(started + self.spec.max_wait);
         let mut now = started;
         loop {
-            let (slot, epoch) = self.reserve(now, limit)?;
-            if slot <= now {
-                // No sleep in this round; earlier rounds (voided by a pause) may have slept.
-                return Ok(Permit {
-                    waited: if now == started {
-                        Duration::ZERO
-                    } else {
-                        now - started
-                    },
-                });
-            }
-            let _waiting = WaiterGuard(&self.waiters);
-            tokio::time::sleep_until(slot).await;
-            now = Instant::now();
-            if self.lock().epoch == epoch {
+            // Registered before reserving, so a pause right after the reservation wakes us.
+            let paused = self.paused.notified();
+            let Some(mut reservation) = self.reserve(now, limit)? else {
                 return Ok(Permit {
                     waited: now - started,
                 });
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(reservation.slot) => {}
+                () = paused => {}
             }
-            // A pause came while we slept: our slot is void; take a new one after the pause.
+            let mut state = self.lock();
+            reservation.is_settled = true;
+            if state.epoch == reservation.epoch {
+                state.last_granted = state.last_granted.max(Some(reservation.slot));
+                return Ok(Permit {
+                    waited: Instant::now() - started,
+                });
+            }
+            // A pause voided our slot: take a new one after it (the loop re-checks the limit).
+            drop(state);
+            now = Instant::now();
         }
     }
 
-    /// Takes the earliest conforming slot no later than `limit`, or explains why not.
-    fn reserve(&self, now: Instant, limit: Instant) -> Result<(Instant, u64), ThrottleError> {
+    /// Takes the earliest slot no later than `limit`: `None` if it is now (granted), else a
+    /// reservation to sleep on. Explains a refusal.
+    fn reserve(
+        &self,
+        now: Instant,
+        limit: Instant,
+    ) -> Result<Option<Reservation<'_>>, ThrottleError> {
         let mut state = self.lock();
+        let blocked_until = state.blocked_until();
+        while state
+            .returned
+            .peek()
+            .is_some_and(|Reverse(slot)| *slot <= now || *slot < blocked_until)
+        {
+            state.returned.pop();
+        }
         let conforming = state.tat.checked_sub(self.tolerance).unwrap_or(state.tat);
-        let slot = now.max(conforming).max(state.paused_until);
+        let fresh_slot = now.max(conforming).max(blocked_until);
+        let returned = state.returned.peek().map(|Reverse(slot)| *slot);
+        let slot = returned.map_or(fresh_slot, |r| r.min(fresh_slot));
         if slot > limit {
             let retry_after = slot - now;
-            return Err(if state.paused_until > limit {
-                if state.is_locked_out {
-                    ThrottleError::LockedOut { retry_after }
-                } else {
-                    ThrottleError::Paused { retry_after }
+            return Err(if state.locked_until > limit {
+                ThrottleError::LockedOut { retry_after }
+            } else if state.paused_until > limit {
+                match state.pause_reason {
+                    PauseReason::FrequencyLimit => ThrottleError::Paused { retry_after },
+                    PauseReason::UserSigRejected => ThrottleError::UserSigRejected { retry_after },
                 }
             } else {
                 ThrottleError::Saturated { retry_after }
             });
         }
-        if slot > now {
-            // Counted here, under the lock, so the queue bound is exact; the guard in
-            // `acquire` gives the place back.
-            if self.waiters.load(Ordering::Acquire) >= self.spec.max_waiters {
-                return Err(ThrottleError::QueueFull {
-                    retry_after: slot - now,
-                });
-            }
-            self.waiters.fetch_add(1, Ordering::AcqRel);
+        if slot > now && self.waiters.load(Ordering::Acquire) >= self.spec.max_waiters {
+            return Err(ThrottleError::QueueFull {
+                retry_after: slot - now,
+            });
         }
-        state.tat = slot.max(state.tat) + self.interval;
-        Ok((slot, state.epoch))
+        let moved_tat = if returned == Some(slot) {
+            state.returned.pop();
+            None
+        } else {
+            let before = state.tat;
+            state.tat = slot.max(state.tat) + self.interval;
+            Some((before, state.tat))
+        };
+        if slot <= now {
+            state.last_granted = state.last_granted.max(Some(slot));
+            return Ok(None);
+        }
+        // Counted here, under the lock, so the queue bound is exact; the reservation gives
+        // the place back when dropped.
+        self.waiters.fetch_add(1, Ordering::AcqRel);
+        Ok(Some(Reservation {
+            budget: self,
+            slot,
+            epoch: state.epoch,
+            moved_tat,
+            is_settled: false,
+        }))
     }
 
-    /// Tencent said this command is over its frequency limit: pause for a back-off that
+    /// Tencent asked us to slow down (or rejected the UserSig): pause for a back-off that
     /// doubles with each consecutive signal, from `base` up to `max`.
-    pub fn back_off(&self, base: Duration, max: Duration) -> Duration {
+    pub fn back_off(&self, base: Duration, max: Duration, reason: PauseReason) -> Duration {
         let mut state = self.lock();
         let pause = base.saturating_mul(1u32 << state.strikes.min(16)).min(max);
         state.strikes = state.strikes.saturating_add(1);
-        self.pause_locked(&mut state, pause, false);
-        pause
-    }
-
-    /// Pauses every call for `pause` (an app-wide signal or a 70050 lockout).
-    pub fn pause(&self, pause: Duration, is_locked_out: bool) {
-        let mut state = self.lock();
-        self.pause_locked(&mut state, pause, is_locked_out);
-    }
-
-    fn pause_locked(&self, state: &mut State, pause: Duration, is_locked_out: bool) {
         let until = Instant::now() + pause;
         if until > state.paused_until {
             state.paused_until = until;
-            state.is_locked_out = is_locked_out;
+            state.pause_reason = reason;
         }
-        // Slots reserved before the pause are void; the next slot is the pause's end.
-        state.tat = state.paused_until;
+        self.void_reservations(&mut state);
+        pause
+    }
+
+    /// Tencent locked the app out (70050): no calls for `lockout`.
+    pub fn lock_out(&self, lockout: Duration) {
+        let mut state = self.lock();
+        state.locked_until = state.locked_until.max(Instant::now() + lockout);
+        self.void_reservations(&mut state);
+    }
+
+    /// Voids every reservation: the next call comes when the pause ends, no sooner than one
+    /// interval after the last call, and without a burst.
+    fn void_reservations(&self, state: &mut State) {
+        let resume = state
+            .last_granted
+            .map_or(state.blocked_until(), |last| last + self.interval)
+            .max(state.blocked_until());
+        state.tat = resume + self.tolerance;
+        state.returned.clear();
         state.epoch += 1;
+        self.paused.notify_waiters();
     }
 
     /// A call succeeded: the back-off starts again from `base` next time.
@@ -310,10 +410,29 @@ impl Throttle {
         &self.budgets[app * self.slots + slot]
     }
 
-    /// Pauses every budget of `app` (Tencent's 60011, or a 70050 lockout).
-    pub fn pause_app(&self, app: usize, pause: Duration, is_locked_out: bool) {
-        for budget in &self.budgets[app * self.slots..(app + 1) * self.slots] {
-            budget.pause(pause, is_locked_out);
+    fn app_budgets(&self, app: usize) -> &[Budget] {
+        &self.budgets[app * self.slots..(app + 1) * self.slots]
+    }
+
+    /// Backs off every budget of `app` (Tencent's 60011, or a UserSig rejection).
+    pub fn back_off_app(
+        &self,
+        app: usize,
+        base: Duration,
+        max: Duration,
+        reason: PauseReason,
+    ) -> Duration {
+        self.app_budgets(app)
+            .iter()
+            .map(|budget| budget.back_off(base, max, reason))
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// Stops every call of `app` for `lockout` (Tencent's 70050).
+    pub fn lock_out_app(&self, app: usize, lockout: Duration) {
+        for budget in self.app_budgets(app) {
+            budget.lock_out(lockout);
         }
     }
 }
@@ -501,21 +620,30 @@ mod tests {
         };
         tokio::task::yield_now().await;
         let base = Duration::from_secs(1);
-        assert_eq!(budget.back_off(base, Duration::from_secs(30)), base);
+        assert_eq!(
+            budget.back_off(base, Duration::from_secs(30), PauseReason::FrequencyLimit),
+            base
+        );
         assert!(budget.is_paused());
         assert_eq!(
             waiter.await.unwrap(),
             base,
             "the waiter moved to the pause's end"
         );
-        assert_eq!(budget.back_off(base, Duration::from_secs(30)), base * 2);
+        assert_eq!(
+            budget.back_off(base, Duration::from_secs(30), PauseReason::FrequencyLimit),
+            base * 2
+        );
         budget.record_success();
-        assert_eq!(budget.back_off(base, Duration::from_secs(30)), base);
+        assert_eq!(
+            budget.back_off(base, Duration::from_secs(30), PauseReason::FrequencyLimit),
+            base
+        );
         let quick = Budget::new(BudgetSpec {
             max_wait: Duration::from_millis(100),
             ..spec(20)
         });
-        quick.pause(LOCKOUT, true);
+        quick.lock_out(LOCKOUT);
         assert!(matches!(
             quick.acquire(far).await,
             Err(ThrottleError::LockedOut { .. })

@@ -174,12 +174,17 @@ impl UpstreamClient {
         timeout: Duration,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let timeout = timeout.min(self.request_timeout);
+        let started = tokio::time::Instant::now();
         match self.call_origin(&call.origins.primary, call, timeout).await {
             Err(UpstreamError::Connect(reason)) => match &call.origins.backup {
-                Some(backup) => {
-                    tracing::warn!(%reason, backup = %backup, "main Tencent domain unreachable; trying the backup domain");
-                    self.call_origin(backup, call, timeout).await
-                }
+                // The backup gets what is left of the one timeout, not a second one.
+                Some(backup) => match timeout.checked_sub(started.elapsed()) {
+                    Some(left) if !left.is_zero() => {
+                        tracing::warn!(%reason, backup = %backup, "main Tencent domain unreachable; trying the backup domain");
+                        self.call_origin(backup, call, left).await
+                    }
+                    _ => Err(UpstreamError::Timeout(timeout)),
+                },
                 None => Err(UpstreamError::Connect(reason)),
             },
             other => other,

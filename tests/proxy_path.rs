@@ -252,7 +252,7 @@ async fn bad_requests_are_refused_in_the_tencent_envelope() {
         "",
     )
     .await;
-    assert_eq!(not_allowed.headers["allow"], "POST, GET");
+    assert_eq!(not_allowed.headers["allow"], "POST, GET, HEAD");
     assert_eq!(sandbox.total_calls(), 0);
 }
 

@@ -164,7 +164,7 @@ ttl = "1s"
 stale_while_revalidate = "1day"
 [throttle]
 safety_margin = 0
-burst = 0.5
+burst = 0.1
 max_wait = "0s"
 max_waiters = 0
 default_quota = 100000
@@ -172,7 +172,7 @@ backoff_base = "30s"
 backoff_max = "30s"
 [[throttle.quotas]]
 command = "openim/sendmsg"
-per_second = 1
+per_second = 2
 [[throttle.quotas]]
 command = "im_open_login_svc/account_check"
 per_second = 100
@@ -194,7 +194,7 @@ per_second = 100
     assert_eq!(rules[1].command, "group_open_http_svc/get_group_info");
     assert_eq!(rules[1].stale_while_revalidate, Duration::from_secs(86_400));
     let t = &config.throttle;
-    assert_eq!((t.safety_margin, t.burst), (0.0, 0.5));
+    assert_eq!((t.safety_margin, t.burst), (0.0, 0.1));
     assert_eq!((t.max_wait, t.max_waiters), (Duration::ZERO, 0));
     assert_eq!(t.default_quota, 100_000);
     assert_eq!(t.backoff_base, t.backoff_max);
@@ -206,7 +206,7 @@ per_second = 100
     assert_eq!(
         quotas,
         [
-            ("openim/sendmsg", 1),
+            ("openim/sendmsg", 2),
             ("im_open_login_svc/account_check", 100)
         ]
     );
@@ -683,7 +683,7 @@ fn each_new_problem_is_reported_under_its_key() {
         "{MINIMAL}[[cache.rules]]\n{ROBOTS}\nttl = \"5s\"\n[[cache.rules]]\n{ROBOTS}\nttl = \"9s\"\n"
     );
     let two_quotas = format!(
-        "{MINIMAL}[[throttle.quotas]]\ncommand = \"openim/sendmsg\"\nper_second = 1\n\
+        "{MINIMAL}[[throttle.quotas]]\ncommand = \"openim/sendmsg\"\nper_second = 3\n\
          [[throttle.quotas]]\ncommand = \"openim/sendmsg\"\nper_second = 2\n"
     );
     let second_rule_bad = format!(
@@ -892,6 +892,16 @@ fn each_new_problem_is_reported_under_its_key() {
         ),
         (throttle("burst = 1"), "throttle.burst", "out of range"),
         (
+            throttle("burst = 0.2"),
+            "throttle.burst",
+            "0.2 is out of range; give 0.0 ..= 0.1",
+        ),
+        (
+            throttle("default_quota = 1"),
+            "throttle.default_quota",
+            "out of range",
+        ),
+        (
             throttle("max_wait = \"61s\""),
             "throttle.max_wait",
             "give 0s ..= 1m",
@@ -904,7 +914,7 @@ fn each_new_problem_is_reported_under_its_key() {
         (
             throttle("default_quota = 0"),
             "throttle.default_quota",
-            "give 1 ..= 100000 calls/s",
+            "give 2 ..= 100000 calls/s",
         ),
         (
             throttle("default_quota = 100001"),
@@ -950,7 +960,7 @@ fn each_new_problem_is_reported_under_its_key() {
         (
             quota("command = \"openim/sendmsg\"\nper_second = 0"),
             "throttle.quotas[0].per_second",
-            "give 1 ..= 100000 calls/s",
+            "give 2 ..= 100000 calls/s",
         ),
         (
             quota("command = \"openim/sendmsg\"\nper_second = 100001"),
@@ -1160,9 +1170,9 @@ fn questionable_settings_warn_without_failing() {
 #[test]
 fn default_app_is_resolved_in_order() {
     let two = "[apps.a]\nsdkappid = 1\nregion = \"sgp\"\n\
-               [apps.b]\nsdkappid = 1\nregion = \"sgp\"\n";
+               [apps.b]\nsdkappid = 2\nregion = \"sgp\"\n";
     let with_default = "[apps.a]\nsdkappid = 1\nregion = \"sgp\"\n\
-                        [apps.default]\nsdkappid = 1\nregion = \"sgp\"\n";
+                        [apps.default]\nsdkappid = 2\nregion = \"sgp\"\n";
     let cases = [
         (format!("[server]\ndefault_app = \"b\"\n{two}"), "b"),
         (MINIMAL.to_owned(), "main"),
@@ -1439,4 +1449,20 @@ fn field_names_are_read_from_serde() {
     assert!(!field_names::<RawApp>().contains(&"secret_key"));
     assert!(field_names::<RawCache>().contains(&"rules"));
     assert!(field_names::<RawThrottle>().contains(&"quotas"));
+}
+
+/// Two apps with one SDKAppID would each get Tencent's full quota: a problem.
+#[test]
+fn one_sdkappid_is_configured_once() {
+    let toml = "[server]\ndefault_app = \"a\"\n[apps.a]\nsdkappid = 7\nregion = \"sgp\"\n[apps.b]\nsdkappid = 7\nregion = \"sgp\"\n";
+    let Err(ConfigError::Invalid(problems)) = Config::from_toml_str(toml, &env(&[])) else {
+        panic!("a shared SDKAppID must be refused");
+    };
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].key, "apps.b.sdkappid");
+    assert!(
+        problems[0].message.contains("apps.a"),
+        "{}",
+        problems[0].message
+    );
 }

@@ -138,6 +138,7 @@ pub(super) fn validate(raw: RawConfig, env: &Env, findings: &mut Findings) -> Op
             None => all_apps_valid = false,
         }
     }
+    apps::check_unique_sdkappids(&valid_apps, findings);
     apps::warn_shared_key_sources(&valid_apps, findings);
     let default_app = apps::choose_default_app(default_app, &app_names, &valid_apps, findings)?;
     all_apps_valid.then_some(Config {
@@ -359,7 +360,11 @@ fn read_ca(path: &Path, findings: &mut Findings) -> Option<Vec<u8>> {
     }
 }
 
-/// A humantime duration such as `5s`, `250ms` or `24h`; zero is refused.
+/// Longest duration any key accepts unless it says otherwise: far beyond any sensible
+/// setting, and far from where adding it to an instant could overflow.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
+/// A humantime duration such as `5s`, `250ms` or `24h`; zero and more than a year are refused.
 fn duration(
     findings: &mut Findings,
     key: &str,
@@ -371,7 +376,7 @@ fn duration(
         key,
         raw,
         default,
-        Duration::from_nanos(1)..=Duration::MAX,
+        Duration::from_nanos(1)..=MAX_DURATION,
     )
 }
 

@@ -4,7 +4,7 @@
 //! task (cache fills and refreshes), so it owns what it needs through [`Shared`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::time::Instant;
@@ -14,9 +14,9 @@ use crate::catalogue::{Access, Catalogue};
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, RejectReason, UpstreamOutcome};
 use crate::region::Origins;
-use crate::signer::Signer;
+use crate::signer::{unix_now, Signer};
 use crate::throttle::ThrottleError;
-use crate::throttle::{Throttle, LOCKOUT};
+use crate::throttle::{PauseReason, Throttle, LOCKOUT};
 use crate::upstream::{SignedCall, UpstreamClient, UpstreamError, UpstreamResponse};
 
 /// Seconds between two loud log lines about one app's configuration problem, so a wrong key
@@ -94,6 +94,10 @@ pub enum Outcome {
     AppFrequencyLimited,
     /// 70050: no calls for this app for 60 s.
     LockedOut,
+    /// 70003/70005/70009/70013/70014: the UserSig was refused (wrong key, sdkappid or
+    /// identifier). Logged loudly, passed through, and the app's calls are spaced out so the
+    /// failures do not add up to Tencent's 60 s lockout (70050).
+    UserSigRejected,
     /// A configuration or operations fault: log it loudly, pass it through, never retry.
     ConfigError(&'static str),
     /// Anything else (the caller's fault, or command-specific): relayed as it is.
@@ -109,10 +113,7 @@ impl Outcome {
             60007 | 60018 | 60019 => Outcome::FrequencyLimited,
             60011 => Outcome::AppFrequencyLimited,
             70050 => Outcome::LockedOut,
-            70003 | 70005 | 70009 | 70013 | 70014 => Outcome::ConfigError(
-                "Tencent rejected the admin UserSig: the secret key, sdkappid or identifier is wrong; \
-                 the gateway will not retry (repeated failures lock the app out with 70050)",
-            ),
+            70003 | 70005 | 70009 | 70013 | 70014 => Outcome::UserSigRejected,
             70016 | 70020 => Outcome::ConfigError(
                 "Tencent does not know this sdkappid or key here: usually the wrong region's domain",
             ),
@@ -134,15 +135,9 @@ impl Outcome {
                 | Outcome::FrequencyLimited
                 | Outcome::AppFrequencyLimited
                 | Outcome::LockedOut
+                | Outcome::UserSigRejected
         )
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Full-jitter exponential back-off: uniform in `[d/2, d]` with `d = base × 2^attempt`.
@@ -171,7 +166,6 @@ impl Shared {
     ) -> FlightResult {
         let app = &self.apps[target.app];
         let budget = self.throttle.budget(target.app, target.id);
-        let mut minted = app.signer.current();
         let mut has_reminted = false;
         let mut retries = 0;
         loop {
@@ -197,6 +191,7 @@ impl Shared {
                         ThrottleError::QueueFull { .. } => RejectReason::QueueFull,
                         ThrottleError::Paused { .. } => RejectReason::Paused,
                         ThrottleError::LockedOut { .. } => RejectReason::LockedOut,
+                        ThrottleError::UserSigRejected { .. } => RejectReason::UserSigRejected,
                     };
                     self.metrics.throttle_rejection(target.app, slot, reason);
                     return Err(GatewayError::from(refused));
@@ -206,6 +201,9 @@ impl Shared {
             if remaining.is_zero() {
                 return Err(GatewayError::UpstreamTimeout(self.retry.deadline));
             }
+            // Taken after the wait for a permit, so a long wait cannot hand out a UserSig
+            // that expired meanwhile.
+            let minted = app.signer.current();
             let call = SignedCall {
                 origins: &app.origins,
                 command: target.command,
@@ -245,7 +243,7 @@ impl Shared {
                             error_code = response.error_code,
                             "Tencent refused the UserSig as expired; re-minting and retrying once"
                         );
-                        minted = app.signer.remint_after_rejection(minted.generation);
+                        app.signer.remint_after_rejection(minted.generation);
                         has_reminted = true;
                         continue;
                     }
@@ -273,25 +271,48 @@ impl Shared {
         let outcome = Outcome::of(response.error_code);
         match outcome {
             Outcome::FrequencyLimited => {
-                let pause = self
-                    .throttle
-                    .budget(target.app, target.id)
-                    .back_off(self.retry.backoff_base, self.retry.backoff_max);
+                let pause = self.throttle.budget(target.app, target.id).back_off(
+                    self.retry.backoff_base,
+                    self.retry.backoff_max,
+                    PauseReason::FrequencyLimit,
+                );
                 tracing::warn!(app = %app.name, command = target.command, error_code = response.error_code, ?pause, "Tencent says this command is over its frequency limit; backing off");
             }
             Outcome::AppFrequencyLimited => {
-                self.throttle
-                    .pause_app(target.app, self.retry.backoff_base, false);
-                tracing::warn!(app = %app.name, error_code = response.error_code, pause = ?self.retry.backoff_base, "Tencent says the app is over its frequency limit; the whole app backs off");
+                let pause = self.throttle.back_off_app(
+                    target.app,
+                    self.retry.backoff_base,
+                    self.retry.backoff_max,
+                    PauseReason::FrequencyLimit,
+                );
+                tracing::warn!(app = %app.name, error_code = response.error_code, ?pause, "Tencent says the app is over its frequency limit; the whole app backs off");
             }
             Outcome::LockedOut => {
-                self.throttle.pause_app(target.app, LOCKOUT, true);
+                self.throttle.lock_out_app(target.app, LOCKOUT);
                 self.alarm(
                     app,
                     target,
                     response,
                     "Tencent locked the app out for 60 s after too many failed UserSig checks; \
                      no calls for this app until then",
+                );
+            }
+            Outcome::UserSigRejected => {
+                let pause = self.throttle.back_off_app(
+                    target.app,
+                    self.retry.backoff_base,
+                    self.retry.backoff_max,
+                    PauseReason::UserSigRejected,
+                );
+                self.alarm(
+                    app,
+                    target,
+                    response,
+                    &format!(
+                        "Tencent rejected the admin UserSig: the secret key, sdkappid or identifier \
+                         is wrong; not retried, and calls to this app pause for {pause:?} (doubling \
+                         while it repeats) so the failures do not lock the app out for 60 s (70050)"
+                    ),
                 );
             }
             Outcome::ConfigError(explanation) => self.alarm(app, target, response, explanation),
@@ -368,9 +389,11 @@ mod tests {
                 assert_eq!(Outcome::of(code), *expected, "{code}");
             }
         }
+        for code in [70003, 70005, 70009, 70013, 70014] {
+            assert_eq!(Outcome::of(code), Outcome::UserSigRejected, "{code}");
+        }
         for code in [
-            70003, 70005, 70009, 70013, 70014, 70016, 70020, 10008, 60010, 70403, 60006, 60016,
-            60020, 60021,
+            70016, 70020, 10008, 60010, 70403, 60006, 60016, 60020, 60021,
         ] {
             assert!(
                 matches!(Outcome::of(code), Outcome::ConfigError(_)),

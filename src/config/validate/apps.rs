@@ -309,6 +309,26 @@ fn secret_key(
     }
 }
 
+/// Tencent's quotas are per SDKAppID (reference §4): two apps with one SDKAppID would each
+/// get a full budget and together call Tencent up to twice the quota.
+pub(super) fn check_unique_sdkappids(apps: &[AppConfig], findings: &mut Findings) {
+    for (i, app) in apps.iter().enumerate() {
+        if let Some(first) = apps[..i]
+            .iter()
+            .find(|other| other.sdkappid == app.sdkappid)
+        {
+            findings.problem(
+                format!("apps.{}.sdkappid", app.name),
+                format!(
+                    "{} is also apps.{}'s SDKAppID; Tencent's quotas are per SDKAppID, so two \
+                     apps would together exceed them; configure each SDKAppID once",
+                    app.sdkappid, first.name
+                ),
+            );
+        }
+    }
+}
+
 /// Each SDKAppID has its own secret key, so two apps reading one source is likely a slip.
 pub(super) fn warn_shared_key_sources(apps: &[AppConfig], findings: &mut Findings) {
     for (i, app) in apps.iter().enumerate() {

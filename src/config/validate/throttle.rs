@@ -15,12 +15,15 @@ use crate::config::{
     DEFAULT_MAX_WAIT, DEFAULT_MAX_WAITERS, DEFAULT_QUOTA, DEFAULT_SAFETY_MARGIN,
 };
 
-/// Upper bound of `safety_margin` and `burst`: past half, the budget is mostly unused or
-/// mostly one burst.
+/// Upper bound of `safety_margin`: past half, the budget is mostly unused.
 const MAX_FRACTION: f64 = 0.5;
+/// Upper bound of `burst`: the sustained rate is the budget minus the burst, and must stay at
+/// least 90% of the budget.
+const MAX_BURST: f64 = 0.1;
 const MAX_WAITS: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(60);
 const MAX_WAITERS: RangeInclusive<usize> = 0..=1_000_000;
-const QUOTAS: RangeInclusive<u32> = 1..=100_000;
+/// At least 2 calls/s: a budget must be strictly below the quota and hold at least one call.
+const QUOTAS: RangeInclusive<u32> = 2..=100_000;
 
 pub(super) fn validate_throttle(
     raw: RawThrottle,
@@ -39,7 +42,7 @@ pub(super) fn validate_throttle(
         "throttle.burst",
         raw.burst,
         DEFAULT_BURST,
-        MAX_FRACTION,
+        MAX_BURST,
     );
     let max_wait = bounded_duration(
         findings,
