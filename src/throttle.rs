@@ -577,6 +577,49 @@ mod tests {
         ));
     }
 
+    /// A caller that leaves before its slot gives it back: the next caller gets that slot, so
+    /// departures waste no quota; the latest reservation is simply undone.
+    #[tokio::test(start_paused = true)]
+    async fn abandoned_slots_are_given_back() {
+        let budget = std::sync::Arc::new(Budget::new(spec(20)));
+        let interval = Duration::from_secs(1) / 18; // budget 19, burst 1, rate 18/s
+        let far = Instant::now() + Duration::from_secs(60);
+        let start = Instant::now();
+        // tokio's timer wakes on whole milliseconds, so a slot is reached up to 1 ms late.
+        let near = |elapsed: Duration, slot: Duration| {
+            assert!(
+                elapsed >= slot && elapsed <= slot + Duration::from_millis(1),
+                "{elapsed:?} is not slot {slot:?}"
+            )
+        };
+        let _ = budget.acquire(far).await.unwrap(); // slot 0
+        let spawn_waiter = || {
+            let budget = std::sync::Arc::clone(&budget);
+            tokio::spawn(async move {
+                let _ = budget.acquire(far).await.unwrap();
+                Instant::now() - start
+            })
+        };
+        let first = spawn_waiter(); // slot 1
+        tokio::task::yield_now().await;
+        let second = spawn_waiter(); // slot 2
+        tokio::task::yield_now().await;
+        first.abort(); // leaves before slot 1
+        let _ = first.await;
+        assert_eq!(budget.waiters(), 1);
+        // A newcomer takes the returned slot 1, not a fresh slot 3.
+        let _ = budget.acquire(far).await.unwrap();
+        near(Instant::now() - start, interval);
+        near(second.await.unwrap(), interval * 2);
+        // The latest reservation, abandoned, is undone: the next caller gets its slot.
+        let third = spawn_waiter(); // slot 3
+        tokio::task::yield_now().await;
+        third.abort();
+        let _ = third.await;
+        let _ = budget.acquire(far).await.unwrap();
+        near(Instant::now() - start, interval * 3);
+    }
+
     /// When `max_waiters` callers already wait, the next one is refused with QueueFull.
     #[tokio::test(start_paused = true)]
     async fn full_queue_refuses_newcomers() {

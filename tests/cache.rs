@@ -71,6 +71,50 @@ async fn thousand_cold_requests_make_one_upstream_call() {
     assert_eq!(sandbox.calls(GET_ALL_ROBOTS), 1);
 }
 
+/// Waiters are answered the moment the shared call returns, not on a polling tick (nginx's
+/// cache lock polls every 500 ms). Margin: every waiter must have its answer within 250 ms of
+/// the upstream's answer; the work between the two takes a few milliseconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_are_answered_when_the_call_returns() {
+    let sandbox = start_sandbox().await;
+    let latency = Duration::from_millis(600);
+    sandbox.set_latency(latency);
+    let gw = start_gateway(&sandbox).await;
+    let client = client();
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let (client, addr) = (client.clone(), gw.addr());
+            tokio::spawn(async move {
+                call_with(
+                    &client,
+                    addr,
+                    Method::POST,
+                    "/v4/openim_robot_http_svc/get_all_robots",
+                    "{}",
+                )
+                .await;
+                tokio::time::Instant::now()
+            })
+        })
+        .collect();
+    let mut done = Vec::new();
+    for task in tasks {
+        done.push(task.await.unwrap());
+    }
+    let requests = sandbox.requests(GET_ALL_ROBOTS);
+    assert_eq!(requests.len(), 1);
+    let answered = requests[0].received_at + latency;
+    let slowest = done
+        .iter()
+        .max()
+        .unwrap()
+        .saturating_duration_since(answered);
+    assert!(
+        slowest < Duration::from_millis(250),
+        "a waiter got its answer {slowest:?} late"
+    );
+}
+
 /// The first client of a flight disconnecting mid-flight neither cancels nor repeats the
 /// fetch: the followers get the answer, the cache keeps it, and the upstream saw one call.
 #[tokio::test]
@@ -80,9 +124,7 @@ async fn first_client_disconnecting_does_not_cancel_the_fetch() {
     let gw = start_gateway(&sandbox).await;
     let addr = gw.addr();
     let leader = tokio::spawn(async move { post(addr, GET_ALL_ROBOTS, "{}").await });
-    while sandbox.calls(GET_ALL_ROBOTS) == 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the upstream call", || sandbox.calls(GET_ALL_ROBOTS) == 1).await;
     leader.abort(); // drops the leader's connection while the upstream call is in flight
     let followers: Vec<_> = (0..10)
         .map(|_| tokio::spawn(async move { post(addr, GET_ALL_ROBOTS, "{}").await }))
@@ -199,9 +241,7 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_once() {
         assert_eq!(x_cache(&answer), "STALE");
         assert_eq!(answer.json["Robot_Account"], serde_json::json!([]));
     }
-    while sandbox.calls(GET_ALL_ROBOTS) < 2 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the refresh call", || sandbox.calls(GET_ALL_ROBOTS) == 2).await;
     // The refresh answered after 500 ms of latency; wait for it to be stored.
     tokio::time::sleep(Duration::from_millis(700)).await;
     let fresh = post(gw.addr(), GET_ALL_ROBOTS, "{}").await;

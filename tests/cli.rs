@@ -244,21 +244,32 @@ async fn sigterm_drains_and_exits_zero() {
 
     sandbox.set_latency(Duration::from_secs(2));
     let in_flight = tokio::spawn(async move { post(addr, ACCOUNT_CHECK, CHECK_BODY).await });
-    while sandbox.calls(ACCOUNT_CHECK) == 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the first call upstream", || {
+        sandbox.calls(ACCOUNT_CHECK) == 1
+    })
+    .await;
     // The budget's one permit for this second is taken: this request waits for the next.
     let waiting = tokio::spawn(async move { post(addr, ACCOUNT_CHECK, CHECK_BODY).await });
+    let waiting_since = Instant::now();
     while !metric_line(admin, "tim_gateway_throttle_waiters{")
         .await
         .ends_with(" 1")
     {
+        assert!(
+            waiting_since.elapsed() < Duration::from_secs(10),
+            "no waiter showed up"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
     served.send_sigterm();
+    let signalled = Instant::now();
     let mut readiness = call_raw(admin, "/readyz").await;
     while readiness == Some(200) {
+        assert!(
+            signalled.elapsed() < Duration::from_secs(5),
+            "readiness never flipped"
+        );
         readiness = call_raw(admin, "/readyz").await;
     }
     assert_eq!(readiness, Some(503), "not ready while draining");

@@ -399,3 +399,39 @@ async fn slow_upstream_times_out_with_504() {
     );
     assert_eq!(sandbox.calls(ACCOUNT_CHECK), 1);
 }
+
+/// A client that never finishes sending its body gets 408 in the envelope when the request
+/// deadline passes, instead of holding a task forever (deadline 1 s, read after at most 10 s).
+#[tokio::test]
+async fn trickling_body_times_out_with_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sandbox = start_sandbox().await;
+    let gw = start_gateway_with(
+        &sandbox,
+        Extra {
+            upstream: "request_timeout = \"1s\"\ndeadline = \"1s\"",
+            ..Extra::default()
+        },
+    )
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    stream
+        .write_all(b"POST /v4/openim_robot_http_svc/create_robot HTTP/1.1\r\nhost: gw\r\ncontent-length: 100\r\n\r\n{\"UserID\":")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 1024];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") || !answer.ends_with(b"}") {
+            let n = stream.read(&mut buffer).await.unwrap();
+            assert!(n > 0, "connection closed without an answer");
+            answer.extend_from_slice(&buffer[..n]);
+        }
+    })
+    .await
+    .expect("an answer within 10 s");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("\"ErrorCode\":1904012"), "{text}");
+    assert_eq!(sandbox.total_calls(), 0);
+}

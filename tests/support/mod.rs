@@ -203,3 +203,16 @@ pub async fn call_with(
 pub async fn post(addr: SocketAddr, command: &str, body: &str) -> Answer {
     call(addr, Method::POST, &format!("/v4/{command}"), body).await
 }
+
+/// Polls `condition` every 10 ms until it holds; fails the test after 10 s (a condition that
+/// never comes true is a failure, not a hang).
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
