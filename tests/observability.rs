@@ -261,7 +261,9 @@ async fn dashboard_and_alerts_use_only_exported_metrics() {
     let gw = start_gateway_with(
         &sandbox,
         Extra {
-            tail: "[throttle]\nmax_wait = \"0s\"\n[[throttle.quotas]]\ncommand = \"im_open_login_svc/account_check\"\nper_second = 2\n",
+            tail: "[throttle]\nmax_wait = \"0s\"\n[[throttle.quotas]]\ncommand = \"im_open_login_svc/account_check\"\nper_second = 2\n\
+                   [[cache.rules]]\ncommand = \"openim_robot_http_svc/get_all_robots\"\nttl = \"1s\"\nstale_while_revalidate = \"60s\"\n\
+                   invalidated_by = [\"openim_robot_http_svc/create_robot\"]\n",
             ..Extra::default()
         },
     )
@@ -272,6 +274,15 @@ async fn dashboard_and_alerts_use_only_exported_metrics() {
         post(gw.addr(), ACCOUNT_CHECK, CHECK_BODY)
     );
     assert!(a.status == StatusCode::TOO_MANY_REQUESTS || b.status == StatusCode::TOO_MANY_REQUESTS);
+    // A fresh entry (the purge above emptied the cache), then past its 1 s ttl: a stale
+    // answer and one background refresh.
+    assert_eq!(
+        post(gw.addr(), GET_ALL_ROBOTS, "{}").await.headers["x-cache"],
+        "MISS"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let stale = post(gw.addr(), GET_ALL_ROBOTS, "{}").await;
+    assert_eq!(stale.headers["x-cache"], "STALE");
     let exported = families(&scrape(gw.admin_addr()).await);
 
     for path in [
