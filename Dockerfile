@@ -16,6 +16,8 @@ ARG RUST_VERSION=1.95
 
 # ---------------------------------------------------------------------------------------------
 FROM rust:${RUST_VERSION}-bookworm AS builder
+# A failing command anywhere in a pipe fails the RUN.
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /build
 
 # 1. Dependencies only, in their own layer: it is rebuilt when Cargo.toml or Cargo.lock
