@@ -59,7 +59,7 @@ endpoint = "https://$SANDBOX"
 command = "openim_robot_http_svc/get_all_robots"
 ttl = "1h"
 TOML
-RUST_LOG=warn TIM_GATEWAY_SECRET_KEY=$KEY taskset -c $SERVER_CPU "$BIN" serve --config "$WORK/gateway.toml" 2>"$WORK/gateway.log" & PIDS+=($!)
+RUST_LOG=${GATEWAY_LOG:-warn} TIM_GATEWAY_SECRET_KEY=$KEY taskset -c $SERVER_CPU "$BIN" serve --config "$WORK/gateway.toml" 2>"$WORK/gateway.log" & PIDS+=($!)
 wait_port "$GATEWAY"
 curl -sf "http://$GATEWAY$PATH_Q" -d '{}' > "$WORK/body.json"   # primes the cache
 curl -sf "http://$GATEWAY$PATH_Q" -o /dev/null -D - | grep -qi '^x-cache: HIT'

@@ -702,6 +702,10 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
 }
 
+/// The log target of the one line per request: `RUST_LOG=info,tim_gateway::access=warn` turns
+/// the access log off and keeps everything else.
+pub const ACCESS_LOG: &str = "tim_gateway::access";
+
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
@@ -765,6 +769,7 @@ impl Proxy {
         let request_id = ctx.request_id.to_str().unwrap_or("-");
         match error {
             None => tracing::info!(
+                target: ACCESS_LOG,
                 request_id,
                 app,
                 command,
@@ -775,6 +780,7 @@ impl Proxy {
                 "request"
             ),
             Some(error) => tracing::info!(
+                target: ACCESS_LOG,
                 request_id,
                 method = %parts.method,
                 path = parts.uri.path(),
