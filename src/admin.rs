@@ -95,8 +95,9 @@ impl Handler for Admin {
             }
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" => {
-                // Every app's first UserSig is minted when the proxy is built; it must still be
-                // valid (a stopped clock or a suspended process could outlive it).
+                // Every app's first UserSig is minted when the proxy is built. `current()`
+                // re-mints one past 80% of its lifetime, so probes keep an idle gateway's
+                // UserSigs fresh; the check still guards against a clock jump.
                 let now = crate::signer::unix_now();
                 if self.is_draining.load(Ordering::Acquire) {
                     text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
@@ -104,7 +105,7 @@ impl Handler for Admin {
                     .proxy
                     .apps()
                     .iter()
-                    .all(|app| app.signer.peek().expires_at_unix > now)
+                    .all(|app| app.signer.current().expires_at_unix > now)
                 {
                     text(StatusCode::OK, "ready\n")
                 } else {

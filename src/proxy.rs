@@ -294,7 +294,9 @@ impl Proxy {
         let (entries, bytes) = shared.cache.usage();
         metrics.set_cache_usage(entries, bytes);
         for (a, app) in shared.apps.iter().enumerate() {
-            let minted = app.signer.peek();
+            // `current()`, not a peek: a scrape re-mints a UserSig past 80% of its lifetime, so
+            // an idle gateway's expiry metric (and its alert) stays truthful.
+            let minted = app.signer.current();
             metrics.set_usersig(a, app.signer.mints_by_reason(), minted.expires_at_unix);
             for c in 0..=shared.catalogue.len() {
                 let command = (c < shared.catalogue.len()).then_some(c);

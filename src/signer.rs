@@ -129,11 +129,6 @@ impl Signer {
         self.mints.each_ref().map(|m| m.load(Ordering::Relaxed))
     }
 
-    /// The current UserSig without re-minting (for metrics and readiness).
-    pub fn peek(&self) -> Arc<Minted> {
-        self.snapshot()
-    }
-
     fn snapshot(&self) -> Arc<Minted> {
         Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
     }
