@@ -4,7 +4,8 @@
 #   2. nginx proxy_cache in front of the sandbox (the same upstream the gateway uses),
 #      stock and tuned (sendfile off, open_file_cache).
 # Each server is pinned to core 0 and wrk to core 1 (taskset), as in PRODUCT.md's notes.
-# Usage: benches/load.sh [seconds per run, default 10] [connections, default 64]
+# Usage: [GATEWAY_LOG=info] benches/load.sh [seconds per run, default 10] [connections, default 64]
+# GATEWAY_LOG=info turns on the gateway's access log and nginx's (default: both off).
 # Needs root for apt-get (it installs wrk and nginx from Debian if they are missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,6 +72,13 @@ wait_port "$BARE_ADDR"
 SIG=$(TIM_GATEWAY_SECRET_KEY=$KEY "$BIN" usersig --sdkappid 1400000000 --identifier administrator --expire 3600)
 UPSTREAM_URL="https://$SANDBOX$PATH_Q?sdkappid=1400000000&identifier=administrator&usersig=$SIG&random=1&contenttype=json"
 mkdir -p "$WORK/cache" "$WORK/tmp"
+# Like for like: with the gateway's access log on (GATEWAY_LOG=info), nginx logs every request
+# too (buffered, as the gateway's background writer is).
+if [ "${GATEWAY_LOG:-warn}" = info ]; then
+  NGINX_ACCESS_LOG="access_log $WORK/nginx-access.log combined buffer=64k flush=1s;"
+else
+  NGINX_ACCESS_LOG="access_log off;"
+fi
 cat > "$WORK/nginx.conf" <<NGINX
 user root;
 worker_processes 1;
@@ -79,7 +87,7 @@ pid $WORK/nginx.pid;
 error_log $WORK/nginx-error.log warn;
 events { worker_connections 4096; }
 http {
-  access_log off;
+  $NGINX_ACCESS_LOG
   client_body_temp_path $WORK/tmp; proxy_temp_path $WORK/tmp; fastcgi_temp_path $WORK/tmp;
   uwsgi_temp_path $WORK/tmp; scgi_temp_path $WORK/tmp;
   proxy_cache_path $WORK/cache keys_zone=tim:10m;
@@ -142,7 +150,7 @@ read -r NS_RPS NS_P99 NS_ERR < <(run nginx_stock "$NGINX_STOCK")
 read -r NT_RPS NT_P99 NT_ERR < <(run nginx_tuned "$NGINX_TUNED")
 
 echo
-echo "cache-hit GET $PATH_Q, wrk -t1 -c$CONNECTIONS -d${DURATION}s, server on CPU $SERVER_CPU, wrk on CPU $CLIENT_CPU"
+echo "cache-hit GET $PATH_Q, wrk -t1 -c$CONNECTIONS -d${DURATION}s, server on CPU $SERVER_CPU, wrk on CPU $CLIENT_CPU, access logs ${GATEWAY_LOG:-warn}"
 echo "$(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(uname -r)"
 printf '%-26s %12s %10s %8s\n' server "requests/s" "p99 (µs)" errors
 printf '%-26s %12s %10s %8s\n' "tim-gateway (cache hit)" "$G_RPS" "$G_P99" "$G_ERR"
