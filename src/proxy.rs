@@ -769,33 +769,23 @@ impl Proxy {
             .map_or("-", |a| a.name.as_str());
         let command = target.map_or("-", |t| t.command);
         let request_id = ctx.request_id.to_str().unwrap_or("-");
-        match error {
-            None => tracing::info!(
-                target: ACCESS_LOG,
-                request_id,
-                app,
-                command,
-                cache = %ctx.cache.as_str(),
-                status = status.as_u16(),
-                error_code,
-                latency_us = elapsed.as_micros() as u64,
-                "request"
-            ),
-            Some(error) => tracing::info!(
-                target: ACCESS_LOG,
-                request_id,
-                method = %parts.method,
-                path = parts.uri.path(),
-                app,
-                command,
-                cache = %ctx.cache.as_str(),
-                status = status.as_u16(),
-                error_code,
-                latency_us = elapsed.as_micros() as u64,
-                error = %error,
-                "request"
-            ),
-        }
+        // Method and path only for requests the gateway refused or failed (absent fields are
+        // not written), so a successful request's line stays short.
+        let is_error = error.is_some();
+        tracing::info!(
+            target: ACCESS_LOG,
+            request_id,
+            method = is_error.then(|| parts.method.as_str()),
+            path = is_error.then(|| parts.uri.path()),
+            app,
+            command,
+            cache = %ctx.cache.as_str(),
+            status = status.as_u16(),
+            error_code,
+            latency_us = elapsed.as_micros() as u64,
+            error = error.as_deref(),
+            "request"
+        );
         response
     }
 }

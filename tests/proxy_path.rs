@@ -2,19 +2,14 @@
 
 mod support;
 
+use tim_gateway::signer::unix_now;
+
 use std::collections::HashSet;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
 use support::*;
 use tim_gateway::usersig::{self, SecretKey};
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 /// The upstream sees exactly the five parameters with the gateway's values, whatever the
 /// client put in its own query string, and the UserSig it receives verifies.

@@ -2,6 +2,8 @@
 
 mod support;
 
+use tim_gateway::signer::unix_now;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,13 +36,6 @@ async fn get_all_robots(client: &UpstreamClient, origins: &Origins) -> Result<i6
         body: Bytes::from_static(b"{}"),
     };
     client.call(&call).await.map(|r| r.error_code)
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 /// Sequential calls reuse one keep-alive TLS connection.
