@@ -83,7 +83,11 @@ impl Handler for Admin {
         match request.uri().path() {
             "/cache/purge" if method == Method::POST => self.purge(request.uri().query()),
             "/cache/purge" => not_allowed("POST"),
-            _ if method != Method::GET && method != Method::HEAD => not_allowed("GET, HEAD"),
+            "/metrics" | "/healthz" | "/readyz"
+                if method != Method::GET && method != Method::HEAD =>
+            {
+                not_allowed("GET, HEAD")
+            }
             "/metrics" => {
                 let mut response =
                     Response::new(Full::new(Bytes::from(self.proxy.render_metrics())));

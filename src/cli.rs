@@ -15,6 +15,7 @@ use crate::config::{
 };
 use crate::gateway::Gateway;
 use crate::sandbox::{Sandbox, SandboxApp, SandboxOptions};
+use crate::shutdown::Signals;
 use crate::usersig::{self, SecretKey};
 
 /// The demo's app: a made-up SDKAppID and the public key of reference §3's known answers.
@@ -154,8 +155,10 @@ pub async fn run(command: Command) -> anyhow::Result<Exit> {
                 tracing::warn!(key = %warning.key, "{}", warning.message);
             }
             let shutdown_grace = shutdown_grace.unwrap_or(loaded.config.server.shutdown_grace);
+            // Installed before the listeners exist, so an early SIGTERM drains, not kills.
+            let mut signals = Signals::install().context("cannot install signal handlers")?;
             let gateway = Gateway::start(&loaded.config, shutdown_grace).await?;
-            crate::shutdown::signal().await;
+            signals.recv().await;
             tracing::info!(grace = ?shutdown_grace, "draining");
             if !gateway.shutdown().await {
                 tracing::warn!("some requests did not finish within the grace period");
@@ -194,11 +197,12 @@ pub async fn run(command: Command) -> anyhow::Result<Exit> {
             )
             .await
             .with_context(|| format!("cannot start the sandbox on {listen}"))?;
+            let mut signals = Signals::install().context("cannot install signal handlers")?;
             std::fs::write(&ca_out, sandbox.ca_pem())
                 .with_context(|| format!("cannot write {}", ca_out.display()))?;
             println!("sandbox listening on {}", sandbox.endpoint());
             println!("CA certificate written to {}", ca_out.display());
-            crate::shutdown::signal().await;
+            signals.recv().await;
             sandbox.shutdown().await;
             Ok(Exit::Ok)
         }
@@ -293,6 +297,7 @@ async fn demo(
     ]));
     let loaded = Config::from_toml_str(DEMO_TOML, &env)
         .map_err(|e| anyhow::anyhow!("the built-in demo config is invalid: {e}"))?;
+    let mut signals = Signals::install().context("cannot install signal handlers")?;
     let gateway = Gateway::start(&loaded.config, loaded.config.server.shutdown_grace).await?;
     let base = format!("http://{}", gateway.client_addr());
     println!(
@@ -307,7 +312,7 @@ async fn demo(
         admin = gateway.admin_addr(),
         sandbox = sandbox.endpoint(),
     );
-    crate::shutdown::signal().await;
+    signals.recv().await;
     gateway.shutdown().await;
     sandbox.shutdown().await;
     let _ = std::fs::remove_file(&ca_path);

@@ -53,6 +53,8 @@ pub struct Gateway {
     stop_client: watch::Sender<bool>,
     /// `true` once the admin listener must stop (after the client side drained).
     stop_admin: watch::Sender<bool>,
+    /// How long in-flight requests may take once shutdown begins.
+    grace: Duration,
     client_task: JoinHandle<bool>,
     admin_task: JoinHandle<bool>,
 }
@@ -133,6 +135,7 @@ impl Gateway {
             is_draining,
             stop_client,
             stop_admin,
+            grace,
             client_task,
             admin_task,
         })
@@ -156,7 +159,17 @@ impl Gateway {
         self.is_draining.store(true, Ordering::Release);
         self.proxy.begin_drain();
         let _ = self.stop_client.send(true);
+        // Shortly before the grace period ends, calls still waiting on Tencent are answered
+        // with a clean 503, so no client is left with a connection cut mid-request.
+        let proxy = Arc::clone(&self.proxy);
+        let margin = (self.grace / 10).min(Duration::from_secs(1));
+        let stop_at = self.grace.saturating_sub(margin);
+        let hard_stop = tokio::spawn(async move {
+            tokio::time::sleep(stop_at).await;
+            proxy.stop_upstream_calls();
+        });
         let client = self.client_task.await.unwrap_or(false);
+        hard_stop.abort();
         let _ = self.stop_admin.send(true);
         let admin = self.admin_task.await.unwrap_or(false);
         client && admin

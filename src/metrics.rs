@@ -7,12 +7,12 @@
 //! Values that live elsewhere (cache size, throttle queues, UserSig expiry) are copied in when
 //! `/metrics` is scraped.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Counter, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::proxy::CacheStatus;
@@ -178,6 +178,100 @@ pub struct Metrics {
 
     usersig_mints: IntCounterVec,
     usersig_expiry: IntGaugeVec,
+
+    process: ProcessMetrics,
+    /// One scrape at a time: scrape-time counters catch up by difference, which two
+    /// concurrent scrapes would both add.
+    scrape: Mutex<()>,
+}
+
+/// The process's own resource use, read from `/proc/self` at each scrape. Our own rather than
+/// the prometheus crate's collector, whose CPU counter has whole-second steps: useless for a
+/// sidecar that uses a few milliseconds of CPU per second.
+#[derive(Debug)]
+struct ProcessMetrics {
+    cpu_seconds: Counter,
+    resident_memory: IntGauge,
+    virtual_memory: IntGauge,
+    open_fds: IntGauge,
+    max_fds: IntGauge,
+    threads: IntGauge,
+    start_time: Gauge,
+}
+
+impl ProcessMetrics {
+    fn register(r: &Registry) -> prometheus::Result<Self> {
+        let cpu_seconds = Counter::new(
+            "process_cpu_seconds_total",
+            "User and system CPU time spent by the process, in seconds.",
+        )?;
+        r.register(Box::new(cpu_seconds.clone()))?;
+        let start_time = Gauge::new(
+            "process_start_time_seconds",
+            "Unix time at which the process started, in seconds.",
+        )?;
+        r.register(Box::new(start_time.clone()))?;
+        Ok(ProcessMetrics {
+            cpu_seconds,
+            resident_memory: gauge(
+                r,
+                "process_resident_memory_bytes",
+                "Resident memory of the process in bytes.",
+            )?,
+            virtual_memory: gauge(
+                r,
+                "process_virtual_memory_bytes",
+                "Virtual memory of the process in bytes.",
+            )?,
+            open_fds: gauge(
+                r,
+                "process_open_fds",
+                "File descriptors the process has open.",
+            )?,
+            max_fds: gauge(
+                r,
+                "process_max_fds",
+                "The process's limit of open file descriptors.",
+            )?,
+            threads: gauge(r, "process_threads", "Threads of the process.")?,
+            start_time,
+        })
+    }
+
+    /// Reads `/proc/self`; leaves the previous values where a file cannot be read.
+    #[cfg(target_os = "linux")]
+    fn refresh(&self) {
+        let Ok(me) = procfs::process::Process::myself() else {
+            return;
+        };
+        if let Ok(stat) = me.stat() {
+            let ticks = procfs::ticks_per_second() as f64;
+            let cpu = (stat.utime + stat.stime) as f64 / ticks;
+            self.cpu_seconds
+                .inc_by((cpu - self.cpu_seconds.get()).max(0.0));
+            let rss = stat.rss.saturating_mul(procfs::page_size());
+            self.resident_memory
+                .set(i64::try_from(rss).unwrap_or(i64::MAX));
+            self.virtual_memory
+                .set(i64::try_from(stat.vsize).unwrap_or(i64::MAX));
+            self.threads.set(stat.num_threads);
+            if let Ok(boot) = procfs::boot_time_secs() {
+                self.start_time
+                    .set(boot as f64 + stat.starttime as f64 / ticks);
+            }
+        }
+        if let Ok(count) = me.fd_count() {
+            self.open_fds.set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        if let Ok(limits) = me.limits() {
+            if let procfs::process::LimitValue::Value(max) = limits.max_open_files.soft_limit {
+                self.max_fds.set(i64::try_from(max).unwrap_or(i64::MAX));
+            }
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn refresh(&self) {}
 }
 
 fn counter_vec(
@@ -268,10 +362,7 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        #[cfg(target_os = "linux")]
-        registry.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
+        let process = ProcessMetrics::register(r)?;
 
         let metrics = Metrics {
             requests: counter_vec(r, "requests_total", "Client requests answered, by app, command, cache result and HTTP status class.", &["app", "command", "cache", "status_class"])?,
@@ -299,6 +390,8 @@ impl Metrics {
             upstream_quota: gauge_vec(r, "upstream_quota_per_second", "Tencent's documented quota of calls per second.", &["app", "command"])?,
             usersig_mints: counter_vec(r, "usersig_mints_total", "Admin UserSigs minted, by reason.", &["app", "reason"])?,
             usersig_expiry: gauge_vec(r, "usersig_expiry_timestamp_seconds", "Unix time at which the current admin UserSig expires.", &["app"])?,
+            process,
+            scrape: Mutex::new(()),
             registry,
             app_names: apps,
             command_names: commands,
@@ -481,6 +574,14 @@ impl Metrics {
             .set(i64::try_from(entries).unwrap_or(i64::MAX));
         self.cache_bytes
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Runs `update` (which copies scrape-time state in) and renders, one scrape at a time.
+    pub fn scrape(&self, update: impl FnOnce(&Metrics)) -> Vec<u8> {
+        let _one_at_a_time = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        self.process.refresh();
+        update(self);
+        self.render()
     }
 
     /// The Prometheus text exposition of every metric.

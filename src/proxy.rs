@@ -19,7 +19,7 @@ use hyper::body::Body;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use tokio::time::Instant;
 
-pub use forward::{App, CommandRuntime, Outcome, RetrySettings, Shared, Target};
+pub use forward::{App, CommandRuntime, DrainStage, Outcome, RetrySettings, Shared, Target};
 
 use crate::cache::{
     canonical_body, CacheKey, CachePolicy, Cached, CanonicalError, Flight, FlightResult, Join,
@@ -213,7 +213,7 @@ impl Proxy {
                 on_evict,
             ),
             metrics,
-            draining: tokio::sync::watch::Sender::new(false),
+            drain: tokio::sync::watch::Sender::new(DrainStage::Running),
             commands: command_runtime(&catalogue, config),
             apps,
             catalogue,
@@ -290,36 +290,42 @@ impl Proxy {
     /// expiry) into the metrics and renders them.
     pub fn render_metrics(&self) -> Vec<u8> {
         let shared = &self.shared;
-        let metrics = &shared.metrics;
-        let (entries, bytes) = shared.cache.usage();
-        metrics.set_cache_usage(entries, bytes);
-        for (a, app) in shared.apps.iter().enumerate() {
-            // `current()`, not a peek: a scrape re-mints a UserSig past 80% of its lifetime, so
-            // an idle gateway's expiry metric (and its alert) stays truthful.
-            let minted = app.signer.current();
-            metrics.set_usersig(a, app.signer.mints_by_reason(), minted.expires_at_unix);
-            for c in 0..=shared.catalogue.len() {
-                let command = (c < shared.catalogue.len()).then_some(c);
-                let budget = shared.throttle.budget(a, command);
-                let spec = budget.spec();
-                let slot = command.unwrap_or(metrics.other_command());
-                metrics.set_budget(
-                    a,
-                    slot,
-                    budget.waiters(),
-                    budget.is_paused(),
-                    spec.budget(),
-                    spec.quota,
-                );
+        shared.metrics.scrape(|metrics| {
+            let (entries, bytes) = shared.cache.usage();
+            metrics.set_cache_usage(entries, bytes);
+            for (a, app) in shared.apps.iter().enumerate() {
+                // `current()`, not a peek: a scrape re-mints a UserSig past 80% of its
+                // lifetime, so an idle gateway's expiry metric (and its alert) stays truthful.
+                let minted = app.signer.current();
+                metrics.set_usersig(a, app.signer.mints_by_reason(), minted.expires_at_unix);
+                for c in 0..=shared.catalogue.len() {
+                    let command = (c < shared.catalogue.len()).then_some(c);
+                    let budget = shared.throttle.budget(a, command);
+                    let spec = budget.spec();
+                    let slot = command.unwrap_or(metrics.other_command());
+                    metrics.set_budget(
+                        a,
+                        slot,
+                        budget.waiters(),
+                        budget.is_paused(),
+                        spec.budget(),
+                        spec.quota,
+                    );
+                }
             }
-        }
-        metrics.render()
+        })
     }
 
     /// Starts draining: requests waiting for a throttle permit stop waiting and get a clean
     /// 503; calls already sent finish.
     pub fn begin_drain(&self) {
-        self.shared.draining.send_replace(true);
+        self.shared.drain.send_replace(DrainStage::Draining);
+    }
+
+    /// Ends the drain: calls still waiting on Tencent get a clean 503 now, before the grace
+    /// period runs out and their connections would be cut.
+    pub fn stop_upstream_calls(&self) {
+        self.shared.drain.send_replace(DrainStage::Stopping);
     }
 
     /// Answers one client request. Never fails: every error becomes an envelope.
@@ -329,16 +335,10 @@ impl Proxy {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let metrics = &self.shared.metrics;
-        // Decremented however the request ends, a client hanging up included.
-        let _in_flight = InFlight::enter(&metrics.in_flight);
         let (parts, body) = request.into_parts();
-        let mut ctx = RequestCtx {
-            started: Instant::now(),
-            request_id: request_id(&parts.headers),
-            app: metrics.unknown_app(),
-            command: metrics.unknown_command(),
-            cache: CacheStatus::Bypass,
-        };
+        // Counts the request in flight; if the client hangs up before the answer, its drop
+        // still writes the access line and the metrics (status 499).
+        let mut ctx = RequestCtx::enter(&self.shared, request_id(&parts.headers));
         let (reply, target) = match self.route(&parts.method, parts.uri.path()) {
             Err(error) => (Reply::Error(error), None),
             Ok(target) => {
@@ -355,12 +355,12 @@ impl Proxy {
                 (reply, Some(target))
             }
         };
-        self.respond(reply, &ctx, target.as_ref(), &parts)
+        self.respond(reply, &mut ctx, target.as_ref(), &parts)
     }
 
     /// Answers a routed request with a valid body: from the cache for cacheable reads,
     /// otherwise straight upstream.
-    async fn answer(&self, target: &Target<'_>, body: Bytes, ctx: &mut RequestCtx) -> Reply {
+    async fn answer(&self, target: &Target<'_>, body: Bytes, ctx: &mut RequestCtx<'_>) -> Reply {
         let deadline = ctx.started + self.shared.retry.deadline;
         match target.id.and_then(|id| self.shared.commands[id].cache) {
             Some(policy) => {
@@ -654,8 +654,12 @@ fn into_reply(result: FlightResult) -> Reply {
     }
 }
 
-/// What the final log line and the metrics need to know about a request.
-struct RequestCtx {
+/// What the final log line and the metrics need to know about a request. Created when the
+/// request arrives (it counts the request in flight); if dropped before `respond` marked it
+/// answered, the client hung up: the drop records that (status 499) so no request goes
+/// unlogged or uncounted.
+struct RequestCtx<'a> {
+    shared: &'a Shared,
     started: Instant,
     /// The client's `X-Request-Id` if usable, else a fresh one; echoed back.
     request_id: HeaderValue,
@@ -663,21 +667,45 @@ struct RequestCtx {
     app: usize,
     command: usize,
     cache: CacheStatus,
+    is_answered: bool,
 }
 
-/// Counts a request in flight until dropped.
-struct InFlight<'a>(&'a prometheus::IntGauge);
+/// nginx's status for "client closed the request before the answer".
+const CLIENT_CLOSED: u16 = 499;
 
-impl<'a> InFlight<'a> {
-    fn enter(gauge: &'a prometheus::IntGauge) -> Self {
-        gauge.inc();
-        InFlight(gauge)
+impl<'a> RequestCtx<'a> {
+    fn enter(shared: &'a Shared, request_id: HeaderValue) -> Self {
+        shared.metrics.in_flight.inc();
+        RequestCtx {
+            shared,
+            started: Instant::now(),
+            request_id,
+            app: shared.metrics.unknown_app(),
+            command: shared.metrics.unknown_command(),
+            cache: CacheStatus::Bypass,
+            is_answered: false,
+        }
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for RequestCtx<'_> {
     fn drop(&mut self) {
-        self.0.dec();
+        let metrics = &self.shared.metrics;
+        metrics.in_flight.dec();
+        if self.is_answered {
+            return;
+        }
+        let elapsed = self.started.elapsed();
+        metrics.request(self.app, self.command, self.cache, CLIENT_CLOSED, elapsed);
+        tracing::info!(
+            target: ACCESS_LOG,
+            request_id = self.request_id.to_str().unwrap_or("-"),
+            app = self.shared.apps.get(self.app).map_or("-", |a| a.name.as_str()),
+            status = CLIENT_CLOSED,
+            latency_us = elapsed.as_micros() as u64,
+            error = "the client closed the connection before the answer",
+            "request"
+        );
     }
 }
 
@@ -718,7 +746,7 @@ impl Proxy {
     fn respond(
         &self,
         reply: Reply,
-        ctx: &RequestCtx,
+        ctx: &mut RequestCtx<'_>,
         target: Option<&Target<'_>>,
         parts: &http::request::Parts,
     ) -> Response<Full<Bytes>> {
@@ -759,6 +787,7 @@ impl Proxy {
         headers.insert(REQUEST_ID, ctx.request_id.clone());
 
         let elapsed = ctx.started.elapsed();
+        ctx.is_answered = true;
         self.shared
             .metrics
             .request(ctx.app, ctx.command, ctx.cache, status.as_u16(), elapsed);

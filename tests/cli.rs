@@ -219,36 +219,35 @@ async fn wrong_key_is_logged_as_a_configuration_error() {
 
 /// SIGTERM drains gracefully: readiness flips to 503 at once, new connections are refused,
 /// a call already sent upstream finishes with its real answer, a request waiting for a
-/// throttle permit gets a clean 503 envelope, and the process exits 0. Margins: the upstream
-/// answers after 2 s and the grace period is 10 s; the checks during the drain take
-/// milliseconds.
+/// throttle permit gets a clean 503 envelope, and the process exits 0. Margins: the waiting
+/// request waits on a 20 s pause (it cannot slip through before the signal), the upstream
+/// answers after 2 s, and the grace period is 10 s.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_and_exits_zero() {
     let sandbox = start_sandbox().await;
-    // One call per second for account_check (quota 2 → budget 1), waiting up to 30 s.
-    let tail = format!(
-        "[throttle]\nmax_wait = \"30s\"\n[[throttle.quotas]]\ncommand = \"{ACCOUNT_CHECK}\"\nper_second = 2\n"
-    );
     let served = serve_with(
         &sandbox,
         KEY,
         Extra {
             server: r#"shutdown_grace = "10s""#,
             upstream: r#"deadline = "40s""#,
-            tail: &tail,
+            tail: "[throttle]\nmax_wait = \"30s\"\nbackoff_base = \"20s\"\nbackoff_max = \"20s\"\n",
             ..Extra::default()
         },
     );
     let (addr, admin) = (served.addr, served.admin);
     assert_eq!(call_raw(admin, "/readyz").await, Some(200));
 
+    // Tencent says account_check is too frequent: the gateway pauses that command for 20 s.
+    sandbox.inject_error(ACCOUNT_CHECK, 60018, 1);
+    assert_eq!(
+        post(addr, ACCOUNT_CHECK, CHECK_BODY).await.error_code(),
+        60018
+    );
     sandbox.set_latency(Duration::from_secs(2));
-    let in_flight = tokio::spawn(async move { post(addr, ACCOUNT_CHECK, CHECK_BODY).await });
-    eventually("the first call upstream", || {
-        sandbox.calls(ACCOUNT_CHECK) == 1
-    })
-    .await;
-    // The budget's one permit for this second is taken: this request waits for the next.
+    let in_flight =
+        tokio::spawn(async move { post(addr, CREATE_ROBOT, r#"{"UserID":"@RBT#drain"}"#).await });
+    eventually("the write upstream", || sandbox.calls(CREATE_ROBOT) == 1).await;
     let waiting = tokio::spawn(async move { post(addr, ACCOUNT_CHECK, CHECK_BODY).await });
     let waiting_since = Instant::now();
     while !metric_line(admin, "tim_gateway_throttle_waiters{")
@@ -298,7 +297,11 @@ async fn sigterm_drains_and_exits_zero() {
     );
     let (status, log) = served.wait_exit();
     assert_eq!(status.code(), Some(0), "{log}");
-    assert_eq!(sandbox.calls(ACCOUNT_CHECK), 1);
+    assert_eq!(
+        sandbox.calls(ACCOUNT_CHECK),
+        1,
+        "the waiter never reached Tencent"
+    );
 }
 
 /// The first line of `/metrics` that starts with `prefix`, or "" if none does.

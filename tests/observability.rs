@@ -76,7 +76,9 @@ async fn mixed_traffic(gw: &TestGateway, sandbox: &tim_gateway::sandbox::Sandbox
         404
     );
     // Two concurrent cold requests for another key: one leads, one is coalesced.
-    sandbox.set_latency(std::time::Duration::from_millis(300));
+    // 1 s of upstream latency keeps the flight open while the second request (sent at the
+    // same moment) arrives: a generous margin for a few milliseconds of work.
+    sandbox.set_latency(std::time::Duration::from_secs(1));
     let (a, b) = tokio::join!(
         post(gw.addr(), GET_ALL_ROBOTS, "{}"),
         post(gw.addr(), GET_ALL_ROBOTS, " {} ")

@@ -124,6 +124,17 @@ pub(super) fn validate(raw: RawConfig, env: &Env, findings: &mut Findings) -> Op
     let default_app = raw_server.default_app.take();
     let server = validate_server(raw_server, findings);
     let upstream = validate_upstream(raw_upstream, findings);
+    if upstream.deadline > server.shutdown_grace {
+        findings.warning(
+            "upstream.deadline",
+            format!(
+                "{} is longer than server.shutdown_grace ({}): a request still running when a \
+                 shutdown's grace period ends gets a 503 (1905005) instead of Tencent's answer",
+                humantime::format_duration(upstream.deadline),
+                humantime::format_duration(server.shutdown_grace)
+            ),
+        );
+    }
     // Cache rules and quota overrides name commands; only the built-in catalogue's count.
     let catalogue = Catalogue::builtin();
     let cache = cache::validate_cache(raw_cache, &catalogue, findings);

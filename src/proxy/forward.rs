@@ -66,7 +66,18 @@ pub struct Shared {
     pub retry: RetrySettings,
     pub metrics: std::sync::Arc<Metrics>,
     /// `true` once shutdown began: throttle waiters give up with a clean 503.
-    pub draining: tokio::sync::watch::Sender<bool>,
+    pub drain: tokio::sync::watch::Sender<DrainStage>,
+}
+
+/// How far a shutdown has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DrainStage {
+    Running,
+    /// Shutdown began: requests waiting for a throttle permit give up with a clean 503.
+    Draining,
+    /// The grace period is almost over: calls still waiting on Tencent are abandoned with a
+    /// clean 503 rather than cut off without an answer when the process exits.
+    Stopping,
 }
 
 /// Which upstream call to make.
@@ -172,12 +183,12 @@ impl Shared {
             // Every attempt, retries included, takes a permit: retries stay inside the quota.
             let wait_until = if may_wait { deadline } else { Instant::now() };
             let slot = target.id.unwrap_or(self.metrics.other_command());
-            let mut draining = self.draining.subscribe();
+            let mut drain = self.drain.subscribe();
             let acquired = tokio::select! {
                 // A permit that is free now wins over a shutdown that began meanwhile.
                 biased;
                 acquired = budget.acquire(wait_until) => acquired,
-                _ = draining.wait_for(|is_draining| *is_draining) => {
+                _ = drain.wait_for(|stage| *stage >= DrainStage::Draining) => {
                     return Err(GatewayError::Draining);
                 }
             };
@@ -213,7 +224,12 @@ impl Shared {
                 body: body.clone(),
             };
             let sent = Instant::now();
-            let result = self.upstream.call_within(&call, remaining).await;
+            let result = tokio::select! {
+                result = self.upstream.call_within(&call, remaining) => result,
+                _ = drain.wait_for(|stage| *stage == DrainStage::Stopping) => {
+                    return Err(GatewayError::Draining);
+                }
+            };
             let (outcome, error_code) = match &result {
                 Ok(response) if response.error_code == 0 => (UpstreamOutcome::Ok, Some(0)),
                 Ok(response) => (UpstreamOutcome::TencentError, Some(response.error_code)),
@@ -260,7 +276,12 @@ impl Shared {
             }
             retries += 1;
             tracing::debug!(app = %app.name, command = target.command, retries, ?delay, "retrying");
-            tokio::time::sleep(delay).await;
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                _ = drain.wait_for(|stage| *stage >= DrainStage::Draining) => {
+                    return result.map_err(GatewayError::from);
+                }
+            }
         }
     }
 
