@@ -247,27 +247,40 @@ impl Budget {
         let limit = deadline.max(started).min(started + self.spec.max_wait);
         let mut now = started;
         loop {
-            // Registered before reserving, so a pause right after the reservation wakes us.
-            let paused = self.paused.notified();
             let Some(mut reservation) = self.reserve(now, limit)? else {
                 return Ok(Permit {
                     waited: now - started,
                 });
             };
-            tokio::select! {
-                () = tokio::time::sleep_until(reservation.slot) => {}
-                () = paused => {}
-            }
-            let mut state = self.lock();
+            let is_granted = loop {
+                // Registered before the state is checked, so a pause after the check wakes us
+                // (and a pause from before our reservation cannot).
+                let paused = self.paused.notified();
+                tokio::pin!(paused);
+                paused.as_mut().enable();
+                {
+                    let mut state = self.lock();
+                    if state.epoch != reservation.epoch {
+                        break false;
+                    }
+                    if Instant::now() >= reservation.slot {
+                        state.last_granted = state.last_granted.max(Some(reservation.slot));
+                        break true;
+                    }
+                }
+                tokio::select! {
+                    () = tokio::time::sleep_until(reservation.slot) => {}
+                    () = &mut paused => {}
+                }
+            };
             reservation.is_settled = true;
-            if state.epoch == reservation.epoch {
-                state.last_granted = state.last_granted.max(Some(reservation.slot));
+            if is_granted {
                 return Ok(Permit {
                     waited: Instant::now() - started,
                 });
             }
             // A pause voided our slot: take a new one after it (the loop re-checks the limit).
-            drop(state);
+            drop(reservation);
             now = Instant::now();
         }
     }
