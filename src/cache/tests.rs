@@ -1,0 +1,235 @@
+use super::*;
+
+/// Key order and whitespace do not change the canonical body; values do.
+#[test]
+fn canonical_body_ignores_order_and_whitespace() {
+    let canonical = |s: &str| canonical_body(&Bytes::copy_from_slice(s.as_bytes())).unwrap();
+    assert_eq!(canonical(" {} "), Bytes::from_static(b"{}"));
+    assert_eq!(canonical("{ }"), Bytes::from_static(b"{}"));
+    let a = canonical(r#"{"b":1,"a":{"y":[1,{"d":2,"c":3}],"x":"é"}}"#);
+    let b = canonical("{\n \"a\" : {\"x\":\"é\", \"y\":[1, {\"c\":3,\"d\":2}]},\t\"b\":1}");
+    assert_eq!(a, b);
+    assert_eq!(
+        a,
+        Bytes::from(r#"{"a":{"x":"é","y":[1,{"c":3,"d":2}]},"b":1}"#)
+    );
+    assert_ne!(canonical(r#"{"a":[1,2]}"#), canonical(r#"{"a":[2,1]}"#));
+    assert_eq!(canonical(r#"{"s":"\u00e9"}"#), canonical(r#"{"s":"é"}"#));
+    assert!(canonical_body(&Bytes::from_static(b"{")).is_err());
+}
+
+/// Numbers that f64 would round to the same value keep distinct keys, and an object that
+/// repeats a key has no canonical form.
+#[test]
+fn canonical_body_keeps_numbers_exact_and_refuses_duplicate_keys() {
+    let canonical = |s: &str| canonical_body(&Bytes::copy_from_slice(s.as_bytes()));
+    let big_a = canonical(r#"{"n":12345678901234567890123}"#).unwrap();
+    let big_b = canonical(r#"{"n":12345678901234567890124}"#).unwrap();
+    assert_ne!(big_a, big_b);
+    assert_eq!(
+        big_a,
+        Bytes::from_static(br#"{"n":12345678901234567890123}"#)
+    );
+    assert_ne!(
+        canonical(r#"{"x":0.30000000000000001}"#).unwrap(),
+        canonical(r#"{"x":0.3}"#).unwrap()
+    );
+    assert_eq!(
+        canonical(r#"{"a":1,"b":{"c":1,"c":2}}"#),
+        Err(CanonicalError::DuplicateKey("c".into()))
+    );
+}
+
+fn policy() -> CachePolicy {
+    CachePolicy {
+        ttl: Duration::from_secs(5),
+        stale_while_revalidate: Duration::from_secs(10),
+        stale_if_error: Duration::from_secs(60),
+    }
+}
+
+fn key(body: &'static str) -> CacheKey {
+    CacheKey {
+        app: 0,
+        command: 1,
+        body: Bytes::from_static(body.as_bytes()),
+    }
+}
+
+fn ok(body: &'static str) -> FlightResult {
+    Ok(UpstreamResponse {
+        status: StatusCode::OK,
+        body: Bytes::from_static(body.as_bytes()),
+        error_code: 0,
+    })
+}
+
+async fn fill(cache: &Arc<ResponseCache>, key: &CacheKey, result: FlightResult) {
+    let Join::Leader(flight) = cache.join(key) else {
+        panic!("no flight should be running")
+    };
+    flight.complete(result, policy()).await;
+}
+
+/// Fresh within ttl, stale within swr, fallback within stale_if_error, then gone.
+#[tokio::test(start_paused = true)]
+async fn freshness_follows_the_policy() {
+    let cache = ResponseCache::new(1 << 20, 1, 2, |_| {});
+    let k = key("{}");
+    fill(&cache, &k, ok(r#"{"ErrorCode":0}"#)).await;
+    let p = policy();
+    let classify = |lookup: Lookup| match lookup {
+        Lookup::Fresh(_) => "fresh",
+        Lookup::Stale(_) => "stale",
+        Lookup::Miss { fallback: Some(_) } => "fallback",
+        Lookup::Miss { fallback: None } => "miss",
+    };
+    let start = Instant::now();
+    let at = |secs: u64| start + Duration::from_secs(secs);
+    assert_eq!(classify(cache.lookup(&k, &p, at(0)).await), "fresh");
+    assert_eq!(classify(cache.lookup(&k, &p, at(4)).await), "fresh");
+    assert_eq!(classify(cache.lookup(&k, &p, at(5)).await), "stale");
+    assert_eq!(classify(cache.lookup(&k, &p, at(14)).await), "stale");
+    assert_eq!(classify(cache.lookup(&k, &p, at(15)).await), "fallback");
+    assert_eq!(classify(cache.lookup(&k, &p, at(65)).await), "miss");
+}
+
+/// Only ErrorCode 0 answers are stored; an error is shared with the flight's waiters.
+#[tokio::test]
+async fn errors_are_shared_not_stored() {
+    let cache = ResponseCache::new(1 << 20, 1, 2, |_| {});
+    let k = key("{}");
+    let Join::Leader(flight) = cache.join(&k) else {
+        panic!()
+    };
+    let Join::Follower(waiter) = cache.join(&k) else {
+        panic!("second caller follows")
+    };
+    let failing = Ok(UpstreamResponse {
+        status: StatusCode::OK,
+        body: Bytes::from_static(br#"{"ErrorCode":10002}"#),
+        error_code: 10002,
+    });
+    flight.complete(failing, policy()).await;
+    assert_eq!(waiter.wait().await.unwrap().unwrap().error_code, 10002);
+    assert!(matches!(
+        cache.lookup(&k, &policy(), Instant::now()).await,
+        Lookup::Miss { fallback: None }
+    ));
+    assert!(
+        matches!(cache.join(&k), Join::Leader(_)),
+        "the flight is gone"
+    );
+}
+
+/// A leader that dies without completing wakes its waiters with an error and frees the key.
+#[tokio::test]
+async fn dropped_leader_wakes_waiters() {
+    let cache = ResponseCache::new(1 << 20, 1, 2, |_| {});
+    let k = key("{}");
+    let Join::Leader(flight) = cache.join(&k) else {
+        panic!()
+    };
+    let waiter = flight.waiter();
+    drop(flight);
+    assert!(waiter.wait().await.is_none());
+    assert!(matches!(cache.join(&k), Join::Leader(_)));
+}
+
+/// Invalidation hides stored entries at once and keeps an in-flight result out of the cache.
+#[tokio::test]
+async fn invalidation_covers_entries_and_flights() {
+    let cache = ResponseCache::new(1 << 20, 2, 2, |_| {});
+    let k = key("{}");
+    fill(&cache, &k, ok("{}")).await;
+    let other_app = CacheKey {
+        app: 1,
+        ..k.clone()
+    };
+    fill(&cache, &other_app, ok("{}")).await;
+    let Join::Leader(in_flight) = cache.join(&key(r#"{"a":1}"#)) else {
+        panic!()
+    };
+    cache.invalidate(0, 1);
+    assert!(matches!(
+        cache.lookup(&k, &policy(), Instant::now()).await,
+        Lookup::Miss { fallback: None }
+    ));
+    assert!(matches!(
+        cache.lookup(&other_app, &policy(), Instant::now()).await,
+        Lookup::Fresh(_)
+    ));
+    in_flight.complete(ok("{}"), policy()).await;
+    assert!(matches!(
+        cache
+            .lookup(&key(r#"{"a":1}"#), &policy(), Instant::now())
+            .await,
+        Lookup::Miss { fallback: None }
+    ));
+    cache.invalidate_where(None, None);
+    assert!(matches!(
+        cache.lookup(&other_app, &policy(), Instant::now()).await,
+        Lookup::Miss { .. }
+    ));
+}
+
+/// After an invalidation, newcomers start a new flight instead of joining one that began
+/// before it; the old flight still answers its own waiters and cannot remove the new one.
+#[tokio::test]
+async fn newcomers_do_not_join_flights_older_than_an_invalidation() {
+    let cache = ResponseCache::new(1 << 20, 1, 2, |_| {});
+    let k = key("{}");
+    let Join::Leader(old) = cache.join(&k) else {
+        panic!()
+    };
+    let old_waiter = old.waiter();
+    cache.invalidate(0, 1);
+    let Join::Leader(new) = cache.join(&k) else {
+        panic!("a new flight after the write")
+    };
+    let Join::Follower(new_waiter) = cache.join(&k) else {
+        panic!("joins the new flight")
+    };
+    old.complete(ok("old"), policy()).await;
+    assert_eq!(old_waiter.wait().await.unwrap().unwrap().body, "old");
+    assert!(
+        matches!(cache.join(&k), Join::Follower(_)),
+        "the new flight is still there"
+    );
+    new.complete(ok("new"), policy()).await;
+    assert_eq!(new_waiter.wait().await.unwrap().unwrap().body, "new");
+    let Lookup::Fresh(stored) = cache.lookup(&k, &policy(), Instant::now()).await else {
+        panic!("the new answer is stored")
+    };
+    assert_eq!(stored.body, "new");
+}
+
+/// The cache is bounded by bytes: entries beyond `max_bytes` are evicted.
+#[tokio::test]
+async fn bounded_by_bytes() {
+    let cache = ResponseCache::new(64 * 1024, 1, 1, |_| {});
+    let big = Bytes::from(vec![b'x'; 4 * 1024]);
+    for i in 0..100u32 {
+        let k = CacheKey {
+            app: 0,
+            command: 0,
+            body: Bytes::from(format!("{{\"i\":{i}}}")),
+        };
+        let Join::Leader(flight) = cache.join(&k) else {
+            panic!()
+        };
+        let response = UpstreamResponse {
+            status: StatusCode::OK,
+            body: big.clone(),
+            error_code: 0,
+        };
+        flight.complete(Ok(response), policy()).await;
+    }
+    cache.run_pending_tasks().await;
+    let (entries, bytes) = cache.usage();
+    assert!(bytes <= 64 * 1024, "{bytes} bytes in {entries} entries");
+    assert!(
+        (10..=16).contains(&entries),
+        "{entries} entries of ~4.2 KiB in 64 KiB"
+    );
+}

@@ -1,0 +1,175 @@
+//! The last phase, `respond`, and what it needs: the per-request context that feeds the
+//! access log line and the metrics (and still records a request whose client hung up), and
+//! the request id.
+
+use bytes::Bytes;
+use http::{header, HeaderName, HeaderValue, Response};
+use http_body_util::Full;
+use tokio::time::Instant;
+
+use super::{CacheStatus, Proxy, Reply, Shared, Target};
+
+/// What the final log line and the metrics need to know about a request. Created when the
+/// request arrives (it counts the request in flight); if dropped before `respond` marked it
+/// answered, the client hung up: the drop records that (status 499) so no request goes
+/// unlogged or uncounted.
+pub(super) struct RequestCtx<'a> {
+    pub(super) shared: &'a Shared,
+    pub(super) started: Instant,
+    /// The client's `X-Request-Id` if usable, else a fresh one; echoed back.
+    pub(super) request_id: HeaderValue,
+    /// Metrics indices: app (or unknown) and command slot (or other / unknown).
+    pub(super) app: usize,
+    pub(super) command: usize,
+    pub(super) cache: CacheStatus,
+    pub(super) is_answered: bool,
+}
+
+/// nginx's status for "client closed the request before the answer".
+const CLIENT_CLOSED: u16 = 499;
+
+impl<'a> RequestCtx<'a> {
+    pub(super) fn enter(shared: &'a Shared, request_id: HeaderValue) -> Self {
+        shared.metrics.in_flight.inc();
+        RequestCtx {
+            shared,
+            started: Instant::now(),
+            request_id,
+            app: shared.metrics.unknown_app(),
+            command: shared.metrics.unknown_command(),
+            cache: CacheStatus::Bypass,
+            is_answered: false,
+        }
+    }
+}
+
+impl Drop for RequestCtx<'_> {
+    fn drop(&mut self) {
+        let metrics = &self.shared.metrics;
+        metrics.in_flight.dec();
+        if self.is_answered {
+            return;
+        }
+        let elapsed = self.started.elapsed();
+        metrics.request(self.app, self.command, self.cache, CLIENT_CLOSED, elapsed);
+        tracing::info!(
+            target: ACCESS_LOG,
+            request_id = self.request_id.to_str().unwrap_or("-"),
+            app = self.shared.apps.get(self.app).map_or("-", |a| a.name.as_str()),
+            status = CLIENT_CLOSED,
+            latency_us = elapsed.as_micros() as u64,
+            error = "the client closed the connection before the answer",
+            "request"
+        );
+    }
+}
+
+/// Longest client `X-Request-Id` echoed back; longer ones are replaced.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// The client's `X-Request-Id` when it is short visible ASCII, else 16 random hex digits.
+pub(super) fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get(&REQUEST_ID) {
+        let bytes = id.as_bytes();
+        if !bytes.is_empty()
+            && bytes.len() <= MAX_REQUEST_ID_LEN
+            && bytes.iter().all(|b| b.is_ascii_graphic())
+        {
+            return id.clone();
+        }
+    }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let random = rand::random::<u64>();
+    let mut id = [0u8; 16];
+    for (i, digit) in id.iter_mut().enumerate() {
+        *digit = HEX[((random >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
+}
+
+/// The log target of the one line per request: `RUST_LOG=info,tim_gateway::access=warn` turns
+/// the access log off and keeps everything else.
+pub const ACCESS_LOG: &str = "tim_gateway::access";
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
+impl Proxy {
+    /// In this phase the answer goes back: Tencent's status and JSON body unchanged (from the
+    /// upstream or the cache), or a gateway error envelope; plus `X-Cache`, `Age` and
+    /// `X-Request-Id`. The request's metrics and its one log line are written here.
+    pub(super) fn respond(
+        &self,
+        reply: Reply,
+        ctx: &mut RequestCtx<'_>,
+        target: Option<&Target<'_>>,
+        parts: &http::request::Parts,
+    ) -> Response<Full<Bytes>> {
+        let (mut response, error_code, age, error) = match reply {
+            Reply::Upstream(upstream) => {
+                let mut response = Response::new(Full::new(upstream.body));
+                *response.status_mut() = upstream.status;
+                (response, upstream.error_code, Some(0), None)
+            }
+            Reply::Cached(cached) => {
+                let mut response = Response::new(Full::new(cached.body.clone()));
+                *response.status_mut() = cached.status;
+                (
+                    response,
+                    0,
+                    Some(cached.age(Instant::now()).as_secs()),
+                    None,
+                )
+            }
+            Reply::Error(error) => {
+                let code = error.code();
+                let text = error.to_string();
+                (error.into_response(), code, None, Some(text))
+            }
+        };
+        let status = response.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if target.is_some() {
+            headers.insert(X_CACHE, HeaderValue::from_static(ctx.cache.as_str()));
+        }
+        if let (Some(age), true) = (age, ctx.cache != CacheStatus::Bypass) {
+            headers.insert(header::AGE, HeaderValue::from(age));
+        }
+        headers.insert(REQUEST_ID, ctx.request_id.clone());
+
+        let elapsed = ctx.started.elapsed();
+        ctx.is_answered = true;
+        self.shared
+            .metrics
+            .request(ctx.app, ctx.command, ctx.cache, status.as_u16(), elapsed);
+        let app = self
+            .shared
+            .apps
+            .get(ctx.app)
+            .map_or("-", |a| a.name.as_str());
+        let command = target.map_or("-", |t| t.command);
+        let request_id = ctx.request_id.to_str().unwrap_or("-");
+        // Method and path only for requests the gateway refused or failed (absent fields are
+        // not written), so a successful request's line stays short.
+        let is_error = error.is_some();
+        tracing::info!(
+            target: ACCESS_LOG,
+            request_id,
+            method = is_error.then(|| parts.method.as_str()),
+            path = is_error.then(|| parts.uri.path()),
+            app,
+            command,
+            cache = %ctx.cache.as_str(),
+            status = status.as_u16(),
+            error_code,
+            latency_us = elapsed.as_micros() as u64,
+            error = error.as_deref(),
+            "request"
+        );
+        response
+    }
+}
