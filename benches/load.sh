@@ -79,6 +79,15 @@ if [ "${GATEWAY_LOG:-warn}" = info ]; then
 else
   NGINX_ACCESS_LOG="access_log off;"
 fi
+# The same cached location in both servers; they differ only in the tuning directives.
+CACHED_LOCATION="location = $PATH_Q {
+      proxy_pass $UPSTREAM_URL;
+      proxy_http_version 1.1; proxy_set_header Connection \"\";
+      proxy_method POST; proxy_set_body '{}'; proxy_set_header Content-Type application/json;
+      proxy_ssl_verify off;
+      proxy_cache tim; proxy_cache_methods GET HEAD POST; proxy_cache_key \$uri;
+      proxy_cache_valid 200 1h; proxy_cache_lock on;
+    }"
 cat > "$WORK/nginx.conf" <<NGINX
 user root;
 worker_processes 1;
@@ -93,27 +102,13 @@ http {
   proxy_cache_path $WORK/cache keys_zone=tim:10m;
   server {
     listen $NGINX_STOCK;
-    location = $PATH_Q {
-      proxy_pass $UPSTREAM_URL;
-      proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_method POST; proxy_set_body '{}'; proxy_set_header Content-Type application/json;
-      proxy_ssl_verify off;
-      proxy_cache tim; proxy_cache_methods GET HEAD POST; proxy_cache_key \$uri;
-      proxy_cache_valid 200 1h; proxy_cache_lock on;
-    }
+    $CACHED_LOCATION
   }
   server {
     listen $NGINX_TUNED;
     sendfile off;
     open_file_cache max=1000 inactive=1h;
-    location = $PATH_Q {
-      proxy_pass $UPSTREAM_URL;
-      proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_method POST; proxy_set_body '{}'; proxy_set_header Content-Type application/json;
-      proxy_ssl_verify off;
-      proxy_cache tim; proxy_cache_methods GET HEAD POST; proxy_cache_key \$uri;
-      proxy_cache_valid 200 1h; proxy_cache_lock on;
-    }
+    $CACHED_LOCATION
   }
 }
 NGINX

@@ -29,6 +29,24 @@ invalidated_by = ["{CREATE_ROBOT}", "{DELETE_ROBOT}"]
     )
 }
 
+/// A gateway whose get_all_robots rule has the given windows.
+async fn start_robots_cached(
+    sandbox: &tim_gateway::sandbox::Sandbox,
+    ttl: &str,
+    swr: &str,
+    sie: &str,
+) -> TestGateway {
+    let tail = robots_rule(ttl, swr, sie);
+    start_gateway_with(
+        sandbox,
+        Extra {
+            tail: &tail,
+            ..Extra::default()
+        },
+    )
+    .await
+}
+
 fn x_cache(answer: &Answer) -> &str {
     answer.headers["x-cache"].to_str().unwrap()
 }
@@ -214,14 +232,7 @@ async fn body_key_order_does_not_split_entries() {
 #[tokio::test]
 async fn stale_while_revalidate_serves_stale_and_refreshes_once() {
     let sandbox = start_sandbox().await;
-    let gw = start_gateway_with(
-        &sandbox,
-        Extra {
-            tail: &robots_rule("1s", "30s", "0s"),
-            ..Extra::default()
-        },
-    )
-    .await;
+    let gw = start_robots_cached(&sandbox, "1s", "30s", "0s").await;
     assert_eq!(
         x_cache(&post(gw.addr(), GET_ALL_ROBOTS, "{}").await),
         "MISS"
@@ -262,14 +273,7 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_once() {
 #[tokio::test]
 async fn stale_if_error_then_errors() {
     let sandbox = start_sandbox().await;
-    let gw = start_gateway_with(
-        &sandbox,
-        Extra {
-            tail: &robots_rule("1s", "0s", "2s"),
-            ..Extra::default()
-        },
-    )
-    .await;
+    let gw = start_robots_cached(&sandbox, "1s", "0s", "2s").await;
     sandbox.add_robot(SDKAPPID, "@RBT#kept");
     let good = post(gw.addr(), GET_ALL_ROBOTS, "{}").await;
     assert_eq!(x_cache(&good), "MISS");
@@ -294,14 +298,7 @@ async fn stale_if_error_then_errors() {
 #[tokio::test]
 async fn stale_if_error_covers_an_unreachable_upstream() {
     let sandbox = start_sandbox().await;
-    let gw = start_gateway_with(
-        &sandbox,
-        Extra {
-            tail: &robots_rule("1s", "0s", "30s"),
-            ..Extra::default()
-        },
-    )
-    .await;
+    let gw = start_robots_cached(&sandbox, "1s", "0s", "30s").await;
     let good = post(gw.addr(), GET_ALL_ROBOTS, "{}").await;
     sandbox.shutdown().await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -414,14 +411,7 @@ async fn admin_purge_drops_cached_answers() {
 #[tokio::test]
 async fn expired_entries_leave_memory() {
     let sandbox = start_sandbox().await;
-    let gw = start_gateway_with(
-        &sandbox,
-        Extra {
-            tail: &robots_rule("1s", "0s", "0s"),
-            ..Extra::default()
-        },
-    )
-    .await;
+    let gw = start_robots_cached(&sandbox, "1s", "0s", "0s").await;
     post(gw.addr(), GET_ALL_ROBOTS, "{}").await;
     let cache = &gw.gateway.proxy().shared().cache;
     cache.run_pending_tasks().await;
