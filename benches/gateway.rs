@@ -8,7 +8,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::Request;
 use http_body_util::Full;
-use tim_gateway::cache::canonical_body;
+
 use tim_gateway::config::{Config, Env};
 use tim_gateway::proxy::Proxy;
 use tim_gateway::sandbox::{Sandbox, SandboxApp, SandboxOptions};
@@ -20,13 +20,13 @@ const KEY: &str = "5bd2850fff3ecb11d7c805251c51ee463a25727bddc2385f3fa8bfee1bb93
 fn canonicalisation(c: &mut Criterion) {
     let empty = Bytes::from_static(b"{}");
     c.bench_function("cache_key_canonical_empty_object", |b| {
-        b.iter(|| canonical_body(black_box(&empty)))
+        b.iter(|| tim_gateway::body::canonical(black_box(&empty)))
     });
     let body = Bytes::from_static(
         br#"{"To_Account":["alice","bob","carol"],"TagList":["Tag_Profile_IM_Nick","Tag_Profile_IM_Image"],"Extra":{"b":1,"a":[1,2,3]}}"#,
     );
     c.bench_function("cache_key_canonical_small_object", |b| {
-        b.iter(|| canonical_body(black_box(&body)))
+        b.iter(|| tim_gateway::body::canonical(black_box(&body)))
     });
 }
 

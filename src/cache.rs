@@ -336,9 +336,11 @@ impl ResponseCache {
         if generation != self.generation(key.app, key.command) {
             return;
         }
+        // Copied, not sliced: the answer may be a slice of the connection's whole read
+        // buffer, which would stay alive with the entry (issue 7, F13).
         let cached = Arc::new(Cached {
             status: response.status,
-            body: response.body.clone(),
+            body: Bytes::copy_from_slice(&response.body),
             fetched_at: Instant::now(),
             generation,
             policy,
@@ -391,111 +393,6 @@ async fn housekeeping(cache: Weak<ResponseCache>) {
         let Some(cache) = cache.upgrade() else { return };
         cache.entries.run_pending_tasks().await;
     }
-}
-
-/// Why a body has no canonical form: it is not JSON, or an object repeats a key (which
-/// Tencent might read differently from us, so such bodies are never cached).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CanonicalError {
-    #[error("the body is not valid JSON: {0}")]
-    InvalidJson(String),
-    #[error("an object in the body repeats the key {0:?}")]
-    DuplicateKey(String),
-}
-
-/// Canonical JSON of a request body for the cache key: object keys sorted, no insignificant
-/// whitespace, strings re-escaped uniformly, numbers kept exactly as written (never rounded
-/// through `f64`, so distinct bodies cannot share a key). `{}` costs no allocation.
-///
-/// # Errors
-/// The body is not JSON, or an object in it repeats a key.
-pub fn canonical_body(body: &Bytes) -> Result<Bytes, CanonicalError> {
-    let trimmed = body.trim_ascii();
-    if trimmed == b"{}" {
-        return Ok(Bytes::from_static(b"{}"));
-    }
-    let raw: &serde_json::value::RawValue =
-        serde_json::from_slice(trimmed).map_err(|e| CanonicalError::InvalidJson(e.to_string()))?;
-    let mut out = Vec::with_capacity(trimmed.len());
-    write_canonical(raw, &mut out)?;
-    Ok(Bytes::from(out))
-}
-
-/// Object entries in input order, keys decoded, values still raw.
-struct Entries<'a>(Vec<(String, &'a serde_json::value::RawValue)>);
-
-impl<'de: 'a, 'a> serde::Deserialize<'de> for Entries<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct EntriesVisitor;
-        impl<'de> serde::de::Visitor<'de> for EntriesVisitor {
-            type Value = Entries<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<Self::Value, A::Error> {
-                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(4));
-                while let Some(entry) = map.next_entry()? {
-                    entries.push(entry);
-                }
-                Ok(Entries(entries))
-            }
-        }
-        deserializer.deserialize_map(EntriesVisitor)
-    }
-}
-
-fn invalid(error: serde_json::Error) -> CanonicalError {
-    CanonicalError::InvalidJson(error.to_string())
-}
-
-/// Writes `raw` canonically, recursing through objects and arrays by their raw text.
-fn write_canonical(
-    raw: &serde_json::value::RawValue,
-    out: &mut Vec<u8>,
-) -> Result<(), CanonicalError> {
-    let text = raw.get().trim_ascii_start();
-    match text.as_bytes().first() {
-        Some(b'{') => {
-            let Entries(mut entries) = serde_json::from_str(text).map_err(invalid)?;
-            entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            if let Some(pair) = entries.windows(2).find(|pair| pair[0].0 == pair[1].0) {
-                return Err(CanonicalError::DuplicateKey(pair[0].0.clone()));
-            }
-            out.push(b'{');
-            for (i, (key, value)) in entries.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                serde_json::to_writer(&mut *out, key).map_err(invalid)?;
-                out.push(b':');
-                write_canonical(value, out)?;
-            }
-            out.push(b'}');
-        }
-        Some(b'[') => {
-            let items: Vec<&serde_json::value::RawValue> =
-                serde_json::from_str(text).map_err(invalid)?;
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(item, out)?;
-            }
-            out.push(b']');
-        }
-        Some(b'"') => {
-            // Decoded and re-encoded: `"\u00e9"` and `"é"` are the same string.
-            let string: String = serde_json::from_str(text).map_err(invalid)?;
-            serde_json::to_writer(&mut *out, &string).map_err(invalid)?;
-        }
-        // Numbers, true, false, null: exactly as written.
-        _ => out.extend_from_slice(text.trim_ascii_end().as_bytes()),
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
+use crate::body::BodyError;
 use crate::throttle::ThrottleError;
 use crate::upstream::UpstreamError;
 
@@ -52,6 +53,8 @@ pub enum GatewayError {
     InvalidJson(String),
     #[error("the request body must be a JSON object")]
     NotAnObject,
+    #[error("the request body is nested deeper than {limit} levels")]
+    TooDeep { limit: usize },
     #[error("this command needs a JSON object body; an empty body is only accepted for reads")]
     EmptyBody,
     #[error("the request body exceeds the limit of {limit} bytes")]
@@ -87,6 +90,7 @@ impl GatewayError {
                 GatewayError::MethodNotAllowed { .. } => 4004,
                 GatewayError::InvalidJson(_) => 4005,
                 GatewayError::NotAnObject => 4006,
+                GatewayError::TooDeep { .. } => 4013,
                 GatewayError::EmptyBody => 4007,
                 GatewayError::BodyTooLarge { .. } => 4008,
                 GatewayError::ClientBody => 4009,
@@ -111,6 +115,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::InvalidJson(_)
             | GatewayError::NotAnObject
+            | GatewayError::TooDeep { .. }
             | GatewayError::EmptyBody
             | GatewayError::ClientBody
             | GatewayError::BadAdminRequest(_) => StatusCode::BAD_REQUEST,
@@ -178,6 +183,16 @@ impl GatewayError {
     }
 }
 
+impl From<BodyError> for GatewayError {
+    fn from(error: BodyError) -> Self {
+        match error {
+            BodyError::Syntax { .. } => GatewayError::InvalidJson(error.to_string()),
+            BodyError::NotAnObject => GatewayError::NotAnObject,
+            BodyError::TooDeep { limit, .. } => GatewayError::TooDeep { limit },
+        }
+    }
+}
+
 impl From<ThrottleError> for GatewayError {
     fn from(error: ThrottleError) -> Self {
         GatewayError::Throttled(error)
@@ -209,6 +224,7 @@ mod tests {
             GatewayError::MethodNotAllowed { allows_get: false },
             GatewayError::InvalidJson("x".into()),
             GatewayError::NotAnObject,
+            GatewayError::TooDeep { limit: 128 },
             GatewayError::EmptyBody,
             GatewayError::BodyTooLarge { limit: 1 },
             GatewayError::ClientBody,

@@ -1,6 +1,7 @@
 //! tim-gateway: a caching, signing, quota-keeping reverse proxy for Tencent Cloud Chat's REST API.
 //!
 //! - [`admin`]: `/healthz`, `/readyz` on the admin listener.
+//! - [`body`]: client request bodies: one-pass JSON validation, canonical form, depth limit.
 //! - [`cache`]: answer cache: canonical keys, freshness, single flight, invalidation.
 //! - [`catalogue`]: the known commands, their access and quotas.
 //! - [`cli`]: the subcommands behind the binary.
@@ -21,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod body;
 pub mod cache;
 pub mod catalogue;
 pub mod cli;

@@ -17,7 +17,6 @@ use bytes::Bytes;
 use http::{header, Method, Request, Response};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
-use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use tokio::time::Instant;
 
 pub use forward::{App, CommandRuntime, DrainStage, Outcome, RetrySettings, Shared, Target};
@@ -25,9 +24,9 @@ pub use respond::ACCESS_LOG;
 
 use respond::{request_id, RequestCtx};
 
+use crate::body::{self, Canonical};
 use crate::cache::{
-    canonical_body, CacheKey, CachePolicy, Cached, CanonicalError, Flight, FlightResult, Join,
-    Lookup, ResponseCache,
+    CacheKey, CachePolicy, Cached, Flight, FlightResult, Join, Lookup, ResponseCache,
 };
 use crate::catalogue::{Access, Catalogue, DEFAULT_INVALIDATIONS};
 use crate::config::Config;
@@ -81,26 +80,6 @@ pub struct Proxy {
     default_app: usize,
     max_body_bytes: usize,
     allow_unknown_commands: bool,
-}
-
-/// JSON-object check that allocates nothing: walks the object and discards every value.
-struct JsonObject;
-
-impl<'de> serde::Deserialize<'de> for JsonObject {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ObjectVisitor;
-        impl<'de> Visitor<'de> for ObjectVisitor {
-            type Value = JsonObject;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<JsonObject, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(JsonObject)
-            }
-        }
-        deserializer.deserialize_map(ObjectVisitor)
-    }
 }
 
 /// Per-command runtime settings: catalogue defaults, then the config's cache rules.
@@ -364,15 +343,23 @@ impl Proxy {
 
     /// Answers a routed request with a valid body: from the cache for cacheable reads,
     /// otherwise straight upstream.
-    async fn answer(&self, target: &Target<'_>, body: Bytes, ctx: &mut RequestCtx<'_>) -> Reply {
+    async fn answer(
+        &self,
+        target: &Target<'_>,
+        body: ValidBody,
+        ctx: &mut RequestCtx<'_>,
+    ) -> Reply {
         let deadline = ctx.started + self.shared.retry.deadline;
-        match target.id.and_then(|id| self.shared.commands[id].cache) {
-            Some(policy) => {
-                let (reply, status) = self.lookup(target, body, policy, deadline).await;
+        match (self.cache_policy(target), body.canonical) {
+            (Some(policy), Some(canonical)) => {
+                let (reply, status) = self
+                    .lookup(target, body.raw, canonical, policy, deadline)
+                    .await;
                 ctx.cache = status;
                 reply
             }
-            None => {
+            _ => {
+                let body = body.raw;
                 // Armed before the call: if this task is cancelled (the client hung up) after
                 // the write may have reached Tencent, the reads it affects are still dropped.
                 let mut invalidation = InvalidateOnDrop {
@@ -432,14 +419,21 @@ impl Proxy {
         })
     }
 
-    /// In this phase the body is read, bounded, and checked to be one JSON object. An early
-    /// return means it was too large (413), unreadable, not JSON, or not an object (400).
+    /// The cache policy of a routed command, if its answers are cached.
+    fn cache_policy(&self, target: &Target<'_>) -> Option<CachePolicy> {
+        target.id.and_then(|id| self.shared.commands[id].cache)
+    }
+
+    /// In this phase the body is read, bounded, and checked to be one JSON object, in one
+    /// linear pass that also builds the cache key's canonical form for cacheable reads. The
+    /// same rules hold for every command (issue 7, F8). An early return means it was too
+    /// large (413), unreadable, not JSON, not an object or nested too deep (400).
     async fn read_body<B>(
         &self,
         target: &Target<'_>,
         headers: &http::HeaderMap,
         body: B,
-    ) -> Result<Bytes, GatewayError>
+    ) -> Result<ValidBody, GatewayError>
     where
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -460,20 +454,22 @@ impl Proxy {
             }
             Err(_) => return Err(GatewayError::ClientBody),
         };
-        if bytes.iter().all(u8::is_ascii_whitespace) {
+        let raw = if bytes.iter().all(u8::is_ascii_whitespace) {
             // Tencent never takes an empty body (reference §1); for a read it means `{}`.
-            return match target.access {
-                Access::Read => Ok(Bytes::from_static(b"{}")),
-                Access::Write => Err(GatewayError::EmptyBody),
-            };
-        }
-        match serde_json::from_slice::<JsonObject>(&bytes) {
-            Ok(JsonObject) => Ok(bytes),
-            Err(error) => match serde_json::from_slice::<IgnoredAny>(&bytes) {
-                Ok(_) => Err(GatewayError::NotAnObject),
-                Err(_) => Err(GatewayError::InvalidJson(error.to_string())),
-            },
-        }
+            match target.access {
+                Access::Read => Bytes::from_static(b"{}"),
+                Access::Write => return Err(GatewayError::EmptyBody),
+            }
+        } else {
+            bytes
+        };
+        let canonical = if self.cache_policy(target).is_some() {
+            Some(body::canonical(&raw)?)
+        } else {
+            body::validate(&raw)?;
+            None
+        };
+        Ok(ValidBody { raw, canonical })
     }
 
     /// In this phase a cacheable read is answered from the cache when it can be: fresh → HIT;
@@ -484,26 +480,21 @@ impl Proxy {
         &self,
         target: &Target<'_>,
         body: Bytes,
+        canonical: Canonical,
         policy: CachePolicy,
         deadline: Instant,
     ) -> (Reply, CacheStatus) {
         let id = target.id.expect("only catalogue commands are cacheable");
-        let key = match canonical_body(&body) {
-            Ok(canonical) => CacheKey {
+        let key = match canonical {
+            Canonical::Key(canonical) => CacheKey {
                 app: target.app as u32,
                 command: id as u32,
                 body: canonical,
             },
             // Not cacheable as written (a repeated key): straight to Tencent, uncached.
-            Err(CanonicalError::DuplicateKey(_)) => {
+            Canonical::RepeatedKey => {
                 let result = self.shared.forward(target, body, deadline, true).await;
                 return (into_reply(result), CacheStatus::Bypass);
-            }
-            Err(CanonicalError::InvalidJson(reason)) => {
-                return (
-                    Reply::Error(GatewayError::InvalidJson(reason)),
-                    CacheStatus::Bypass,
-                )
             }
         };
         let fill = |key: CacheKey, body: Bytes, deadline: Instant, may_wait: bool| Fill {
@@ -590,6 +581,13 @@ impl Proxy {
             tokio::spawn(Arc::clone(&self.shared).run_fill(flight, fill));
         }
     }
+}
+
+/// A body that passed `read_body`: as the client sent it (forwarded upstream unchanged) and,
+/// for cacheable reads, its canonical form.
+struct ValidBody {
+    raw: Bytes,
+    canonical: Option<Canonical>,
 }
 
 /// How often a waiter joins a flight whose leader died without an answer before giving up.

@@ -2,140 +2,14 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write as _};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
+use support::process::*;
 use support::*;
 use tim_gateway::usersig::{self, SecretKey};
-
-const BIN: &str = env!("CARGO_BIN_EXE_tim-gateway");
-
-/// A `tim-gateway serve` child process whose stderr is collected line by line.
-struct Served {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Served {
-    fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    /// Sends SIGTERM and waits (at most 20 s) for the exit status.
-    fn terminate(self) -> (std::process::ExitStatus, String) {
-        self.send_sigterm();
-        self.wait_exit()
-    }
-
-    fn send_sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
-    }
-
-    /// Waits (at most 20 s) for the process to exit; returns its status and log.
-    fn wait_exit(mut self) -> (std::process::ExitStatus, String) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                // Give the reader thread a moment to drain the pipe after exit.
-                std::thread::sleep(Duration::from_millis(100));
-                return (status, self.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gateway did not exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `tim-gateway serve` in front of `sandbox` with RUST_LOG=trace and a key file.
-fn serve(sandbox: &tim_gateway::sandbox::Sandbox, key: &str) -> Served {
-    serve_with(sandbox, key, Extra::default())
-}
-
-/// As [`serve`], with extra configuration (`extra.key` is ignored: the key goes in a file).
-fn serve_with(sandbox: &tim_gateway::sandbox::Sandbox, key: &str, extra: Extra<'_>) -> Served {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, sandbox.ca_pem()).unwrap();
-    let key_file = dir.path().join("key");
-    std::fs::write(&key_file, format!("{key}\n")).unwrap();
-    let config = dir.path().join("gateway.toml");
-    let app = format!(
-        "{}\nsecret_key_file = \"{}\"\n",
-        extra.app,
-        key_file.display()
-    );
-    let toml = gateway_toml(
-        &sandbox.endpoint(),
-        &ca.display().to_string(),
-        &Extra { app: &app, ..extra },
-    );
-    std::fs::File::create(&config)
-        .unwrap()
-        .write_all(toml.as_bytes())
-        .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "trace")
-        .env_remove("TIM_GATEWAY_SECRET_KEY")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the binary starts");
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    let sink = Arc::clone(&log);
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            for (which, marker) in [(0, "client listener bound"), (1, "admin listener bound")] {
-                if line.contains(marker) {
-                    if let Some(addr) = line.split("addr=").nth(1) {
-                        let addr = addr.split_whitespace().next().unwrap_or_default();
-                        let _ = addr_tx.send((which, addr.parse::<SocketAddr>()));
-                    }
-                }
-            }
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let mut addrs = [None, None];
-    while addrs.iter().any(Option::is_none) {
-        let (which, addr) = addr_rx
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("no listen line; log: {}", log.lock().unwrap().join("\n")));
-        addrs[which] = Some(addr.expect("a socket address in the listen line"));
-    }
-    Served {
-        child,
-        log,
-        addr: addrs[0].unwrap(),
-        admin: addrs[1].unwrap(),
-        _dir: dir,
-    }
-}
 
 /// At trace level, after real traffic (success, re-mint, bad input), the log holds neither the
 /// secret key nor any UserSig the upstream received; SIGTERM then exits 0.

@@ -2,6 +2,8 @@
 //! 127.0.0.1:0, plus a small HTTP client. Everything stops when its handle is dropped.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod process;
+
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -167,7 +169,12 @@ pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Fu
 }
 
 /// Sends one request to the gateway and parses its JSON answer.
-pub async fn call(addr: SocketAddr, method: Method, path_and_query: &str, body: &str) -> Answer {
+pub async fn call(
+    addr: SocketAddr,
+    method: Method,
+    path_and_query: &str,
+    body: impl AsRef<[u8]>,
+) -> Answer {
     call_with(&client(), addr, method, path_and_query, body).await
 }
 
@@ -176,12 +183,12 @@ pub async fn call_with(
     addr: SocketAddr,
     method: Method,
     path_and_query: &str,
-    body: &str,
+    body: impl AsRef<[u8]>,
 ) -> Answer {
     let request = Request::builder()
         .method(method)
         .uri(format!("http://{addr}{path_and_query}"))
-        .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+        .body(Full::new(Bytes::copy_from_slice(body.as_ref())))
         .unwrap();
     let response = client.request(request).await.expect("gateway answers");
     let (parts, body) = response.into_parts();
