@@ -1,16 +1,24 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (process alive), `/readyz`
 //! (UserSigs minted, not draining) and `POST /cache/purge[?app=NAME][&command=SERVICE/COMMAND]`.
 //! It stays up while the client listener drains, so probes see the not-ready state.
+//!
+//! Every endpoint applies the same browser protection as the client listener (`origin`), so a
+//! web page cannot purge the cache. A purge with a repeated parameter is refused rather than
+//! guessed at, and when `server.admin_token_file` is set (required off loopback) a purge
+//! needs `Authorization: Bearer <token>`. Probes and scrapes need no token: the kubelet and
+//! Prometheus reach them by the pod IP, and they change nothing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use crate::config::AdminToken;
 use crate::error::{envelope, GatewayError};
+use crate::origin::HostPolicy;
 use crate::proxy::Proxy;
 use crate::route::parse_query;
 use crate::server::Handler;
@@ -21,6 +29,10 @@ pub struct Admin {
     pub proxy: Arc<Proxy>,
     /// Set when shutdown starts: `/readyz` answers 503 from then on.
     pub is_draining: Arc<AtomicBool>,
+    /// Which `Host`/`Origin` values the admin listener answers.
+    pub hosts: HostPolicy,
+    /// Required by the purge endpoint when set.
+    pub token: Option<AdminToken>,
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
@@ -52,19 +64,33 @@ fn not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
 }
 
 impl Admin {
-    fn purge(&self, query: Option<&str>) -> Response<Full<Bytes>> {
+    fn purge(&self, headers: &HeaderMap, query: Option<&str>) -> Response<Full<Bytes>> {
+        if let Some(token) = &self.token {
+            let presented = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+            if !presented.is_some_and(|p| token.matches(p)) {
+                return GatewayError::AdminUnauthorized.into_response();
+            }
+        }
         let mut app = None;
         let mut command = None;
         for (name, value) in parse_query(query.unwrap_or("")) {
-            match name.as_str() {
-                "app" => app = Some(value),
-                "command" => command = Some(value),
+            let slot = match name.as_str() {
+                "app" => &mut app,
+                "command" => &mut command,
                 _ => {
                     return GatewayError::BadAdminRequest(format!(
                         "unknown parameter {name:?}; use app and/or command"
                     ))
                     .into_response()
                 }
+            };
+            if slot.replace(value).is_some() {
+                return GatewayError::BadAdminRequest(format!(
+                    "the parameter {name:?} is repeated; give it once"
+                ))
+                .into_response();
             }
         }
         match self.proxy.purge(app.as_deref(), command.as_deref()) {
@@ -79,9 +105,14 @@ impl Admin {
 
 impl Handler for Admin {
     async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        if let Err(refused) = self.hosts.check(request.headers()) {
+            return GatewayError::from(refused).into_response();
+        }
         let method = request.method();
         match request.uri().path() {
-            "/cache/purge" if method == Method::POST => self.purge(request.uri().query()),
+            "/cache/purge" if method == Method::POST => {
+                self.purge(request.headers(), request.uri().query())
+            }
             "/cache/purge" => not_allowed("POST"),
             "/metrics" | "/healthz" | "/readyz"
                 if method != Method::GET && method != Method::HEAD =>
@@ -99,17 +130,16 @@ impl Handler for Admin {
             }
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" => {
-                // Every app's first UserSig is minted when the proxy is built. `current()`
-                // re-mints one past 80% of its lifetime, so probes keep an idle gateway's
-                // UserSigs fresh; the check still guards against a clock jump.
-                let now = crate::signer::unix_now();
+                // Every app's first UserSig is minted when the proxy is built. The check
+                // re-mints one past 80% of its lifetime by either clock, so probes keep an
+                // idle gateway's UserSigs fresh and a wall-clock step heals at once.
                 if self.is_draining.load(Ordering::Acquire) {
                     text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
                 } else if self
                     .proxy
                     .apps()
                     .iter()
-                    .all(|app| app.signer.current().expires_at_unix > now)
+                    .all(|app| app.signer.is_valid_now())
                 {
                     text(StatusCode::OK, "ready\n")
                 } else {

@@ -111,6 +111,8 @@ pub enum Exit {
     Ok,
     /// The configuration is invalid (exit code 2).
     BadConfig,
+    /// A second stop signal cut the drain short (exit code 3).
+    DrainCutShort,
 }
 
 fn read_key(key_file: Option<&Path>, env: &Env) -> anyhow::Result<Option<SecretKey>> {
@@ -160,8 +162,17 @@ pub async fn run(command: Command) -> anyhow::Result<Exit> {
             let gateway = Gateway::start(&loaded.config, shutdown_grace).await?;
             signals.recv().await;
             tracing::info!(grace = ?shutdown_grace, "draining");
-            if !gateway.shutdown().await {
-                tracing::warn!("some requests did not finish within the grace period");
+            // A second SIGTERM/SIGINT during the drain is an operator who wants out now.
+            tokio::select! {
+                is_complete = gateway.shutdown() => {
+                    if !is_complete {
+                        tracing::warn!("some requests did not finish within the grace period");
+                    }
+                }
+                () = signals.recv() => {
+                    tracing::warn!("second stop signal: exiting without finishing the drain");
+                    return Ok(Exit::DrainCutShort);
+                }
             }
             tracing::info!("stopped");
             Ok(Exit::Ok)

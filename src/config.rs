@@ -140,6 +140,41 @@ pub struct ServerConfig {
     pub allow_unknown_commands: bool,
     /// How long in-flight requests may run after SIGTERM before they are cut; 0 < x ≤ 10 min.
     pub shutdown_grace: Duration,
+    /// Host names (`*.domain` patterns, IP addresses) accepted in `Host` and `Origin` besides
+    /// loopback names and the listener's own address; lowercase (DNS-rebinding defence).
+    pub allowed_hosts: Vec<String>,
+    /// Client connections held open at once; `None`: derived from the open-files limit.
+    pub max_connections: Option<usize>,
+    /// Where the admin bearer token was read from.
+    pub admin_token_file: Option<PathBuf>,
+    /// Required by `POST /cache/purge` when set (always set off loopback).
+    pub admin_token: Option<AdminToken>,
+}
+
+/// The admin listener's bearer token. Printed only as `<redacted>`; compared in constant time.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    pub fn new(token: &str) -> AdminToken {
+        AdminToken(token.to_owned())
+    }
+
+    /// Whether `presented` is this token; the time taken does not depend on where they differ.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        use sha2::{Digest, Sha256};
+        let (a, b) = (Sha256::digest(self.0.as_bytes()), Sha256::digest(presented));
+        a.iter()
+            .zip(b.iter())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
 }
 
 /// How we talk to Tencent.
@@ -388,6 +423,25 @@ impl fmt::Display for Config {
             s.allow_unknown_commands
         )?;
         writeln!(f, "server.shutdown_grace = {}", human(s.shutdown_grace))?;
+        writeln!(f, "server.allowed_hosts = [{}]", s.allowed_hosts.join(", "))?;
+        match s.max_connections {
+            Some(n) => writeln!(f, "server.max_connections = {n}")?,
+            None => writeln!(
+                f,
+                "server.max_connections = (derived from the open-files limit)"
+            )?,
+        }
+        match &s.admin_token_file {
+            Some(path) => writeln!(
+                f,
+                "server.admin_token_file = {} (token not shown)",
+                path.display()
+            )?,
+            None => writeln!(
+                f,
+                "server.admin_token_file = (none: purge needs no token on loopback)"
+            )?,
+        }
         let default_app = self.apps.get(self.default_app).map_or("?", |a| &a.name);
         writeln!(f, "server.default_app = {default_app}")?;
         let u = &self.upstream;

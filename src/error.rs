@@ -10,6 +10,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
 use crate::body::BodyError;
+use crate::origin::BrowserError;
 use crate::throttle::ThrottleError;
 use crate::upstream::UpstreamError;
 
@@ -77,6 +78,10 @@ pub enum GatewayError {
     Throttled(ThrottleError),
     #[error("bad admin request: {0}")]
     BadAdminRequest(String),
+    #[error("{0}")]
+    Browser(BrowserError),
+    #[error("this admin endpoint needs the bearer token of server.admin_token_file")]
+    AdminUnauthorized,
 }
 
 impl GatewayError {
@@ -104,6 +109,9 @@ impl GatewayError {
                 GatewayError::Throttled(ThrottleError::UserSigRejected { .. }) => 5007,
                 GatewayError::Throttled(_) => 4010,
                 GatewayError::BadAdminRequest(_) => 4011,
+                GatewayError::Browser(BrowserError::CrossSite) => 4014,
+                GatewayError::Browser(BrowserError::UnknownHost) => 4015,
+                GatewayError::AdminUnauthorized => 4016,
             }
     }
 
@@ -130,6 +138,9 @@ impl GatewayError {
                 ThrottleError::LockedOut { .. } | ThrottleError::UserSigRejected { .. },
             ) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::Browser(BrowserError::CrossSite) => StatusCode::FORBIDDEN,
+            GatewayError::Browser(BrowserError::UnknownHost) => StatusCode::MISDIRECTED_REQUEST,
+            GatewayError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -177,9 +188,18 @@ impl GatewayError {
                 let secs = throttled.retry_after().as_secs_f64().ceil().max(1.0) as u64;
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
             }
+            GatewayError::AdminUnauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
             _ => {}
         }
         response
+    }
+}
+
+impl From<BrowserError> for GatewayError {
+    fn from(error: BrowserError) -> Self {
+        GatewayError::Browser(error)
     }
 }
 
@@ -241,6 +261,9 @@ mod tests {
                 retry_after: std::time::Duration::from_secs(60),
             }),
             GatewayError::BadAdminRequest("x".into()),
+            GatewayError::Browser(BrowserError::CrossSite),
+            GatewayError::Browser(BrowserError::UnknownHost),
+            GatewayError::AdminUnauthorized,
             GatewayError::Throttled(ThrottleError::UserSigRejected {
                 retry_after: std::time::Duration::from_secs(1),
             }),

@@ -19,8 +19,9 @@ use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
 use crate::config::Config;
+use crate::origin::HostPolicy;
 use crate::proxy::Proxy;
-use crate::server::{self, Handler};
+use crate::server::{self, Handler, Limits, DEFAULT_WRITE_TIMEOUT};
 use crate::upstream::{UpstreamBuildError, UpstreamClient, UpstreamSettings};
 
 /// The gateway could not start.
@@ -39,6 +40,56 @@ impl Handler for Proxy {
     ) -> http::Response<http_body_util::Full<bytes::Bytes>> {
         Proxy::handle(self, request).await
     }
+}
+
+/// Connections the admin listener holds at once: its reserve for probes, scrapes and purges,
+/// which the client listener's cap never eats into.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// Share of the open-files limit the client listener may hold when `server.max_connections`
+/// is unset; the rest is for the admin reserve, upstream connections, logs and config files.
+const CLIENT_SHARE_OF_NOFILE: f64 = 0.75;
+
+/// Raises the soft open-files limit to the hard one and returns the client listener's cap:
+/// `configured`, or 75% of the limit minus the admin reserve (at least 1).
+fn client_connection_cap(configured: Option<usize>) -> usize {
+    let nofile = raise_nofile_limit();
+    let derived = ((nofile as f64 * CLIENT_SHARE_OF_NOFILE) as usize)
+        .saturating_sub(ADMIN_MAX_CONNECTIONS)
+        .max(1);
+    match configured {
+        Some(cap) => {
+            if cap > derived {
+                tracing::warn!(
+                    max_connections = cap,
+                    open_files_limit = nofile,
+                    "server.max_connections leaves too few file descriptors for the admin \
+                     listener and upstream calls; accepts may fail under load"
+                );
+            }
+            cap
+        }
+        None => derived,
+    }
+}
+
+/// The soft `RLIMIT_NOFILE` after raising it to the hard limit (where that fails, as it is).
+fn raise_nofile_limit() -> u64 {
+    #[cfg(unix)]
+    {
+        let (soft, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((1024, 1024));
+        if soft < hard {
+            match rlimit::setrlimit(rlimit::Resource::NOFILE, hard, hard) {
+                Ok(()) => return hard,
+                Err(error) => {
+                    tracing::warn!(%error, soft, hard, "cannot raise the open-files limit");
+                }
+            }
+        }
+        soft
+    }
+    #[cfg(not(unix))]
+    1024
 }
 
 /// Handle to a running gateway.
@@ -100,22 +151,35 @@ impl Gateway {
                 let _ = rx.wait_for(|is_stopping| *is_stopping).await;
             }
         };
+        let client_limits = Limits {
+            max_connections: client_connection_cap(config.server.max_connections),
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            grace,
+        };
         let client_task = tokio::spawn(server::run(
             client_listener,
             Arc::clone(&proxy),
             stopped(&stop_client),
-            grace,
+            client_limits,
         ));
         let admin = Arc::new(Admin {
             proxy: Arc::clone(&proxy),
             is_draining: Arc::clone(&is_draining),
+            hosts: HostPolicy::new(config.server.admin_listen, &config.server.allowed_hosts),
+            token: config.server.admin_token.clone(),
         });
-        // The admin side has nothing long-running to drain: a short grace is enough.
+        // The admin side has nothing long-running to drain: a short grace is enough. Its own
+        // cap is the reserve that keeps probes answering while clients flood the other port.
+        let admin_limits = Limits {
+            max_connections: ADMIN_MAX_CONNECTIONS,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            grace: Duration::from_secs(1),
+        };
         let admin_task = tokio::spawn(server::run(
             admin_listener,
             admin,
             stopped(&stop_admin),
-            Duration::from_secs(1),
+            admin_limits,
         ));
         for app in proxy.apps() {
             tracing::info!(
@@ -126,7 +190,11 @@ impl Gateway {
                 "app ready"
             );
         }
-        tracing::info!(addr = %client_addr, "client listener bound");
+        tracing::info!(
+            addr = %client_addr,
+            max_connections = client_limits.max_connections,
+            "client listener bound"
+        );
         tracing::info!(addr = %admin_addr, "admin listener bound");
         Ok(Gateway {
             client_addr,

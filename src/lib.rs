@@ -9,6 +9,7 @@
 //! - [`error`]: gateway-made errors in Tencent's envelope.
 //! - [`gateway`]: assemble and run the proxy and admin listeners; shutdown.
 //! - [`metrics`]: every `tim_gateway_*` Prometheus metric.
+//! - [`origin`]: browser protection: `Host`, `Origin` and `Sec-Fetch-Site` checks.
 //! - [`proxy`]: the client-facing handler, phase by phase.
 //! - [`region`]: regional domains and upstream origins.
 //! - [`route`]: client path → app and command.
@@ -30,6 +31,7 @@ pub mod config;
 pub mod error;
 pub mod gateway;
 pub mod metrics;
+pub mod origin;
 pub mod proxy;
 pub mod region;
 pub mod route;

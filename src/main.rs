@@ -50,9 +50,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::run(cli.command)) {
+    let result = runtime.block_on(cli::run(cli.command));
+    // Whatever still runs (connections being drained, a DNS lookup on a blocking thread) is
+    // abandoned, not waited for: after a second stop signal the exit must be immediate.
+    runtime.shutdown_background();
+    match result {
         Ok(Exit::Ok) => ExitCode::SUCCESS,
         Ok(Exit::BadConfig) => ExitCode::from(2),
+        Ok(Exit::DrainCutShort) => ExitCode::from(3),
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE

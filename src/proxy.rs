@@ -32,6 +32,7 @@ use crate::catalogue::{Access, Catalogue, DEFAULT_INVALIDATIONS};
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
+use crate::origin::HostPolicy;
 use crate::route::parse_path;
 use crate::signer::Signer;
 use crate::throttle::{BudgetSpec, Throttle};
@@ -80,6 +81,8 @@ pub struct Proxy {
     default_app: usize,
     max_body_bytes: usize,
     allow_unknown_commands: bool,
+    /// Which `Host`/`Origin` values the client listener answers (browser protection).
+    hosts: HostPolicy,
 }
 
 /// Per-command runtime settings: catalogue defaults, then the config's cache rules.
@@ -215,6 +218,7 @@ impl Proxy {
             default_app: config.default_app,
             max_body_bytes: config.server.max_body_bytes,
             allow_unknown_commands: config.server.allow_unknown_commands,
+            hosts: HostPolicy::new(config.server.listen, &config.server.allowed_hosts),
         }
     }
 
@@ -322,7 +326,13 @@ impl Proxy {
         // Counts the request in flight; if the client hangs up before the answer, its drop
         // still writes the access line and the metrics (status 499).
         let mut ctx = RequestCtx::enter(&self.shared, request_id(&parts.headers));
-        let (reply, target) = match self.route(&parts.method, parts.uri.path()) {
+        // Browser protection comes before anything else: a refused request learns nothing
+        // about routes or apps.
+        let routed = match self.hosts.check(&parts.headers) {
+            Ok(()) => self.route(&parts.method, parts.uri.path()),
+            Err(refused) => Err(refused.into()),
+        };
+        let (reply, target) = match routed {
             Err(error) => (Reply::Error(error), None),
             Ok(target) => {
                 ctx.app = target.app;

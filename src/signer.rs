@@ -1,6 +1,9 @@
 //! Per-app admin UserSig: minted at start, reused, re-minted before it expires.
 //!
-//! Invariant: [`Signer::current`] never hands out a UserSig past 80% of its lifetime. Re-minting
+//! Invariant: [`Signer::current`] never hands out a UserSig past 80% of its lifetime, by
+//! either clock: the monotonic one (tokio time, pausable in tests) or the wall clock Tencent
+//! checks `TLS.time + TLS.expire` against. A wall-clock step (suspend/resume, an NTP step)
+//! therefore re-mints at once instead of leaving an expired UserSig in use (issue 7, F4). Re-minting
 //! happens on the request path (it costs microseconds: one HMAC and a small zlib), under a
 //! mutex with a second check, so a crowd of callers re-mints once, not once each. A UserSig
 //! Tencent rejected (70001/70052) is replaced once per rejected generation, however many
@@ -35,7 +38,12 @@ pub struct Minted {
     pub expires_at_unix: u64,
     pub reason: MintReason,
     refresh_at: Instant,
+    /// Unix second at which the wall clock says 80% of the lifetime has passed.
+    refresh_at_unix: u64,
 }
+
+/// Seconds since the Unix epoch, as the signer reads them; replaceable in tests.
+pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// The admin UserSig of one app.
 pub struct Signer {
@@ -49,6 +57,8 @@ pub struct Signer {
     mint_lock: Mutex<()>,
     /// Mints so far by reason (startup, schedule, rejected), for tests and metrics.
     mints: [AtomicU64; 3],
+    /// The wall clock: [`unix_now`] outside tests.
+    wall_clock: WallClock,
 }
 
 impl std::fmt::Debug for Signer {
@@ -72,6 +82,17 @@ pub fn unix_now() -> u64 {
 impl Signer {
     /// Mints the first UserSig at once. `lifetime` is rounded down to whole seconds (min 1 s).
     pub fn new(sdkappid: u64, identifier: String, key: SecretKey, lifetime: Duration) -> Self {
+        Self::with_wall_clock(sdkappid, identifier, key, lifetime, Arc::new(unix_now))
+    }
+
+    /// As [`Signer::new`], reading the wall clock from `wall_clock` (tests step it).
+    pub fn with_wall_clock(
+        sdkappid: u64,
+        identifier: String,
+        key: SecretKey,
+        lifetime: Duration,
+        wall_clock: WallClock,
+    ) -> Self {
         let lifetime = Duration::from_secs(lifetime.as_secs().max(1));
         let first = Self::mint_with(
             &key,
@@ -80,6 +101,7 @@ impl Signer {
             lifetime,
             1,
             MintReason::Startup,
+            wall_clock(),
         );
         Signer {
             sdkappid,
@@ -89,6 +111,7 @@ impl Signer {
             current: RwLock::new(Arc::new(first)),
             mint_lock: Mutex::new(()),
             mints: [AtomicU64::new(1), AtomicU64::new(0), AtomicU64::new(0)],
+            wall_clock,
         }
     }
 
@@ -99,16 +122,29 @@ impl Signer {
         lifetime: Duration,
         generation: u64,
         reason: MintReason,
+        now: u64,
     ) -> Minted {
-        let now = unix_now();
         let expire = lifetime.as_secs();
+        let refresh_after = lifetime.mul_f64(REFRESH_AT_FRACTION);
         Minted {
             usersig: usersig::mint(key, sdkappid, identifier, now, expire),
             generation,
             expires_at_unix: now + expire,
             reason,
-            refresh_at: Instant::now() + lifetime.mul_f64(REFRESH_AT_FRACTION),
+            refresh_at: Instant::now() + refresh_after,
+            refresh_at_unix: now + refresh_after.as_secs(),
         }
+    }
+
+    /// Whether `minted` is past its refresh point by either clock.
+    fn is_due(&self, minted: &Minted) -> bool {
+        Instant::now() >= minted.refresh_at || (self.wall_clock)() >= minted.refresh_at_unix
+    }
+
+    /// Whether the UserSig in use (re-minted first if due) is valid by the wall clock now:
+    /// what `/readyz` reports.
+    pub fn is_valid_now(&self) -> bool {
+        self.current().expires_at_unix > (self.wall_clock)()
     }
 
     pub fn sdkappid(&self) -> u64 {
@@ -136,13 +172,10 @@ impl Signer {
     /// The UserSig to use now, re-minted first if it is past its refresh point.
     pub fn current(&self) -> Arc<Minted> {
         let minted = self.snapshot();
-        if Instant::now() < minted.refresh_at {
+        if !self.is_due(&minted) {
             return minted;
         }
-        self.replace_if(
-            |current| Instant::now() >= current.refresh_at,
-            MintReason::Schedule,
-        )
+        self.replace_if(|current| self.is_due(current), MintReason::Schedule)
     }
 
     /// Replaces the UserSig of `rejected_generation` after Tencent refused it (70001/70052).
@@ -168,6 +201,7 @@ impl Signer {
             self.lifetime,
             current.generation + 1,
             reason,
+            (self.wall_clock)(),
         ));
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&next);
         self.mints[reason as usize].fetch_add(1, Ordering::Relaxed);
@@ -211,6 +245,41 @@ mod tests {
         )
         .expect("the re-minted UserSig verifies");
         assert_eq!(decoded.expire, 100);
+    }
+
+    /// Reproduces issue 7, F4: a wall-clock step forward re-mints once 80% of the lifetime
+    /// has passed by the wall clock, even though the monotonic clock has not moved, and a
+    /// step past expiry makes the UserSig invalid only until the next `current()`.
+    #[tokio::test(start_paused = true)]
+    async fn wall_clock_step_remints() {
+        let wall = Arc::new(AtomicU64::new(1_700_000_000));
+        let clock: WallClock = {
+            let wall = Arc::clone(&wall);
+            Arc::new(move || wall.load(Ordering::SeqCst))
+        };
+        let signer = Signer::with_wall_clock(
+            1_400_000_000,
+            "administrator".into(),
+            SecretKey::new("test-key"),
+            Duration::from_secs(100),
+            clock,
+        );
+        let first = signer.current();
+        assert_eq!(first.expires_at_unix, 1_700_000_100);
+        // 79 s by the wall clock: still the first UserSig.
+        wall.fetch_add(79, Ordering::SeqCst);
+        assert_eq!(signer.current().generation, first.generation);
+        // 80 s by the wall clock, 0 s by the monotonic one: re-minted, with the new time.
+        wall.fetch_add(1, Ordering::SeqCst);
+        let second = signer.current();
+        assert_eq!(second.generation, first.generation + 1);
+        assert_eq!(second.reason, MintReason::Schedule);
+        assert_eq!(second.expires_at_unix, 1_700_000_180);
+        // A suspend of three hours: expired by the wall clock, re-minted on the next check.
+        wall.fetch_add(3 * 3600, Ordering::SeqCst);
+        assert!(signer.is_valid_now());
+        assert_eq!(signer.current().generation, second.generation + 1);
+        assert_eq!(signer.mints(), 3);
     }
 
     /// Many callers reporting the same rejected UserSig cause one mint, not one each.

@@ -411,7 +411,7 @@ async fn trickling_body_times_out_with_408() {
     .await;
     let mut stream = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
     stream
-        .write_all(b"POST /v4/openim_robot_http_svc/create_robot HTTP/1.1\r\nhost: gw\r\ncontent-length: 100\r\n\r\n{\"UserID\":")
+        .write_all(b"POST /v4/openim_robot_http_svc/create_robot HTTP/1.1\r\nhost: localhost\r\ncontent-length: 100\r\n\r\n{\"UserID\":")
         .await
         .unwrap();
     let mut answer = Vec::new();

@@ -36,6 +36,32 @@ pub(super) struct RawServer {
     pub allow_unknown_commands: Option<bool>,
     pub default_app: Option<String>,
     pub shutdown_grace: Option<String>,
+    pub allowed_hosts: Option<StringList>,
+    pub max_connections: Option<u64>,
+    pub admin_token_file: Option<String>,
+}
+
+/// A list of strings as TOML writes it (`["a", "b"]`) or as one environment variable can
+/// (`a,b`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum StringList {
+    List(Vec<String>),
+    Csv(String),
+}
+
+impl StringList {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            StringList::List(items) => items,
+            StringList::Csv(text) => text
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -473,6 +473,36 @@ fn each_problem_is_reported_under_its_key() {
             "expected",
         ),
         (
+            server("allowed_hosts = [\"http://evil.example\"]"),
+            "server.allowed_hosts[0]",
+            "not a host name",
+        ),
+        (
+            server("allowed_hosts = [\"ok.example\", \"a host\"]"),
+            "server.allowed_hosts[1]",
+            "not a host name",
+        ),
+        (
+            server("max_connections = 0"),
+            "server.max_connections",
+            "out of range",
+        ),
+        (
+            server("allow_non_loopback = true\nadmin_listen = \"0.0.0.0:9090\""),
+            "server.admin_token_file",
+            "needs a bearer token",
+        ),
+        (
+            server(&format!("admin_token_file = \"{blank}\"")),
+            "server.admin_token_file",
+            "at least 16 printable",
+        ),
+        (
+            server(&format!("admin_token_file = \"{missing}\"")),
+            "server.admin_token_file",
+            "cannot read",
+        ),
+        (
             server("allow_unknown_commands = \"maybe\""),
             "server.allow_unknown_commands",
             "expected",
@@ -1465,4 +1495,38 @@ fn one_sdkappid_is_configured_once() {
         "{}",
         problems[0].message
     );
+}
+
+/// The browser-protection and connection keys: defaults, file values, the comma-separated
+/// environment form, and a token that is read but never printed.
+#[test]
+fn server_protection_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = write_file(&dir, "token", b"0123456789abcdef-token\n");
+    let defaults = load(MINIMAL, &env(&[])).config.server;
+    assert_eq!(defaults.allowed_hosts, Vec::<String>::new());
+    assert_eq!(defaults.max_connections, None);
+    assert_eq!(defaults.admin_token, None);
+    let toml = server(&format!(
+        "allowed_hosts = [\"Tim.Chat.svc\", \"*.example.com\", \"10.0.0.1\"]\n\
+         max_connections = 100\nadmin_token_file = \"{token}\""
+    ));
+    let loaded = load(&toml, &env(&[]));
+    let s = &loaded.config.server;
+    assert_eq!(
+        s.allowed_hosts,
+        ["tim.chat.svc", "*.example.com", "10.0.0.1"]
+    );
+    assert_eq!(s.max_connections, Some(100));
+    let admin_token = s.admin_token.as_ref().expect("token read");
+    assert!(admin_token.matches(b"0123456789abcdef-token"));
+    assert!(!admin_token.matches(b"0123456789abcdef-tokem"));
+    let listing = loaded.config.to_string();
+    assert!(!listing.contains("0123456789abcdef"), "{listing}");
+    assert!(!format!("{:?}", loaded.config).contains("0123456789abcdef"));
+    let from_env = load(
+        MINIMAL,
+        &env(&[("TIM_GATEWAY__SERVER__ALLOWED_HOSTS", "a.svc, b.svc")]),
+    );
+    assert_eq!(from_env.config.server.allowed_hosts, ["a.svc", "b.svc"]);
 }

@@ -6,30 +6,29 @@
 
 mod apps;
 mod cache;
+mod server;
 mod throttle;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::Read;
-use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::raw::{RawConfig, RawServer, RawUpstream};
+use super::raw::{RawConfig, RawUpstream};
 use super::{
-    redact_key_like, Config, ConfigError, Env, Loaded, Problem, ServerConfig, UpstreamConfig,
-    DEFAULT_ADMIN_LISTEN, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE, DEFAULT_LISTEN,
-    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_RETRIES, DEFAULT_POOL_IDLE_TIMEOUT,
-    DEFAULT_POOL_MAX_IDLE_PER_HOST, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY_BASE_DELAY,
-    DEFAULT_SHUTDOWN_GRACE, ENV_PREFIX, ENV_SEPARATOR, MAX_BODY_BYTES_LIMIT,
+    redact_key_like, Config, ConfigError, Env, Loaded, Problem, UpstreamConfig,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE, DEFAULT_MAX_RETRIES, DEFAULT_POOL_IDLE_TIMEOUT,
+    DEFAULT_POOL_MAX_IDLE_PER_HOST, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY_BASE_DELAY, ENV_PREFIX,
+    ENV_SEPARATOR,
 };
 use crate::catalogue::{Catalogue, CommandSpec};
 
 /// Tencent's backend timeout (reference §1); a request timeout at or below it gets a warning.
 const TENCENT_BACKEND_TIMEOUT: Duration = Duration::from_secs(3);
 /// Past this, a drain outlives any sane Kubernetes `terminationGracePeriodSeconds`.
-const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(600);
+pub(super) const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(600);
 const MAX_RETRIES_LIMIT: u32 = 5;
 const RETRY_BASE_DELAYS: RangeInclusive<Duration> =
     Duration::from_millis(1)..=Duration::from_secs(10);
@@ -122,7 +121,7 @@ pub(super) fn validate(raw: RawConfig, env: &Env, findings: &mut Findings) -> Op
     } = raw;
     // Resolved last, once we know which apps are valid.
     let default_app = raw_server.default_app.take();
-    let server = validate_server(raw_server, findings);
+    let server = server::validate_server(raw_server, findings);
     let upstream = validate_upstream(raw_upstream, findings);
     if upstream.deadline > server.shutdown_grace {
         findings.warning(
@@ -160,98 +159,6 @@ pub(super) fn validate(raw: RawConfig, env: &Env, findings: &mut Findings) -> Op
         cache,
         throttle,
     })
-}
-
-fn validate_server(raw: RawServer, findings: &mut Findings) -> ServerConfig {
-    let allow_non_loopback = raw.allow_non_loopback.unwrap_or(false);
-    let listen = listen_addr(
-        findings,
-        "server.listen",
-        raw.listen,
-        DEFAULT_LISTEN,
-        allow_non_loopback,
-        "it hands out admin power: every request through it is signed as the app admin",
-    );
-    let admin_listen = listen_addr(
-        findings,
-        "server.admin_listen",
-        raw.admin_listen,
-        DEFAULT_ADMIN_LISTEN,
-        allow_non_loopback,
-        "it hands out admin power: it can purge the cache and drain the gateway",
-    );
-    if listen == admin_listen && listen.port() != 0 {
-        findings.problem(
-            "server.admin_listen",
-            format!("{admin_listen} is also server.listen; give the admin port its own address"),
-        );
-    }
-    let max_body_bytes = match raw.max_body_bytes {
-        None => DEFAULT_MAX_BODY_BYTES,
-        Some(bytes) => match usize::try_from(bytes) {
-            Ok(bytes) if (1..=MAX_BODY_BYTES_LIMIT).contains(&bytes) => bytes,
-            _ => {
-                findings.problem(
-                    "server.max_body_bytes",
-                    format!("{bytes} is out of range; give 1 ..= {MAX_BODY_BYTES_LIMIT} (64 MiB)"),
-                );
-                DEFAULT_MAX_BODY_BYTES
-            }
-        },
-    };
-    let shutdown_grace = bounded_duration(
-        findings,
-        "server.shutdown_grace",
-        raw.shutdown_grace,
-        DEFAULT_SHUTDOWN_GRACE,
-        Duration::from_nanos(1)..=MAX_SHUTDOWN_GRACE,
-    );
-    ServerConfig {
-        listen,
-        admin_listen,
-        allow_non_loopback,
-        max_body_bytes,
-        allow_unknown_commands: raw.allow_unknown_commands.unwrap_or(false),
-        shutdown_grace,
-    }
-}
-
-fn listen_addr(
-    findings: &mut Findings,
-    key: &str,
-    raw: Option<String>,
-    default: &str,
-    allow_non_loopback: bool,
-    why_loopback: &str,
-) -> SocketAddr {
-    let fallback: SocketAddr = default.parse().expect("default addresses are valid");
-    let Some(text) = raw else {
-        return fallback;
-    };
-    let addr: SocketAddr = match text.trim().parse() {
-        Ok(addr) => addr,
-        Err(_) => {
-            findings.problem(
-                key,
-                format!(
-                    "{text:?} is not an IP address and port such as {default} \
-                     (host names are not resolved)"
-                ),
-            );
-            return fallback;
-        }
-    };
-    if !allow_non_loopback && !addr.ip().to_canonical().is_loopback() {
-        findings.problem(
-            key,
-            format!(
-                "{addr} is not a loopback address, and {why_loopback}; keep 127.0.0.1, or set \
-                 server.allow_non_loopback = true if the network in front restricts who can \
-                 reach it"
-            ),
-        );
-    }
-    addr
 }
 
 fn validate_upstream(raw: RawUpstream, findings: &mut Findings) -> UpstreamConfig {
@@ -498,13 +405,13 @@ fn catalogued<'c>(
 }
 
 /// An empty string counts as unset, so an environment override can clear a file's value.
-fn non_empty(value: Option<String>) -> Option<String> {
+pub(super) fn non_empty(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.trim().is_empty())
 }
 
 /// Reads at most `limit` bytes, failing beyond that (a wrong path such as `/dev/zero` must not
 /// hang startup).
-fn read_capped(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+pub(super) fn read_capped(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     std::fs::File::open(path)?
         .take(limit + 1)

@@ -1,0 +1,214 @@
+//! `[server]`: the listeners, what they accept, and how many connections they hold.
+//!
+//! Promises: listen addresses are loopback unless `allow_non_loopback`; a non-loopback admin
+//! listener has a bearer token for its purge endpoint; `allowed_hosts` are plain host names,
+//! `*.domain` patterns or IP addresses; the admin token is never printed.
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{bounded_duration, non_empty, read_capped, Findings, MAX_SHUTDOWN_GRACE};
+use crate::config::raw::{RawServer, StringList};
+use crate::config::{
+    AdminToken, ServerConfig, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_SHUTDOWN_GRACE, MAX_BODY_BYTES_LIMIT,
+};
+
+/// `server.max_connections` when set explicitly.
+const MAX_CONNECTIONS_RANGE: RangeInclusive<usize> = 1..=1_000_000;
+/// A token file larger than this is a wrong path.
+const MAX_ADMIN_TOKEN_FILE_BYTES: u64 = 4096;
+/// Shorter tokens are guessable.
+const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+pub(super) fn validate_server(raw: RawServer, findings: &mut Findings) -> ServerConfig {
+    let allow_non_loopback = raw.allow_non_loopback.unwrap_or(false);
+    let listen = listen_addr(
+        findings,
+        "server.listen",
+        raw.listen,
+        DEFAULT_LISTEN,
+        allow_non_loopback,
+        "it hands out admin power: every request through it is signed as the app admin",
+    );
+    let admin_listen = listen_addr(
+        findings,
+        "server.admin_listen",
+        raw.admin_listen,
+        DEFAULT_ADMIN_LISTEN,
+        allow_non_loopback,
+        "it hands out admin power: it can purge the cache and drain the gateway",
+    );
+    if listen == admin_listen && listen.port() != 0 {
+        findings.problem(
+            "server.admin_listen",
+            format!("{admin_listen} is also server.listen; give the admin port its own address"),
+        );
+    }
+    let max_body_bytes = match raw.max_body_bytes {
+        None => DEFAULT_MAX_BODY_BYTES,
+        Some(bytes) => match usize::try_from(bytes) {
+            Ok(bytes) if (1..=MAX_BODY_BYTES_LIMIT).contains(&bytes) => bytes,
+            _ => {
+                findings.problem(
+                    "server.max_body_bytes",
+                    format!("{bytes} is out of range; give 1 ..= {MAX_BODY_BYTES_LIMIT} (64 MiB)"),
+                );
+                DEFAULT_MAX_BODY_BYTES
+            }
+        },
+    };
+    let shutdown_grace = bounded_duration(
+        findings,
+        "server.shutdown_grace",
+        raw.shutdown_grace,
+        DEFAULT_SHUTDOWN_GRACE,
+        Duration::from_nanos(1)..=MAX_SHUTDOWN_GRACE,
+    );
+    let allowed_hosts = allowed_hosts(raw.allowed_hosts, findings);
+    let max_connections = raw.max_connections.and_then(|n| match usize::try_from(n) {
+        Ok(n) if MAX_CONNECTIONS_RANGE.contains(&n) => Some(n),
+        _ => {
+            findings.problem(
+                "server.max_connections",
+                format!(
+                    "{n} is out of range; give {} ..= {}, or leave it unset to derive it from \
+                     the open-files limit",
+                    MAX_CONNECTIONS_RANGE.start(),
+                    MAX_CONNECTIONS_RANGE.end()
+                ),
+            );
+            None
+        }
+    });
+    let admin_token_file = non_empty(raw.admin_token_file).map(PathBuf::from);
+    let admin_token = admin_token_file
+        .as_deref()
+        .and_then(|path| admin_token(path, findings));
+    if admin_token_file.is_none() && !admin_listen.ip().to_canonical().is_loopback() {
+        findings.problem(
+            "server.admin_token_file",
+            format!(
+                "server.admin_listen ({admin_listen}) is not on loopback, so POST /cache/purge \
+                 needs a bearer token: put one in a file (e.g. a mounted Secret) and give its \
+                 path here"
+            ),
+        );
+    }
+    ServerConfig {
+        listen,
+        admin_listen,
+        allow_non_loopback,
+        max_body_bytes,
+        allow_unknown_commands: raw.allow_unknown_commands.unwrap_or(false),
+        shutdown_grace,
+        allowed_hosts,
+        max_connections,
+        admin_token_file,
+        admin_token,
+    }
+}
+
+/// Host names (or `*.suffix` patterns, or IP addresses) the client and admin listeners accept
+/// in `Host` and `Origin` besides loopback and their own address; lowercased.
+fn allowed_hosts(raw: Option<StringList>, findings: &mut Findings) -> Vec<String> {
+    let mut hosts = Vec::new();
+    for (i, host) in raw
+        .map(StringList::into_vec)
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        let host = host.trim().to_ascii_lowercase();
+        let name = host.strip_prefix("*.").unwrap_or(&host);
+        let is_ip = host.parse::<IpAddr>().is_ok();
+        let is_name = !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if is_ip || is_name {
+            hosts.push(host);
+        } else {
+            findings.problem(
+                format!("server.allowed_hosts[{i}]"),
+                format!(
+                    "{host:?} is not a host name, `*.domain` pattern or IP address (give no \
+                     scheme, port or path, e.g. \"tim-gateway.chat.svc\")"
+                ),
+            );
+        }
+    }
+    hosts
+}
+
+/// Reads the admin bearer token: one line of printable ASCII, at least 16 characters.
+/// Messages name the file, never its contents.
+fn admin_token(path: &Path, findings: &mut Findings) -> Option<AdminToken> {
+    const KEY: &str = "server.admin_token_file";
+    let bytes = match read_capped(path, MAX_ADMIN_TOKEN_FILE_BYTES) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            findings.problem(KEY, format!("cannot read {}: {e}", path.display()));
+            return None;
+        }
+    };
+    let token = String::from_utf8(bytes).unwrap_or_default();
+    let token = token.trim();
+    if token.len() < MIN_ADMIN_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        findings.problem(
+            KEY,
+            format!(
+                "{} must hold one token of at least {MIN_ADMIN_TOKEN_LEN} printable ASCII \
+                 characters without spaces",
+                path.display()
+            ),
+        );
+        return None;
+    }
+    Some(AdminToken::new(token))
+}
+
+fn listen_addr(
+    findings: &mut Findings,
+    key: &str,
+    raw: Option<String>,
+    default: &str,
+    allow_non_loopback: bool,
+    why_loopback: &str,
+) -> SocketAddr {
+    let fallback: SocketAddr = default.parse().expect("default addresses are valid");
+    let Some(text) = raw else {
+        return fallback;
+    };
+    let addr: SocketAddr = match text.trim().parse() {
+        Ok(addr) => addr,
+        Err(_) => {
+            findings.problem(
+                key,
+                format!(
+                    "{text:?} is not an IP address and port such as {default} \
+                     (host names are not resolved)"
+                ),
+            );
+            return fallback;
+        }
+    };
+    if !allow_non_loopback && !addr.ip().to_canonical().is_loopback() {
+        findings.problem(
+            key,
+            format!(
+                "{addr} is not a loopback address, and {why_loopback}; keep 127.0.0.1, or set \
+                 server.allow_non_loopback = true if the network in front restricts who can \
+                 reach it"
+            ),
+        );
+    }
+    addr
+}

@@ -1,0 +1,221 @@
+use super::*;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+/// Answers `/slow` after `slow` (paused time), everything else at once.
+struct TestHandler {
+    slow: Duration,
+}
+
+impl Handler for TestHandler {
+    async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        if request.uri().path() == "/slow" {
+            tokio::time::sleep(self.slow).await;
+        }
+        Response::new(Full::new(Bytes::from_static(b"ok")))
+    }
+}
+
+/// A server on 127.0.0.1:0 with `limits`, and the switch that stops it.
+struct Running {
+    addr: SocketAddr,
+    stop: Arc<Notify>,
+    task: tokio::task::JoinHandle<bool>,
+}
+
+fn start(limits: Limits, slow: Duration) -> Running {
+    let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = Arc::new(Notify::new());
+    let shutdown = {
+        let stop = Arc::clone(&stop);
+        async move { stop.notified().await }
+    };
+    let task = tokio::spawn(run(
+        listener,
+        Arc::new(TestHandler { slow }),
+        shutdown,
+        limits,
+    ));
+    Running { addr, stop, task }
+}
+
+fn limits(max_connections: usize) -> Limits {
+    Limits {
+        max_connections,
+        write_timeout: DEFAULT_WRITE_TIMEOUT,
+        grace: Duration::from_secs(60),
+    }
+}
+
+const GET: &[u8] = b"GET / HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n";
+
+/// Sends one keep-alive request and reads its whole answer (a 2-byte body).
+async fn exchange(stream: &mut TcpStream, request: &[u8]) -> String {
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.ends_with(b"\r\n\r\nok") {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(
+            n > 0,
+            "connection closed: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        answer.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8(answer).unwrap()
+}
+
+/// Reproduces issue 7, F5: a client that stops reading its answer. The write fails with
+/// `TimedOut` exactly `timeout` after it first stalled, not earlier and not never.
+#[tokio::test(start_paused = true)]
+async fn stalled_write_times_out_exactly() {
+    let (near, _far) = tokio::io::duplex(64 * 1024);
+    let mut io = TimedWrites::new(near, Duration::from_secs(30));
+    let pending = io.is_writing();
+    let started = Instant::now();
+    let answer = vec![b'x'; 5 * 1024 * 1024];
+    let error = io.write_all(&answer).await.unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+    assert_eq!(started.elapsed(), Duration::from_secs(30));
+    assert!(pending.is_set());
+}
+
+/// Progress resets the timer: a slow reader that keeps taking data is never cut off.
+#[tokio::test(start_paused = true)]
+async fn progress_resets_the_write_timer() {
+    let (near, mut far) = tokio::io::duplex(1024);
+    let mut io = TimedWrites::new(near, Duration::from_secs(30));
+    let reader = tokio::spawn(async move {
+        let mut buf = [0u8; 1024];
+        let mut total = 0;
+        // 20 s between reads: each below the timeout, their sum far above it.
+        while total < 8 * 1024 {
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            total += far.read(&mut buf).await.unwrap();
+        }
+        total
+    });
+    io.write_all(&[b'y'; 8 * 1024]).await.unwrap();
+    assert!(!io.is_writing().is_set());
+    assert_eq!(reader.await.unwrap(), 8 * 1024);
+}
+
+/// Reproduces issue 7, F6: at shutdown, an idle keep-alive connection and one with
+/// half-sent headers close at once; the drain does not wait for them (no time passes).
+#[tokio::test(start_paused = true)]
+async fn drain_does_not_wait_for_connections_without_a_request() {
+    let server = start(limits(16), Duration::ZERO);
+    let mut idle = TcpStream::connect(server.addr).await.unwrap();
+    exchange(&mut idle, GET).await;
+    let mut half = TcpStream::connect(server.addr).await.unwrap();
+    half.write_all(b"POST /v4/a/b HTTP/1.1\r\nhost: 127.")
+        .await
+        .unwrap();
+    let mut second_half = TcpStream::connect(server.addr).await.unwrap();
+    exchange(&mut second_half, GET).await;
+    second_half
+        .write_all(b"POST /v4/a/b HTTP/1.1\r\nhost: 127.")
+        .await
+        .unwrap();
+    // Let the server read those bytes (no timer is due before the header timeout).
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let started = Instant::now();
+    server.stop.notify_one();
+    assert!(server.task.await.unwrap(), "every connection finished");
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        half.read(&mut buf).await.unwrap(),
+        0,
+        "closed without an answer"
+    );
+    assert_eq!(second_half.read(&mut buf).await.unwrap(), 0);
+    assert_eq!(idle.read(&mut buf).await.unwrap(), 0);
+}
+
+/// A request in the handler when shutdown starts is finished and answered, then its
+/// connection closes; the drain takes exactly as long as that request.
+#[tokio::test(start_paused = true)]
+async fn drain_finishes_requests_in_flight() {
+    let server = start(limits(16), Duration::from_secs(5));
+    let mut busy = TcpStream::connect(server.addr).await.unwrap();
+    busy.write_all(b"GET /slow HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    // Let the request reach the handler before shutdown starts.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = Instant::now();
+    server.stop.notify_one();
+    let mut answer = Vec::new();
+    busy.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nok"), "{answer}");
+    assert!(server.task.await.unwrap());
+    assert_eq!(started.elapsed(), Duration::from_secs(4));
+}
+
+/// At the cap, a further connection is not accepted (its request waits in the backlog, with
+/// no answer however long) until a slot frees up; then it is served.
+#[tokio::test(start_paused = true)]
+async fn connections_past_the_cap_wait_for_a_slot() {
+    let server = start(limits(2), Duration::ZERO);
+    let mut first = TcpStream::connect(server.addr).await.unwrap();
+    exchange(&mut first, GET).await;
+    let mut second = TcpStream::connect(server.addr).await.unwrap();
+    exchange(&mut second, GET).await;
+    let mut third = TcpStream::connect(server.addr).await.unwrap();
+    third.write_all(GET).await.unwrap();
+    let mut buf = [0u8; 64];
+    let waited = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf)).await;
+    assert!(waited.is_err(), "no answer while both slots are held");
+    drop(first);
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"\r\n\r\nok") {
+        let n = third.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"));
+}
+
+/// Reproduces issue 7, F3 (memory): a header larger than the read buffer cap is refused with
+/// 431 instead of being buffered up to hyper's default of ~400 KB.
+#[tokio::test]
+async fn oversized_headers_are_refused() {
+    let server = start(limits(16), Duration::ZERO);
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let request = format!(
+        "GET / HTTP/1.1\r\nhost: 127.0.0.1\r\nx-big: {}\r\n\r\n",
+        "a".repeat(2 * MAX_BUF_BYTES)
+    );
+    // The server may answer and close before every byte is written.
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+        "{answer}"
+    );
+}
+
+/// Failed accepts are logged once per interval; the rest are counted.
+#[tokio::test(start_paused = true)]
+async fn accept_errors_are_rate_limited() {
+    let mut log = AcceptErrorLog::default();
+    let error = io::Error::other("too many open files");
+    log.record(&error);
+    assert_eq!((log.suppressed, log.last_logged.is_some()), (0, true));
+    for _ in 0..50 {
+        log.record(&error);
+    }
+    assert_eq!(log.suppressed, 50);
+    tokio::time::advance(ACCEPT_ERROR_LOG_INTERVAL).await;
+    log.record(&error);
+    assert_eq!(log.suppressed, 0);
+}
