@@ -85,3 +85,246 @@ async fn one_body_gets_one_verdict_for_every_command() {
     }
     assert_eq!(sandbox.total_calls(), 0);
 }
+
+/// Sends `request` as written on a fresh connection and returns the status code and the
+/// answer's JSON body (`Value::Null` if it has none).
+async fn raw(addr: std::net::SocketAddr, request: &str) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    let status = text[9..12].parse().unwrap();
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, serde_json::from_str(body).unwrap_or_default())
+}
+
+/// A POST as written by a client, with `headers` (each ending in `\r\n`) and a JSON body.
+fn post_raw(path: &str, host: &str, headers: &str, body: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: {host}\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Reproduces issue 7, F2: a web page on the same host posted a `text/plain` JSON body
+/// cross-site (creating a robot), and with DNS rebinding read answers too. Now both get
+/// Tencent's envelope with 403 / 421, on both listeners, while the Python SDK's request
+/// (no `Content-Type`) and curl's (`-d`: form-urlencoded) keep working.
+#[tokio::test]
+async fn browser_pages_cannot_use_the_gateway() {
+    let sandbox = start_sandbox().await;
+    let served = serve(&sandbox, KEY);
+    let create = format!("/v4/{CREATE_ROBOT}");
+    let host = served.addr.to_string();
+    let robot = r#"{"UserID":"@RBT#page"}"#;
+    let cross_site =
+        "content-type: text/plain\r\norigin: http://evil.example\r\nsec-fetch-site: cross-site\r\n";
+    let cases = [
+        (post_raw(&create, &host, cross_site, robot), 403, 1_904_014),
+        (
+            post_raw(&create, &host, "origin: null\r\n", robot),
+            403,
+            1_904_014,
+        ),
+        (
+            post_raw(&create, &host, "sec-fetch-site: same-site\r\n", robot),
+            403,
+            1_904_014,
+        ),
+        (
+            post_raw(&create, "rebind.evil.example:15080", "", robot),
+            421,
+            1_904_015,
+        ),
+    ];
+    for (request, status, code) in &cases {
+        let (got, body) = raw(served.addr, request).await;
+        assert_eq!(
+            (got, body["ErrorCode"].as_i64()),
+            (*status, Some(*code)),
+            "{request}"
+        );
+        assert_eq!(body["ActionStatus"], "FAIL");
+    }
+    assert_eq!(
+        sandbox.total_calls(),
+        0,
+        "no refused request reached Tencent"
+    );
+    // The clients we serve: no Origin, no Content-Type (Python SDK), or curl -d.
+    for headers in ["", "content-type: application/x-www-form-urlencoded\r\n"] {
+        let (got, body) = raw(served.addr, &post_raw(&create, &host, headers, robot)).await;
+        assert_eq!(
+            (got, body["ErrorCode"].as_i64()),
+            (200, Some(0)),
+            "{headers:?}"
+        );
+    }
+    let local = post_raw(
+        &create,
+        "localhost",
+        "origin: http://localhost:3000\r\n",
+        robot,
+    );
+    assert_eq!(raw(served.addr, &local).await.0, 200);
+    // The admin listener: a cross-site purge and a rebound scrape are refused too.
+    let admin = served.admin.to_string();
+    let purge = post_raw("/cache/purge", &admin, cross_site, "");
+    assert_eq!(raw(served.admin, &purge).await.1["ErrorCode"], 1_904_014);
+    let scrape = "GET /metrics HTTP/1.1\r\nhost: rebind.evil.example\r\nconnection: close\r\n\r\n";
+    assert_eq!(raw(served.admin, scrape).await.0, 421);
+}
+
+/// Reproduces issue 7, F9: a purge with a repeated parameter silently kept the last value;
+/// with `server.admin_token_file`, a purge needs the bearer token (probes never do).
+#[tokio::test]
+async fn purge_refuses_repeats_and_needs_the_token() {
+    let sandbox = start_sandbox().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "s3cret-admin-token-0123456789\n").unwrap();
+    let server = format!("admin_token_file = \"{}\"", token_file.display());
+    let served = serve_with(
+        &sandbox,
+        KEY,
+        Extra {
+            server: &server,
+            ..Extra::default()
+        },
+    );
+    let admin = served.admin.to_string();
+    let bearer = "authorization: Bearer s3cret-admin-token-0123456789\r\n";
+    let cases = [
+        ("/cache/purge", "", 401, Some(1_904_016)),
+        (
+            "/cache/purge",
+            "authorization: Bearer wrong-token-0123456789\r\n",
+            401,
+            Some(1_904_016),
+        ),
+        (
+            "/cache/purge?app=main&app=other",
+            bearer,
+            400,
+            Some(1_904_011),
+        ),
+        ("/cache/purge?app=main", bearer, 200, Some(0)),
+        ("/cache/purge", bearer, 200, Some(0)),
+    ];
+    for (path, headers, status, code) in cases {
+        let (got, body) = raw(served.admin, &post_raw(path, &admin, headers, "")).await;
+        assert_eq!(
+            (got, body["ErrorCode"].as_i64()),
+            (status, code),
+            "{path} {headers:?}"
+        );
+    }
+    let probe = format!("GET /readyz HTTP/1.1\r\nhost: {admin}\r\nconnection: close\r\n\r\n");
+    assert_eq!(raw(served.admin, &probe).await.0, 200);
+    assert!(!served.log_text().contains("s3cret-admin-token"));
+}
+
+/// Reads a process's resident set size from /proc, in bytes.
+fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+/// Reproduces issue 7, F3: with `nofile` 256, 400 idle client connections and 100 more each
+/// sending a huge half header made `/healthz` and `/readyz` time out, logged 900 WARN lines
+/// and grew RSS by 79 MB. Now the probes answer at once, nothing is logged about accepts,
+/// and RSS grows by less than 16 MiB.
+#[tokio::test]
+async fn probes_answer_while_clients_flood() {
+    use tokio::io::AsyncWriteExt;
+    let sandbox = start_sandbox().await;
+    let served = serve_limited(&sandbox, KEY, Extra::default(), Some(256));
+    let pid = served.child.id();
+    let before = rss_of(pid);
+    let mut flood = Vec::new();
+    for _ in 0..400 {
+        flood.push(tokio::net::TcpStream::connect(served.addr).await.unwrap());
+    }
+    let big_header = format!(
+        "POST /v4/{GET_ALL_ROBOTS} HTTP/1.1\r\nhost: localhost\r\nx-pad: {}",
+        "a".repeat(390 * 1024)
+    );
+    for _ in 0..100 {
+        let mut stream = tokio::net::TcpStream::connect(served.addr).await.unwrap();
+        // Refused with 431 (and closed) once past the buffer cap, or left in the backlog.
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            stream.write_all(big_header.as_bytes()),
+        )
+        .await;
+        flood.push(stream);
+    }
+    let admin = served.admin.to_string();
+    for probe in ["/healthz", "/readyz"] {
+        let request = format!("GET {probe} HTTP/1.1\r\nhost: {admin}\r\nconnection: close\r\n\r\n");
+        let answer = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            raw(served.admin, &request),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{probe} did not answer within 5 s"));
+        assert_eq!(answer.0, 200, "{probe}");
+    }
+    let grown = rss_of(pid).saturating_sub(before);
+    assert!(grown < 16 << 20, "RSS grew by {grown} bytes");
+    let log = served.log_text();
+    assert_eq!(log.matches("accept failed").count(), 0, "{log}");
+    assert!(
+        log.contains("max_connections=128"),
+        "cap derived from nofile 256"
+    );
+    drop(flood);
+}
+
+/// Reproduces issue 7, F7: a second SIGTERM during the drain was ignored. Now it ends the
+/// process at once with exit code 3, although a request is still in flight.
+#[tokio::test]
+async fn second_stop_signal_exits_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let sandbox = start_sandbox().await;
+    let served = serve(&sandbox, KEY);
+    // A request whose body never completes keeps the drain waiting (up to the 25 s grace).
+    let mut stuck = tokio::net::TcpStream::connect(served.addr).await.unwrap();
+    stuck
+        .write_all(
+            format!("POST /v4/{CREATE_ROBOT} HTTP/1.1\r\nhost: localhost\r\ncontent-length: 100\r\n\r\n{{")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    served.send_sigterm();
+    let drained = wait_for_log(&served, "draining").await;
+    assert!(drained, "the first signal starts the drain");
+    let started = std::time::Instant::now();
+    served.send_sigterm();
+    let (status, log) = served.wait_exit();
+    assert_eq!(status.code(), Some(3), "{log}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert!(log.contains("second stop signal"));
+    drop(stuck);
+}
+
+/// Polls the log for `marker` for at most 10 s.
+async fn wait_for_log(served: &Served, marker: &str) -> bool {
+    for _ in 0..1000 {
+        if served.log_text().contains(marker) {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    false
+}

@@ -70,6 +70,17 @@ pub fn serve(sandbox: &tim_gateway::sandbox::Sandbox, key: &str) -> Served {
 
 /// As [`serve`], with extra configuration (`extra.key` is ignored: the key goes in a file).
 pub fn serve_with(sandbox: &tim_gateway::sandbox::Sandbox, key: &str, extra: Extra<'_>) -> Served {
+    serve_limited(sandbox, key, extra, None)
+}
+
+/// As [`serve_with`]; with `nofile`, the process starts with that open-files limit (soft
+/// and hard, set by the shell's `ulimit -n` before it execs the gateway).
+pub fn serve_limited(
+    sandbox: &tim_gateway::sandbox::Sandbox,
+    key: &str,
+    extra: Extra<'_>,
+    nofile: Option<u32>,
+) -> Served {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, sandbox.ca_pem()).unwrap();
@@ -90,7 +101,18 @@ pub fn serve_with(sandbox: &tim_gateway::sandbox::Sandbox, key: &str, extra: Ext
         .unwrap()
         .write_all(toml.as_bytes())
         .unwrap();
-    let mut child = Command::new(BIN)
+    let mut command = match nofile {
+        None => Command::new(BIN),
+        Some(limit) => {
+            let mut shell = Command::new("sh");
+            shell
+                .arg("-c")
+                .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+                .arg(BIN);
+            shell
+        }
+    };
+    let mut child = command
         .args(["serve", "--config"])
         .arg(&config)
         .env("RUST_LOG", "trace")
