@@ -568,6 +568,10 @@ for cname, text, conf in gateway_configs:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIM_GATEWAY")}
     key = Path(workdir) / "stand-in.key"
     key.write_text("stand-in-secret-key-for-check-config\n")
+    if (conf.get("server") or {}).get("admin_token_file"):
+        token = Path(workdir) / "stand-in.token"
+        token.write_text("stand-in-admin-token-0123456789\n")
+        env["TIM_GATEWAY__SERVER__ADMIN_TOKEN_FILE"] = str(token)
     for app, app_conf in (conf.get("apps") or {}).items():
         if app_conf.get("secret_key_file"):
             env[f"TIM_GATEWAY__APPS__{app.upper()}__SECRET_KEY_FILE"] = str(key)
