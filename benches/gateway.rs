@@ -30,6 +30,60 @@ fn canonicalisation(c: &mut Criterion) {
     });
 }
 
+/// About 1 MiB of body shaped four ways: the linear-cost promise (issue 7, F1) is that no
+/// shape costs more than ~10× the flat one.
+fn worst_case_bodies() -> Vec<(&'static str, Vec<u8>)> {
+    const SIZE: usize = 1 << 20;
+    // Flat: one long string.
+    let flat = format!(r#"{{"s":"{}"}}"#, "x".repeat(SIZE - 8)).into_bytes();
+    // Deep: 128 levels of arrays around a long string.
+    let mut deep = br#"{"a":"#.to_vec();
+    deep.extend(std::iter::repeat_n(b'[', 127));
+    deep.extend(format!(r#""{}""#, "x".repeat(SIZE - 300)).bytes());
+    deep.extend(std::iter::repeat_n(b']', 127));
+    deep.push(b'}');
+    // Deep and out of order at every level: each object's big member is emitted after a
+    // later-sorting small one, so every level is reordered.
+    let mut reordered = String::new();
+    for _ in 0..127 {
+        reordered.push_str(r#"{"z":0,"a":"#);
+    }
+    reordered.push_str(&format!(r#""{}""#, "x".repeat(SIZE - 1500)));
+    reordered.push_str(&"}".repeat(127));
+    // Many small members, in reverse order, with escapes.
+    let mut keys = String::from("{");
+    let mut i = 0;
+    while keys.len() < SIZE - 64 {
+        if i > 0 {
+            keys.push(',');
+        }
+        keys.push_str(&format!(r#""k{:07}":"\u00e9\n{}""#, 9_999_999 - i, i));
+        i += 1;
+    }
+    keys.push('}');
+    vec![
+        ("flat", flat),
+        ("deep", deep),
+        ("deep_reordered", reordered.into_bytes()),
+        ("many_keys_reversed", keys.into_bytes()),
+    ]
+}
+
+fn body_cost(c: &mut Criterion) {
+    let mut group = c.benchmark_group("body_1mib");
+    group.sample_size(20);
+    for (name, body) in worst_case_bodies() {
+        assert!(tim_gateway::body::validate(&body).is_ok(), "{name}");
+        group.bench_function(format!("canonical_{name}"), |b| {
+            b.iter(|| tim_gateway::body::canonical(black_box(&body)))
+        });
+        group.bench_function(format!("validate_{name}"), |b| {
+            b.iter(|| tim_gateway::body::validate(black_box(&body)))
+        });
+    }
+    group.finish();
+}
+
 /// A proxy in front of a sandbox, with get_all_robots already cached.
 fn primed_proxy(runtime: &tokio::runtime::Runtime) -> (Proxy, Sandbox) {
     runtime.block_on(async {
@@ -93,5 +147,5 @@ fn cache_hit(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, canonicalisation, cache_hit);
+criterion_group!(benches, canonicalisation, body_cost, cache_hit);
 criterion_main!(benches);
