@@ -282,9 +282,20 @@ impl<S> TimedWrites<S> {
         ))
     }
 
-    fn progressed(&mut self) {
-        self.stalled = None;
-        self.pending.set(false);
+    /// Passes a write-side result through: progress disarms the timer, `Pending` arms it.
+    fn track<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match polled {
+            Poll::Ready(result) => {
+                self.stalled = None;
+                self.pending.set(false);
+                Poll::Ready(result)
+            }
+            Poll::Pending => self.poll_stall(cx).map(Err),
+        }
     }
 }
 
@@ -305,13 +316,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TimedWrites<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_write(cx, buf) {
-            Poll::Ready(result) => {
-                this.progressed();
-                Poll::Ready(result)
-            }
-            Poll::Pending => this.poll_stall(cx).map(Err),
-        }
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.track(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -320,13 +326,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TimedWrites<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
-            Poll::Ready(result) => {
-                this.progressed();
-                Poll::Ready(result)
-            }
-            Poll::Pending => this.poll_stall(cx).map(Err),
-        }
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.track(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -335,24 +336,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TimedWrites<S> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_flush(cx) {
-            Poll::Ready(result) => {
-                this.progressed();
-                Poll::Ready(result)
-            }
-            Poll::Pending => this.poll_stall(cx).map(Err),
-        }
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.track(cx, polled)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_shutdown(cx) {
-            Poll::Ready(result) => {
-                this.progressed();
-                Poll::Ready(result)
-            }
-            Poll::Pending => this.poll_stall(cx).map(Err),
-        }
+        let polled = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.track(cx, polled)
     }
 }
 

@@ -55,6 +55,11 @@ const GET: &[u8] = b"GET / HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n";
 /// Sends one keep-alive request and reads its whole answer (a 2-byte body).
 async fn exchange(stream: &mut TcpStream, request: &[u8]) -> String {
     stream.write_all(request).await.unwrap();
+    read_answer(stream).await
+}
+
+/// Reads one whole answer (its body is `ok`).
+async fn read_answer(stream: &mut TcpStream) -> String {
     let mut answer = Vec::new();
     let mut buf = [0u8; 1024];
     while !answer.ends_with(b"\r\n\r\nok") {
@@ -174,13 +179,9 @@ async fn connections_past_the_cap_wait_for_a_slot() {
     let waited = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf)).await;
     assert!(waited.is_err(), "no answer while both slots are held");
     drop(first);
-    let mut answer = Vec::new();
-    while !answer.ends_with(b"\r\n\r\nok") {
-        let n = third.read(&mut buf).await.unwrap();
-        assert!(n > 0);
-        answer.extend_from_slice(&buf[..n]);
-    }
-    assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert!(read_answer(&mut third)
+        .await
+        .starts_with("HTTP/1.1 200 OK\r\n"));
 }
 
 /// Reproduces issue 7, F3 (memory): a header larger than the read buffer cap is refused with
