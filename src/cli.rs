@@ -1,8 +1,14 @@
 //! The command line: `serve | demo | sandbox | usersig | check-config`.
 //!
 //! Each subcommand is a thin shell over the library; `anyhow` is allowed here (STYLE.md §3).
+//!
+//! CA files are written without following symlinks (issue 7, F12): the demo's goes into a
+//! private directory made for it (0700, unpredictable name, removed when the demo stops), and
+//! `sandbox --ca-out` renames a fresh file from the same directory over its path.
 
 use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -209,7 +215,7 @@ pub async fn run(command: Command) -> anyhow::Result<Exit> {
             .await
             .with_context(|| format!("cannot start the sandbox on {listen}"))?;
             let mut signals = Signals::install().context("cannot install signal handlers")?;
-            std::fs::write(&ca_out, sandbox.ca_pem())
+            replace_file(&ca_out, sandbox.ca_pem())
                 .with_context(|| format!("cannot write {}", ca_out.display()))?;
             println!("sandbox listening on {}", sandbox.endpoint());
             println!("CA certificate written to {}", ca_out.display());
@@ -263,6 +269,64 @@ pub async fn run(command: Command) -> anyhow::Result<Exit> {
 /// Robots the demo's sandbox starts with, so the first get_all_robots shows something.
 const DEMO_ROBOTS: [&str; 2] = ["@RBT#welcome", "@RBT#helpdesk"];
 
+/// Writes `contents` to `path` by renaming a fresh file from the same directory over it, so a
+/// symlink at `path` is replaced rather than followed, and a reader sees the old file or the
+/// new one, never half of one (issue 7, F12).
+///
+/// # Errors
+/// The directory cannot take a new file, or the rename fails (e.g. `path` is a directory).
+fn replace_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".tim-gateway-ca-");
+    // A CA certificate is public: keep the mode `std::fs::write` gave it, not tempfile's 0600.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    let mut file = builder.tempfile_in(dir)?;
+    file.write_all(contents.as_bytes())?;
+    file.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// The demo's CA certificate in a directory made for it alone; both are removed on drop.
+struct DemoCa {
+    /// Private (0700) with an unpredictable name; deleting it deletes `path`.
+    dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl DemoCa {
+    /// Makes the directory under the system temp dir and writes `ca_pem` into it. Before
+    /// issue 7, F12 the file had a predictable name in /tmp and was written through any
+    /// symlink planted there.
+    ///
+    /// # Errors
+    /// The directory or the file cannot be created.
+    fn write(ca_pem: &str) -> anyhow::Result<DemoCa> {
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("tim-gateway-demo-");
+        // tempfile's directories default to 0777 before umask; only the owner may enter this one.
+        #[cfg(unix)]
+        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700));
+        let dir = builder
+            .tempdir()
+            .context("cannot create a private directory for the demo's CA")?;
+        let path = dir.path().join("ca.pem");
+        // The directory is new and only ours, so the file cannot exist yet; create_new makes
+        // sure of it.
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .and_then(|mut file| file.write_all(ca_pem.as_bytes()))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(DemoCa { dir, path })
+    }
+}
+
 async fn demo(
     listen: SocketAddr,
     admin_listen: SocketAddr,
@@ -286,10 +350,8 @@ async fn demo(
     }
     tracing::info!(endpoint = %sandbox.endpoint(), "sandbox (Tencent look-alike) started");
 
-    let ca_path =
-        std::env::temp_dir().join(format!("tim-gateway-demo-ca-{}.pem", std::process::id()));
-    std::fs::write(&ca_path, sandbox.ca_pem())
-        .with_context(|| format!("cannot write {}", ca_path.display()))?;
+    // Dropped when the demo returns, stopped or failed: that removes the directory.
+    let ca = DemoCa::write(sandbox.ca_pem())?;
     let env = Env::from_map(HashMap::from([
         (SECRET_KEY_ENV.to_owned(), DEMO_SECRET_KEY.to_owned()),
         (
@@ -298,7 +360,7 @@ async fn demo(
         ),
         (
             "TIM_GATEWAY__UPSTREAM__CA_FILE".to_owned(),
-            ca_path.display().to_string(),
+            ca.path.display().to_string(),
         ),
         ("TIM_GATEWAY__SERVER__LISTEN".to_owned(), listen.to_string()),
         (
@@ -326,6 +388,63 @@ async fn demo(
     signals.recv().await;
     gateway.shutdown().await;
     sandbox.shutdown().await;
-    let _ = std::fs::remove_file(&ca_path);
+    if let Err(e) = ca.dir.close() {
+        tracing::warn!(error = %e, "cannot remove the demo's CA directory");
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression test for issue 7, F12: the demo's CA lives in a fresh 0700 directory named
+    /// tim-gateway-demo-…, and dropping it removes the directory with the file.
+    #[test]
+    fn demo_ca_lives_in_a_private_directory_removed_on_drop() {
+        let ca = DemoCa::write("PEM").unwrap();
+        let dir = ca.dir.path().to_owned();
+        assert_eq!(ca.path.parent(), Some(dir.as_path()));
+        assert_eq!(std::fs::read_to_string(&ca.path).unwrap(), "PEM");
+        let name = dir.file_name().unwrap().to_str().unwrap();
+        assert!(name.starts_with("tim-gateway-demo-"), "{name}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700);
+        }
+        let other = DemoCa::write("PEM").unwrap();
+        assert_ne!(other.dir.path(), dir);
+        drop(ca);
+        assert!(!dir.exists());
+    }
+
+    /// Regression test for issue 7, F12: `--ca-out` pointing at a symlink replaces the link
+    /// and leaves its target untouched; a plain existing file is replaced whole.
+    #[cfg(unix)]
+    #[test]
+    fn ca_out_replaces_a_symlink_without_following_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("victim");
+        std::fs::write(&target, "do not touch").unwrap();
+        let ca_out = dir.path().join("ca.pem");
+        std::os::unix::fs::symlink(&target, &ca_out).unwrap();
+
+        replace_file(&ca_out, "PEM").unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "do not touch");
+        assert!(!std::fs::symlink_metadata(&ca_out)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read_to_string(&ca_out).unwrap(), "PEM");
+
+        replace_file(&ca_out, "NEW").unwrap();
+        assert_eq!(std::fs::read_to_string(&ca_out).unwrap(), "NEW");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "no temporary file is left: {names:?}");
+    }
 }

@@ -3,7 +3,11 @@
 //!
 //! Each refusal is a [`CheckError`] variant: `code()` is the ErrorCode Tencent answers with and
 //! `Display` is the ErrorInfo. Nothing here logs, and no variant carries a UserSig or a key.
-//! The quota window is a plain struct fed an `Instant`, so it is tested without a clock.
+//! The quota window is a plain struct fed an `Instant`, so it is tested without a clock; it
+//! holds at most [`MAX_WINDOW_ARRIVALS`] arrivals, however fast clients send.
+//!
+//! [`tracking`] runs the same identity checks (path, the five parameters, the UserSig's
+//! signature) before the sandbox keeps anything about a request (issue 7, F10).
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -15,11 +19,16 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::robots::{self, Command, CommandError, Fields};
-use super::{lock, unix_now, Shared};
+use super::stats::{CommandName, Tracking};
+use super::{lock, unix_now, Shared, MAX_QUOTA_PER_SECOND};
 use crate::usersig::{self, UserSigError};
 
 /// The sliding window Tencent's per-second frequency limits are counted over (reference §4).
 pub(super) const QUOTA_WINDOW: Duration = Duration::from_secs(1);
+
+/// Most arrivals a sliding window holds: one more than the largest quota, so a full window
+/// still decides "over quota" exactly; `max_calls_in_window` saturates here.
+pub const MAX_WINDOW_ARRIVALS: usize = MAX_QUOTA_PER_SECOND as usize + 1;
 
 /// Why the sandbox refuses a request before (or instead of) running its command.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -169,7 +178,8 @@ pub(super) fn check_body(body: &[u8]) -> Result<Map<String, Value>, CheckError> 
 
 /// Arrival times within the last [`QUOTA_WINDOW`], oldest first.
 ///
-/// Invariant: after `arrive(now)`, every instant held is in `(now - 1 s, now]`.
+/// Invariant: after `arrive(now)`, every instant held is in `(now - 1 s, now]`, and the window
+/// holds min(arrivals in that second, [`MAX_WINDOW_ARRIVALS`]) of them.
 #[derive(Debug, Default)]
 pub(super) struct SlidingWindow {
     arrivals: VecDeque<Instant>,
@@ -177,7 +187,9 @@ pub(super) struct SlidingWindow {
 
 impl SlidingWindow {
     /// Records an arrival at `now` and returns how many arrivals the window holds, this one
-    /// included. A call exactly 1 s older than `now` has left the window.
+    /// included. A call exactly 1 s older than `now` has left the window. A full window forgets
+    /// its oldest arrival, the one that would have left first, so the count stays exact up to
+    /// the bound.
     pub(super) fn arrive(&mut self, now: Instant) -> usize {
         while self
             .arrivals
@@ -186,8 +198,45 @@ impl SlidingWindow {
         {
             self.arrivals.pop_front();
         }
+        if self.arrivals.len() == MAX_WINDOW_ARRIVALS {
+            self.arrivals.pop_front();
+        }
         self.arrivals.push_back(now);
         self.arrivals.len()
+    }
+}
+
+/// Decides what the sandbox may keep about a request (issue 7, F10), before it keeps anything.
+///
+/// A caller is authenticated when the five common parameters pass for a configured app and
+/// the UserSig's signature verifies under that app's key for that sdkappid and identifier.
+/// Expiry is not looked at: an expired UserSig still proves that its sender held the key. The
+/// lockout is not fed: only [`evaluate`] counts failures, once per request.
+pub(super) fn tracking(shared: &Shared, path: &str, query: &[(String, String)]) -> Tracking {
+    let Some((service, command)) = parse_path(path) else {
+        return Tracking::Untracked;
+    };
+    let listed = Command::lookup(service, command).map(|(name, _)| name);
+    let is_authenticated = check_params(query, |id| shared.apps.contains_key(&id))
+        .ok()
+        .and_then(|params| {
+            let app = shared.apps.get(&params.sdkappid)?;
+            // Now = 0 is before every expiry, so only the signature and its claims are checked.
+            usersig::verify(
+                &app.key,
+                &params.usersig,
+                params.sdkappid,
+                &params.identifier,
+                0,
+            )
+            .ok()
+        })
+        .is_some();
+    match (listed, is_authenticated) {
+        (Some(name), true) => Tracking::Recorded(CommandName::Listed(name)),
+        (Some(name), false) => Tracking::Counted(name),
+        (None, true) => Tracking::Recorded(CommandName::Unlisted(format!("{service}/{command}"))),
+        (None, false) => Tracking::Untracked,
     }
 }
 
@@ -215,9 +264,8 @@ pub(super) fn evaluate(
         .apps
         .get(&params.sdkappid)
         .ok_or(CheckError::UnknownSdkAppId(params.sdkappid))?;
-    let name = format!("{service}/{command_name}");
-    let command =
-        Command::lookup(service, command_name).ok_or(CheckError::UnknownCommand(name.clone()))?;
+    let (name, command) = Command::lookup(service, command_name)
+        .ok_or_else(|| CheckError::UnknownCommand(format!("{service}/{command_name}")))?;
     let now = Instant::now();
     // 4. A locked app is refused before its UserSig is even looked at (reference §6, 70050).
     if lock(&app.state).lockout.is_locked(now) {
@@ -243,15 +291,16 @@ pub(super) fn evaluate(
     }
     // 7. Only authenticated admin calls reach the frequency limit, and every one that does
     // counts, refused or not, so the window is exactly what the gateway sent.
+    // Keyed by a configured app and a catalogue name: a fixed set, whatever clients send.
     let in_window = lock(&shared.quota)
-        .entry((params.sdkappid, name.clone()))
+        .entry((params.sdkappid, name))
         .or_default()
         .arrive(now);
     if in_window > shared.quota_per_second as usize {
         return Err(CheckError::OverQuota.into());
     }
     // 8. Injected errors stand in for Tencent-side failures of a request that was valid.
-    if let Some(code) = shared.knobs.take_injection(&name) {
+    if let Some(code) = shared.knobs.take_injection(name) {
         return Err(CheckError::Injected(code).into());
     }
     // 9. Only now is the body's content looked at, then the command runs.
@@ -404,6 +453,22 @@ mod tests {
         assert_eq!(window.arrive(start + Duration::from_millis(999)), 3);
         assert_eq!(window.arrive(start + Duration::from_millis(1000)), 3);
         assert_eq!(window.arrive(start + Duration::from_millis(2500)), 1);
+    }
+
+    /// Regression test for issue 7, F10: a burst within one instant fills the window only up
+    /// to `MAX_WINDOW_ARRIVALS`, which still tells the largest quota's last call from the next.
+    #[test]
+    fn sliding_window_holds_at_most_max_window_arrivals() {
+        let now = Instant::now();
+        let mut window = SlidingWindow::default();
+        let counts: Vec<usize> = (0..MAX_WINDOW_ARRIVALS + 5)
+            .map(|_| window.arrive(now))
+            .collect();
+        assert_eq!(counts[MAX_QUOTA_PER_SECOND as usize - 1], 10_000);
+        assert_eq!(counts[MAX_QUOTA_PER_SECOND as usize], 10_001);
+        assert_eq!(counts.last(), Some(&MAX_WINDOW_ARRIVALS));
+        assert_eq!(window.arrivals.len(), MAX_WINDOW_ARRIVALS);
+        assert_eq!(window.arrive(now + QUOTA_WINDOW), 1);
     }
 
     /// Over real TLS, each check answers its exact ErrorCode with HTTP 200 and FAIL, in

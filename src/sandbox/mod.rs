@@ -9,12 +9,33 @@
 //! Test knobs add latency, inject error codes, drop connections and skew the clock; counters and
 //! a bounded log of received requests let tests assert on what the upstream saw. The server never
 //! panics on input and never logs keys or UserSigs.
+//!
+//! Bounds (issue 7, F10). What a request may leave behind is decided from its path and
+//! credentials before anything is kept, and all that is kept has a fixed ceiling, so no client,
+//! authenticated or not, can grow memory without bound:
+//! - a caller that is not authenticated (UserSig signature checked) adds to the total and, for
+//!   a catalogue command, to that command's counters: a fixed set of names. Only authenticated
+//!   callers get counters for other names, at most [`MAX_UNLISTED_COMMANDS`], and have their
+//!   queries and bodies recorded, at most [`RECORDED_PER_COMMAND`] per command and
+//!   [`MAX_RECORDED_BYTES`] in all (`stats`);
+//! - every sliding window holds at most [`MAX_WINDOW_ARRIVALS`] arrivals, so quotas are at most
+//!   [`MAX_QUOTA_PER_SECOND`] (`checks`);
+//! - an app holds at most [`MAX_ROBOTS_PER_APP`] chatbots, [`MAX_ACCOUNTS_PER_APP`] accounts and
+//!   [`MAX_LOCKOUT_AFTER_FAILURES`] failure times (`robots`);
+//! - a client has [`DEFAULT_TLS_HANDSHAKE_TIMEOUT`] to finish its TLS handshake and
+//!   [`DEFAULT_HEADER_READ_TIMEOUT`] to send each request's headers, idle keep-alive time
+//!   included (`tls`); request bodies are at most [`MAX_BODY_BYTES`].
 
 mod checks;
 mod robots;
+mod stats;
 mod tls;
 
-use std::collections::{HashMap, VecDeque};
+pub use checks::MAX_WINDOW_ARRIVALS;
+pub use robots::{MAX_ACCOUNTS_PER_APP, MAX_ACCOUNT_ID_BYTES, MAX_ROBOTS_PER_APP};
+pub use stats::{Retained, MAX_RECORDED_BYTES, MAX_UNLISTED_COMMANDS, RECORDED_PER_COMMAND};
+
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
@@ -34,12 +55,23 @@ use tokio_rustls::TlsAcceptor;
 use crate::usersig::SecretKey;
 use checks::{CheckError, SlidingWindow};
 use robots::AppState;
+use stats::{Stats, Tracking};
 
 /// Largest request body the sandbox reads; Tencent's bodies are a few KiB.
-const MAX_BODY_BYTES: usize = 1024 * 1024;
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// How many received requests are kept per command for [`Sandbox::requests`].
-const RECORDED_PER_COMMAND: usize = 1000;
+/// Largest `quota_per_second` [`Sandbox::start`] accepts; 50 times Tencent's 200.
+pub const MAX_QUOTA_PER_SECOND: u32 = 10_000;
+
+/// Largest `lockout_after_failures` [`Sandbox::start`] accepts: failure times are kept per app
+/// until this many pile up.
+pub const MAX_LOCKOUT_AFTER_FAILURES: u32 = 10_000;
+
+/// How long a client has to finish its TLS handshake.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a client has to send a request's headers (hyper's own default once a timer is set).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One app the sandbox serves.
 #[derive(Debug, Clone)]
@@ -55,9 +87,16 @@ pub struct SandboxApp {
 pub struct SandboxOptions {
     pub apps: Vec<SandboxApp>,
     /// Per (sdkappid, command) calls allowed in any sliding 1 s window; Tencent's is 200 (reference §4).
+    /// At most [`MAX_QUOTA_PER_SECOND`].
     pub quota_per_second: u32,
     /// Failed UserSig checks per sdkappid within 60 s after which the app is locked out for 60 s with 70050; 0 disables.
+    /// At most [`MAX_LOCKOUT_AFTER_FAILURES`].
     pub lockout_after_failures: u32,
+    /// A connection that has not finished its TLS handshake this long after accept is closed.
+    pub tls_handshake_timeout: Duration,
+    /// A connection that has not sent a whole request head this long after it began waiting
+    /// for one is closed; between keep-alive requests this is the idle timeout.
+    pub header_read_timeout: Duration,
 }
 
 impl Default for SandboxOptions {
@@ -66,6 +105,8 @@ impl Default for SandboxOptions {
             apps: Vec::new(),
             quota_per_second: 200,
             lockout_after_failures: 30,
+            tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
         }
     }
 }
@@ -112,8 +153,24 @@ impl Sandbox {
     /// Binds `listen` (port 0 picks a free one), makes the certificates and starts serving.
     ///
     /// # Errors
-    /// The bind error, or an `io::Error` of kind `Other` if the certificates cannot be made.
+    /// An `io::Error` of kind `InvalidInput` if a quota or lockout option is above its `MAX_…`,
+    /// the bind error, or one of kind `Other` if the certificates cannot be made.
     pub async fn start(listen: SocketAddr, options: SandboxOptions) -> std::io::Result<Sandbox> {
+        let too_large = |name: &str, max: u32| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("the sandbox's {name} must be at most {max}"),
+            )
+        };
+        if options.quota_per_second > MAX_QUOTA_PER_SECOND {
+            return Err(too_large("quota_per_second", MAX_QUOTA_PER_SECOND));
+        }
+        if options.lockout_after_failures > MAX_LOCKOUT_AFTER_FAILURES {
+            return Err(too_large(
+                "lockout_after_failures",
+                MAX_LOCKOUT_AFTER_FAILURES,
+            ));
+        }
         let identity = tls::identity().map_err(std::io::Error::other)?;
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
@@ -181,12 +238,11 @@ impl Sandbox {
             .store(millis, Ordering::SeqCst);
     }
 
-    /// Requests received for "service/command", rejected and dropped ones included.
+    /// Requests received for "service/command", rejected and dropped ones included. Counted
+    /// for every caller if the command is in the sandbox's catalogue, else for authenticated
+    /// callers only and for at most [`MAX_UNLISTED_COMMANDS`] names.
     pub fn calls(&self, command: &str) -> u64 {
-        lock(&self.shared.stats)
-            .commands
-            .get(command)
-            .map_or(0, |c| c.calls)
+        lock(&self.shared.stats).calls(command)
     }
 
     /// TCP connections accepted since start (not cleared by `reset_counters`).
@@ -199,25 +255,34 @@ impl Sandbox {
         self.shared.open_connections.load(Ordering::Relaxed)
     }
 
-    /// Requests received, malformed paths included.
+    /// Requests received, malformed paths and unauthenticated callers included.
     pub fn total_calls(&self) -> u64 {
-        lock(&self.shared.stats).total
+        lock(&self.shared.stats).total()
     }
 
-    /// The most calls of `command` received within any sliding 1 s window so far.
+    /// The most calls of `command` received within any sliding 1 s window so far, counted as
+    /// [`Sandbox::calls`] counts; saturates at [`MAX_WINDOW_ARRIVALS`].
     pub fn max_calls_in_window(&self, command: &str) -> u64 {
-        lock(&self.shared.stats)
-            .commands
-            .get(command)
-            .map_or(0, |c| c.max_in_window)
+        lock(&self.shared.stats).max_in_window(command)
     }
 
-    /// The last (up to 1000) requests received for `command`, oldest first.
+    /// The last requests from authenticated callers for `command`, oldest first: at most
+    /// [`RECORDED_PER_COMMAND`], fewer once all commands' records pass [`MAX_RECORDED_BYTES`].
     pub fn requests(&self, command: &str) -> Vec<RecordedRequest> {
-        lock(&self.shared.stats)
-            .commands
-            .get(command)
-            .map_or_else(Vec::new, |c| c.recorded.iter().cloned().collect())
+        lock(&self.shared.stats).requests(command)
+    }
+
+    /// How much the sandbox holds about requests and their effects right now.
+    pub fn retained(&self) -> Retained {
+        let mut retained = Retained::default();
+        lock(&self.shared.stats).retained(&mut retained);
+        retained.quota_windows = lock(&self.shared.quota).len();
+        for app in self.shared.apps.values() {
+            let state = lock(&app.state);
+            retained.robots += state.robots.len();
+            retained.accounts += state.accounts.len();
+        }
+        retained
     }
 
     /// The app's chatbot UserIDs, sorted; empty for an unknown app.
@@ -289,11 +354,16 @@ pub(super) struct Shared {
     apps: HashMap<u64, App>,
     quota_per_second: u32,
     lockout_after_failures: u32,
+    /// See [`SandboxOptions::tls_handshake_timeout`].
+    pub(super) tls_handshake_timeout: Duration,
+    /// See [`SandboxOptions::header_read_timeout`].
+    pub(super) header_read_timeout: Duration,
     knobs: Knobs,
     /// What was received, per "service/command"; cleared by `reset_counters`.
     stats: Mutex<Stats>,
-    /// Tencent's per-(sdkappid, "service/command") frequency windows (reference §4).
-    quota: Mutex<HashMap<(u64, String), SlidingWindow>>,
+    /// Tencent's per-(sdkappid, "service/command") frequency windows (reference §4), keyed by
+    /// configured apps and catalogue names only.
+    quota: Mutex<HashMap<(u64, &'static str), SlidingWindow>>,
     /// TCP connections accepted since start: shows whether clients reuse keep-alive connections.
     pub(super) connections: AtomicU64,
     /// TCP connections currently open: shows whether a client's pool closes idle ones.
@@ -341,22 +411,6 @@ impl Knobs {
     }
 }
 
-#[derive(Default)]
-struct Stats {
-    total: u64,
-    commands: HashMap<String, CommandStats>,
-}
-
-#[derive(Default)]
-struct CommandStats {
-    calls: u64,
-    /// Arrivals in the last second, for `max_in_window`.
-    window: SlidingWindow,
-    max_in_window: u64,
-    /// The last [`RECORDED_PER_COMMAND`] requests, oldest first.
-    recorded: VecDeque<RecordedRequest>,
-}
-
 /// Why a connection ends without an answer to its request.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum ServeError {
@@ -384,37 +438,14 @@ impl Shared {
             apps,
             quota_per_second: options.quota_per_second,
             lockout_after_failures: options.lockout_after_failures,
+            tls_handshake_timeout: options.tls_handshake_timeout,
+            header_read_timeout: options.header_read_timeout,
             knobs: Knobs::default(),
             stats: Mutex::default(),
             quota: Mutex::default(),
             connections: AtomicU64::new(0),
             open_connections: AtomicU64::new(0),
         }
-    }
-
-    /// Counts an arrival; `command` is `None` for a malformed path.
-    fn count_arrival(&self, command: Option<&str>, now: Instant) {
-        let mut stats = lock(&self.stats);
-        stats.total += 1;
-        if let Some(command) = command {
-            let entry = stats.commands.entry(command.to_owned()).or_default();
-            entry.calls += 1;
-            let in_window = entry.window.arrive(now) as u64;
-            entry.max_in_window = entry.max_in_window.max(in_window);
-        }
-    }
-
-    fn record(&self, command: &str, request: RecordedRequest) {
-        let mut stats = lock(&self.stats);
-        let recorded = &mut stats
-            .commands
-            .entry(command.to_owned())
-            .or_default()
-            .recorded;
-        if recorded.len() == RECORDED_PER_COMMAND {
-            recorded.pop_front();
-        }
-        recorded.push_back(request);
     }
 }
 
@@ -426,7 +457,6 @@ pub(super) async fn handle(
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
     let query = crate::route::parse_query(parts.uri.query().unwrap_or(""));
-    let command = checks::parse_path(&path).map(|(s, c)| format!("{s}/{c}"));
     // The whole body is read before anything else, so a dropped request was fully sent.
     let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
@@ -434,20 +464,26 @@ pub(super) async fn handle(
         Err(e) => return Err(ServeError::Body(e)),
     };
     let received_at = Instant::now();
-    shared.count_arrival(command.as_deref(), received_at);
-    let recorded = |error_code| RecordedRequest {
-        received_at,
-        method: parts.method.to_string(),
-        path: path.clone(),
-        query: query.clone(),
-        body: body.clone().unwrap_or_default(),
-        error_code,
+    // Who is calling decides what may be kept, so it is settled before anything is (issue 7,
+    // F10); it is pure, so latency and drops do not change it.
+    let tracking = checks::tracking(&shared, &path, &query);
+    lock(&shared.stats).arrive(&tracking, received_at);
+    let record = |error_code| {
+        if let Tracking::Recorded(name) = &tracking {
+            let request = RecordedRequest {
+                received_at,
+                method: parts.method.to_string(),
+                path: path.clone(),
+                query: query.clone(),
+                body: body.clone().unwrap_or_default(),
+                error_code,
+            };
+            lock(&shared.stats).record(name, request);
+        }
     };
 
     if shared.knobs.take_drop() {
-        if let Some(command) = &command {
-            shared.record(command, recorded(RecordedRequest::NO_ANSWER));
-        }
+        record(RecordedRequest::NO_ANSWER);
         return Err(ServeError::Dropped);
     }
     let latency = *lock(&shared.knobs.latency);
@@ -465,14 +501,8 @@ pub(super) async fn handle(
         Ok(fields) => (0, String::new(), fields),
         Err(e) => (e.code(), e.to_string(), Vec::new()),
     };
-    tracing::debug!(
-        command = command.as_deref().unwrap_or("-"),
-        code,
-        "sandbox answered"
-    );
-    if let Some(command) = &command {
-        shared.record(command, recorded(code));
-    }
+    tracing::debug!(path = %path, code, "sandbox answered");
+    record(code);
     let response = Response::builder()
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .body(Full::new(robots::envelope(code, &info, &fields)));
@@ -482,136 +512,4 @@ pub(super) async fn handle(
 }
 
 #[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::tls::test_support::{admin_sig, code, post, sandbox, send, signed_query, APP};
-    use super::*;
-
-    /// Endpoints use loopback for unspecified addresses and bracket IPv6.
-    #[test]
-    fn endpoint_names_loopback() {
-        let cases = [
-            ("127.0.0.1:8443", "https://127.0.0.1:8443"),
-            ("0.0.0.0:1", "https://127.0.0.1:1"),
-            ("[::1]:2", "https://[::1]:2"),
-            ("[::]:3", "https://[::1]:3"),
-        ];
-        for (addr, expected) in cases {
-            assert_eq!(endpoint_for(addr.parse().unwrap()), expected);
-        }
-    }
-
-    /// Skew moves the UserSig clock in milliseconds, floored to seconds.
-    #[test]
-    fn unix_now_applies_skew() {
-        let now = unix_now(0);
-        assert!(unix_now(10_000) >= now + 9);
-        assert_eq!(unix_now(i64::MIN), 0);
-    }
-
-    /// An injected error answers `times` calls with its code and leaves state alone; the call
-    /// after that runs normally.
-    #[tokio::test]
-    async fn injected_error_answers_then_clears() {
-        let (sandbox, client) = sandbox(SandboxOptions::default()).await;
-        let path = format!("/v4/openim_robot_http_svc/create_robot?{}", signed_query());
-        let body = r#"{"UserID":"@RBT#1"}"#;
-        sandbox.inject_error("openim_robot_http_svc/create_robot", 10002, 2);
-        for _ in 0..2 {
-            let reply = post(&client, &sandbox, &path, body).await.unwrap();
-            assert_eq!(
-                std::str::from_utf8(&reply.raw).unwrap(),
-                r#"{"ActionStatus":"FAIL","ErrorInfo":"injected by the sandbox","ErrorCode":10002}"#
-            );
-            assert!(sandbox.robots(APP).is_empty());
-        }
-        assert_eq!(code(&client, &sandbox, &path, body).await, 0);
-        assert_eq!(sandbox.robots(APP), ["@RBT#1"]);
-    }
-
-    /// A dropped request reaches the client as an error without a response, is counted and
-    /// recorded as unanswered, and the next request succeeds.
-    #[tokio::test]
-    async fn dropped_connection_errors_then_next_request_succeeds() {
-        let (sandbox, client) = sandbox(SandboxOptions::default()).await;
-        let path = format!("/v4/profile/portrait_get?{}", signed_query());
-        sandbox.drop_connections(1);
-        assert!(post(&client, &sandbox, &path, "{}").await.is_err());
-        assert_eq!(code(&client, &sandbox, &path, "{}").await, 0);
-        assert_eq!(sandbox.calls("profile/portrait_get"), 2);
-        let codes: Vec<i64> = sandbox
-            .requests("profile/portrait_get")
-            .iter()
-            .map(|r| r.error_code)
-            .collect();
-        assert_eq!(codes, [RecordedRequest::NO_ANSWER, 0]);
-    }
-
-    /// Recorded requests keep the query in order and percent-decoded, plus the body and code;
-    /// reset_counters forgets them.
-    #[tokio::test]
-    async fn requests_are_recorded_decoded_and_reset() {
-        let (sandbox, client) = sandbox(SandboxOptions::default()).await;
-        let sig = admin_sig();
-        let path = format!(
-            "/v4/profile/portrait_get?sdkappid={APP}&identifier=%61dministrator&usersig={sig}&random=7&contenttype=json&note=a+b%21"
-        );
-        assert_eq!(
-            code(&client, &sandbox, &path, r#"{"To_Account":["x"]}"#).await,
-            0
-        );
-        let recorded = sandbox.requests("profile/portrait_get");
-        assert_eq!(recorded.len(), 1);
-        let request = &recorded[0];
-        assert_eq!(request.method, "POST");
-        assert_eq!(request.path, "/v4/profile/portrait_get");
-        let app = APP.to_string();
-        let expected = [
-            ("sdkappid", app.as_str()),
-            ("identifier", "administrator"),
-            ("usersig", &sig),
-            ("random", "7"),
-            ("contenttype", "json"),
-            ("note", "a b!"),
-        ];
-        let query: Vec<(&str, &str)> = request
-            .query
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
-        assert_eq!(query, expected);
-        assert_eq!(request.body, r#"{"To_Account":["x"]}"#);
-        assert_eq!(request.error_code, 0);
-
-        sandbox.reset_counters();
-        assert_eq!(sandbox.total_calls(), 0);
-        assert_eq!(sandbox.calls("profile/portrait_get"), 0);
-        assert_eq!(sandbox.max_calls_in_window("profile/portrait_get"), 0);
-        assert!(sandbox.requests("profile/portrait_get").is_empty());
-    }
-
-    /// The latency knob delays the answer by at least the set duration.
-    #[tokio::test]
-    async fn latency_delays_every_answer() {
-        let (sandbox, client) = sandbox(SandboxOptions::default()).await;
-        let path = format!("/v4/profile/portrait_get?{}", signed_query());
-        sandbox.set_latency(Duration::from_millis(150));
-        let started = std::time::Instant::now();
-        assert_eq!(code(&client, &sandbox, &path, "{}").await, 0);
-        assert!(started.elapsed() >= Duration::from_millis(150));
-    }
-
-    /// After shutdown the listener is closed and a kept-alive client gets an error.
-    #[tokio::test]
-    async fn shutdown_closes_listener_and_connections() {
-        let (sandbox, client) = sandbox(SandboxOptions::default()).await;
-        let path = format!("/v4/profile/portrait_get?{}", signed_query());
-        assert_eq!(code(&client, &sandbox, &path, "{}").await, 0);
-        let endpoint = sandbox.endpoint();
-        sandbox.shutdown().await;
-        let uri = format!("{endpoint}{path}");
-        let after = send(&client, hyper::Method::POST, &uri, "{}").await;
-        assert!(after.is_err());
-    }
-}
+mod tests;

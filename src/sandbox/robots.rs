@@ -6,6 +6,11 @@
 //! the bad parameter; [`envelope`] writes either into Tencent's answer body. Rules come from
 //! reference §4 (chatbots) and §5 (the other commands). The lockout is fed an `Instant` rather
 //! than reading a clock, so it is tested without one.
+//!
+//! Invariant: an app holds at most [`MAX_ROBOTS_PER_APP`] chatbots and [`MAX_ACCOUNTS_PER_APP`]
+//! accounts of at most [`MAX_ACCOUNT_ID_BYTES`] each, and fewer failure times than
+//! `lockout_after_failures` (itself at most `MAX_LOCKOUT_AFTER_FAILURES`), so no client can grow
+//! it without bound (issue 7, F10).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fmt::Write as _;
@@ -21,6 +26,41 @@ const ROBOT_PREFIX: &str = "@RBT#";
 /// Longest chatbot UserID, in bytes (reference §4).
 const MAX_ROBOT_ID_BYTES: usize = 32;
 
+/// Most chatbots one app holds; creating another answers 10008, "bot limit reached"
+/// (reference §4). Tencent does not publish its number; this one only bounds memory.
+pub const MAX_ROBOTS_PER_APP: usize = 1000;
+
+/// Most imported accounts one app holds; importing another answers 70402.
+pub const MAX_ACCOUNTS_PER_APP: usize = 10_000;
+
+/// Longest imported UserID, in bytes: Tencent's limit for account_import (its API page; not in
+/// the reference).
+pub const MAX_ACCOUNT_ID_BYTES: usize = 32;
+
+/// Every command the sandbox knows, by "service/command" (reference §4, §5); any other
+/// well-formed path answers 60009.
+const CATALOGUE: &[(&str, Command)] = &[
+    (
+        "openim_robot_http_svc/get_all_robots",
+        Command::GetAllRobots,
+    ),
+    ("openim_robot_http_svc/create_robot", Command::CreateRobot),
+    ("openim_robot_http_svc/delete_robot", Command::DeleteRobot),
+    ("im_open_login_svc/account_import", Command::AccountImport),
+    ("im_open_login_svc/account_check", Command::AccountCheck),
+    ("profile/portrait_get", Command::Acknowledge),
+    ("profile/portrait_set", Command::Acknowledge),
+    (
+        "group_open_http_svc/get_appid_group_list",
+        Command::Acknowledge,
+    ),
+    ("group_open_http_svc/get_group_info", Command::Acknowledge),
+    ("group_open_http_svc/create_group", Command::Acknowledge),
+    ("openconfigsvr/getappinfo", Command::Acknowledge),
+    ("ConfigSvc/GetIPList", Command::Acknowledge),
+    ("openim/sendmsg", Command::Acknowledge),
+];
+
 /// The commands the sandbox knows; any other well-formed path answers 60009.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Command {
@@ -34,21 +74,13 @@ pub(super) enum Command {
 }
 
 impl Command {
-    /// The command named by a `/v4/{service}/{command}` path, if the sandbox knows it.
-    pub(super) fn lookup(service: &str, command: &str) -> Option<Command> {
-        Some(match (service, command) {
-            ("openim_robot_http_svc", "get_all_robots") => Command::GetAllRobots,
-            ("openim_robot_http_svc", "create_robot") => Command::CreateRobot,
-            ("openim_robot_http_svc", "delete_robot") => Command::DeleteRobot,
-            ("im_open_login_svc", "account_import") => Command::AccountImport,
-            ("im_open_login_svc", "account_check") => Command::AccountCheck,
-            ("profile", "portrait_get" | "portrait_set")
-            | ("group_open_http_svc", "get_appid_group_list" | "get_group_info" | "create_group")
-            | ("openconfigsvr", "getappinfo")
-            | ("ConfigSvc", "GetIPList")
-            | ("openim", "sendmsg") => Command::Acknowledge,
-            _ => return None,
-        })
+    /// The command named by a `/v4/{service}/{command}` path, with its catalogue name, if the
+    /// sandbox knows it. The name is the catalogue's own, so state keyed by it is bounded.
+    pub(super) fn lookup(service: &str, command: &str) -> Option<(&'static str, Command)> {
+        CATALOGUE
+            .iter()
+            .find(|(name, _)| name.split_once('/') == Some((service, command)))
+            .copied()
     }
 }
 
@@ -61,6 +93,12 @@ pub(crate) enum CommandError {
     /// An account command's parameter is missing or mistyped (70402, reference §6).
     #[error("invalid parameter: {0}")]
     InvalidAccountParameter(String),
+    /// The app already holds [`MAX_ROBOTS_PER_APP`] chatbots (10008, reference §4).
+    #[error("invalid request: bot limit reached (the sandbox keeps at most {0} per app)")]
+    RobotLimit(usize),
+    /// The app already holds [`MAX_ACCOUNTS_PER_APP`] accounts (70402, as other refused imports).
+    #[error("invalid parameter: the sandbox keeps at most {0} imported accounts per app")]
+    AccountLimit(usize),
 }
 
 impl CommandError {
@@ -68,7 +106,8 @@ impl CommandError {
     pub(crate) fn code(&self) -> i64 {
         match self {
             CommandError::InvalidRobotParameter(_) => 10004,
-            CommandError::InvalidAccountParameter(_) => 70402,
+            CommandError::InvalidAccountParameter(_) | CommandError::AccountLimit(_) => 70402,
+            CommandError::RobotLimit(_) => 10008,
         }
     }
 }
@@ -179,6 +218,9 @@ fn create_robot(body: &Map<String, Value>, state: &mut AppState) -> Result<Field
             )));
         }
     }
+    if state.robots.len() >= MAX_ROBOTS_PER_APP && !state.robots.contains(user_id) {
+        return Err(CommandError::RobotLimit(MAX_ROBOTS_PER_APP));
+    }
     state.robots.insert(user_id.clone());
     Ok(Vec::new())
 }
@@ -206,6 +248,14 @@ fn account_import(body: &Map<String, Value>, state: &mut AppState) -> Result<Fie
         .ok_or_else(|| {
             CommandError::InvalidAccountParameter("UserID must be a non-empty string".to_owned())
         })?;
+    if user_id.len() > MAX_ACCOUNT_ID_BYTES {
+        return Err(CommandError::InvalidAccountParameter(format!(
+            "UserID must be at most {MAX_ACCOUNT_ID_BYTES} bytes"
+        )));
+    }
+    if state.accounts.len() >= MAX_ACCOUNTS_PER_APP && !state.accounts.contains(user_id) {
+        return Err(CommandError::AccountLimit(MAX_ACCOUNTS_PER_APP));
+    }
     state.accounts.insert(user_id.to_owned());
     Ok(Vec::new())
 }
@@ -347,14 +397,51 @@ mod tests {
     fn lookup_knows_the_catalogue() {
         assert_eq!(
             Command::lookup("ConfigSvc", "GetIPList"),
-            Some(Command::Acknowledge)
+            Some(("ConfigSvc/GetIPList", Command::Acknowledge))
         );
         assert_eq!(
             Command::lookup("im_open_login_svc", "account_check"),
-            Some(Command::AccountCheck)
+            Some(("im_open_login_svc/account_check", Command::AccountCheck))
         );
         assert_eq!(Command::lookup("configsvc", "GetIPList"), None);
         assert_eq!(Command::lookup("openim_robot_http_svc", "get_robot"), None);
+    }
+
+    /// Regression test for issue 7, F10: an app keeps at most `MAX_ROBOTS_PER_APP` chatbots;
+    /// one more answers 10008 while re-creating an existing one still succeeds.
+    #[test]
+    fn robots_per_app_are_capped() {
+        let mut state = AppState::default();
+        for i in 0..MAX_ROBOTS_PER_APP {
+            let bot = object(json!({ "UserID": format!("@RBT#{i}") }));
+            execute(Command::CreateRobot, &bot, &mut state).unwrap();
+        }
+        let extra = object(json!({"UserID": "@RBT#extra"}));
+        let err = execute(Command::CreateRobot, &extra, &mut state).unwrap_err();
+        assert_eq!(err.code(), 10008);
+        let again = object(json!({"UserID": "@RBT#0"}));
+        execute(Command::CreateRobot, &again, &mut state).expect("an existing bot");
+        assert_eq!(state.robots.len(), MAX_ROBOTS_PER_APP);
+    }
+
+    /// Regression test for issue 7, F10: imported UserIDs are at most `MAX_ACCOUNT_ID_BYTES`
+    /// and an app keeps at most `MAX_ACCOUNTS_PER_APP`; both refusals answer 70402.
+    #[test]
+    fn accounts_per_app_are_capped() {
+        let mut state = AppState::default();
+        let long = object(json!({ "UserID": "a".repeat(MAX_ACCOUNT_ID_BYTES + 1) }));
+        let err = execute(Command::AccountImport, &long, &mut state).unwrap_err();
+        assert_eq!(err.code(), 70402);
+        let exact = object(json!({ "UserID": "a".repeat(MAX_ACCOUNT_ID_BYTES) }));
+        execute(Command::AccountImport, &exact, &mut state).expect("32 bytes is allowed");
+        state.accounts = (0..MAX_ACCOUNTS_PER_APP).map(|i| i.to_string()).collect();
+        let extra = object(json!({"UserID": "extra"}));
+        let err = execute(Command::AccountImport, &extra, &mut state).unwrap_err();
+        assert_eq!(err, CommandError::AccountLimit(MAX_ACCOUNTS_PER_APP));
+        assert_eq!(err.code(), 70402);
+        let again = object(json!({"UserID": "0"}));
+        execute(Command::AccountImport, &again, &mut state).expect("an existing account");
+        assert_eq!(state.accounts.len(), MAX_ACCOUNTS_PER_APP);
     }
 
     /// Failures lock the app only when enough of them fall within 60 s, and the lock lasts 60 s.

@@ -2,6 +2,11 @@
 //! `127.0.0.1` and `::1` that it signs; and the accept loop that serves HTTP/1.1 keep-alive over
 //! it, one task per connection, until told to stop.
 //!
+//! A connection lives only while its client keeps up (issue 7, F10): one that has not finished
+//! its TLS handshake within `tls_handshake_timeout`, or has not sent a whole request head within
+//! `header_read_timeout` of the server starting to wait for it (idle keep-alive time included),
+//! is closed.
+//!
 //! Clients trust the CA's PEM ([`super::Sandbox::ca_pem`]) the way they would trust a private CA;
 //! nothing is written to disk and both private keys stay in this process. The rustls crypto
 //! provider is chosen explicitly (ring), so no process-wide default has to be installed.
@@ -12,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
@@ -124,7 +129,8 @@ pub(super) async fn accept_loop(
     tracing::debug!("sandbox stopped");
 }
 
-/// Serves one client: TLS handshake, then HTTP/1.1 keep-alive until either side closes.
+/// Serves one client: TLS handshake, then HTTP/1.1 keep-alive until either side closes or the
+/// client falls behind one of the timeouts.
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -135,15 +141,24 @@ async fn serve_connection(
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%peer, error = %e, "sandbox could not set TCP_NODELAY");
     }
-    let stream = match acceptor.accept(stream).await {
-        Ok(stream) => stream,
-        Err(e) => {
+    let handshake = tokio::time::timeout(shared.tls_handshake_timeout, acceptor.accept(stream));
+    let stream = match handshake.await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "sandbox TLS handshake failed");
             return;
         }
+        Err(_) => {
+            tracing::debug!(%peer, "sandbox TLS handshake timed out");
+            return;
+        }
     };
+    let header_read_timeout = shared.header_read_timeout;
     let service = service_fn(move |request| handle(Arc::clone(&shared), request));
     if let Err(e) = hyper::server::conn::http1::Builder::new()
+        // hyper needs a timer for the header-read timeout; tokio's follows paused test time.
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
         .serve_connection(TokioIo::new(stream), service)
         .await
     {
@@ -327,7 +342,7 @@ pub(super) mod test_support {
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
     use super::super::SandboxOptions;
     use super::test_support::{post, sandbox, signed_query};
@@ -361,6 +376,69 @@ mod tests {
             post(&client, &sandbox, &path, "{}").await.unwrap().code(),
             0
         );
+    }
+
+    /// Waits for the sandbox to close `stream`: true if it did within `within`. Reading never
+    /// returns data here, since the sandbox has nothing to answer. Under paused time a wait
+    /// costs nothing, and the close arrives as I/O at the instant the sandbox's timer fires, so
+    /// `started.elapsed()` pins the exact moment.
+    async fn closed_within<S: AsyncRead + Unpin>(stream: &mut S, within: Duration) -> bool {
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(within, stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => true,
+            Ok(Ok(n)) => panic!("the sandbox sent {n} bytes"),
+            Err(_) => false,
+        }
+    }
+
+    /// Regression test for issue 7, F10: a client that connects and never starts its TLS
+    /// handshake is disconnected exactly when `tls_handshake_timeout` runs out (paused time).
+    #[tokio::test(start_paused = true)]
+    async fn stalled_tls_handshake_is_closed_after_the_timeout() {
+        let timeout = Duration::from_secs(3);
+        let options = SandboxOptions {
+            tls_handshake_timeout: timeout,
+            ..SandboxOptions::default()
+        };
+        let (sandbox, _client) = sandbox(options).await;
+        let mut tcp = tokio::net::TcpStream::connect(sandbox.addr())
+            .await
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        assert!(!closed_within(&mut tcp, timeout - Duration::from_millis(1)).await);
+        assert_eq!(sandbox.connections_open(), 1);
+        assert!(closed_within(&mut tcp, Duration::from_secs(1)).await);
+        assert_eq!(started.elapsed(), timeout);
+        assert_eq!(sandbox.connections_open(), 0);
+    }
+
+    /// Regression test for issue 7, F10: after a finished handshake, a request head that never
+    /// ends is cut off exactly when `header_read_timeout` runs out (paused time).
+    #[tokio::test(start_paused = true)]
+    async fn stalled_request_head_is_closed_after_the_header_read_timeout() {
+        let timeout = Duration::from_secs(5);
+        let options = SandboxOptions {
+            header_read_timeout: timeout,
+            ..SandboxOptions::default()
+        };
+        let (sandbox, _client) = sandbox(options).await;
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(test_support::client_config(
+            sandbox.ca_pem(),
+        )));
+        let tcp = tokio::net::TcpStream::connect(sandbox.addr())
+            .await
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        tls.write_all(b"POST /v4/profile/portrait_get HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        tls.flush().await.unwrap();
+        let started = tokio::time::Instant::now();
+        assert!(!closed_within(&mut tls, timeout - Duration::from_millis(1)).await);
+        assert!(closed_within(&mut tls, Duration::from_secs(1)).await);
+        assert_eq!(started.elapsed(), timeout);
+        assert_eq!(sandbox.total_calls(), 0);
     }
 
     /// The leaf verifies under each of its names, whichever one a client dials by.
