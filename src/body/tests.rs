@@ -124,6 +124,12 @@ fn malformed_bodies_are_refused_the_same_way() {
         (b"{\"a\":\"abc", syntax("unterminated string", 9)),
         (b"{} {}", syntax("unexpected data after the JSON value", 3)),
         (b"\xef\xbb\xbf{}", syntax("expected a JSON value", 0)),
+        // Found by `cargo fuzz`: form feed is not JSON whitespace, even around `{}`.
+        (
+            b"  \n{}\t\t\x0c",
+            syntax("unexpected data after the JSON value", 7),
+        ),
+        (b"\x0c\x0c\x0c{}\x0c", syntax("expected a JSON value", 0)),
         (b"", syntax("unexpected end of body", 0)),
         (b"[]", Err(BodyError::NotAnObject)),
         (b"\"s\"", Err(BodyError::NotAnObject)),
