@@ -27,6 +27,9 @@
 #
 # Usage: benches/soak.sh [seconds, default 600, at least 40]
 # KEEP_WORK=1 keeps the work directory (configs, logs, samples). Needs curl and jq.
+# SOAK_PROFILE=debug soaks the debug build instead of the release one (CI: its earlier steps
+# built it, and a cold release build would take minutes on 2 cores); memory behaviour is the
+# same code, the CPU cost per request is higher.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-600}
@@ -44,9 +47,14 @@ done
 # The gateway under test is the release build. The driver is a debug build: a client does not
 # need optimising at ~700 requests/s, CI's earlier steps have already built it, and a release
 # build of an example would also build the dev-dependencies (criterion) in release.
-cargo build --release --quiet --bin tim-gateway
+PROFILE=${SOAK_PROFILE:-release}
+case $PROFILE in
+  release) cargo build --release --quiet --bin tim-gateway ;;
+  debug) cargo build --quiet --bin tim-gateway ;;
+  *) echo "SOAK_PROFILE is release or debug" >&2; exit 2 ;;
+esac
 cargo build --quiet --example soak
-BIN=${CARGO_TARGET_DIR:-target}/release/tim-gateway
+BIN=${CARGO_TARGET_DIR:-target}/$PROFILE/tim-gateway
 DRIVER=${CARGO_TARGET_DIR:-target}/debug/examples/soak
 
 WORK=$(mktemp -d)
