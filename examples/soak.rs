@@ -449,7 +449,7 @@ impl Driver {
 fn head(path: &str, length: usize, is_last: bool) -> String {
     let connection = if is_last { "close" } else { "keep-alive" };
     format!(
-        "POST {path} HTTP/1.1\r\nHost: soak\r\nContent-Type: application/json\r\n\
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
          Content-Length: {length}\r\nConnection: {connection}\r\n\r\n"
     )
 }
