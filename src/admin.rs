@@ -66,9 +66,14 @@ fn not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
 impl Admin {
     fn purge(&self, headers: &HeaderMap, query: Option<&str>) -> Response<Full<Bytes>> {
         if let Some(token) = &self.token {
-            let presented = headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+            // The scheme is case-insensitive (RFC 9110 §11.1).
+            let presented = headers.get(header::AUTHORIZATION).and_then(|v| {
+                let value = v.as_bytes();
+                let (scheme, token) = value.split_at(value.iter().position(|&b| b == b' ')?);
+                scheme
+                    .eq_ignore_ascii_case(b"Bearer")
+                    .then(|| token.trim_ascii_start())
+            });
             if !presented.is_some_and(|p| token.matches(p)) {
                 return GatewayError::AdminUnauthorized.into_response();
             }

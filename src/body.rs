@@ -81,6 +81,11 @@ pub fn canonical(body: &[u8]) -> Result<Canonical, BodyError> {
     Ok(Canonical::Key(Bytes::from(out)))
 }
 
+/// Whether `bytes` holds nothing but JSON whitespace (space, tab, LF, CR): an empty body.
+pub fn is_blank(bytes: &[u8]) -> bool {
+    trim_json_whitespace(bytes).is_empty()
+}
+
 /// `bytes` without JSON's insignificant whitespace (space, tab, LF, CR) at either end. Not
 /// `trim_ascii`, which also strips form feed: `{}\x0c` is not JSON (found by `cargo fuzz`).
 fn trim_json_whitespace(bytes: &[u8]) -> &[u8] {

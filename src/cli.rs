@@ -24,6 +24,9 @@ use crate::sandbox::{Sandbox, SandboxApp, SandboxOptions};
 use crate::shutdown::Signals;
 use crate::usersig::{self, SecretKey};
 
+/// A stop signal this soon after the first is the same stop sent twice, not a second one.
+const SECOND_SIGNAL_MIN_GAP: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The demo's app: a made-up SDKAppID and the public key of reference §3's known answers.
 pub const DEMO_SDKAPPID: u64 = 1_400_000_000;
 pub const DEMO_IDENTIFIER: &str = "administrator";
@@ -167,17 +170,29 @@ pub async fn run(command: Command) -> anyhow::Result<Exit> {
             let mut signals = Signals::install().context("cannot install signal handlers")?;
             let gateway = Gateway::start(&loaded.config, shutdown_grace).await?;
             signals.recv().await;
+            let first_signal = tokio::time::Instant::now();
             tracing::info!(grace = ?shutdown_grace, "draining");
-            // A second SIGTERM/SIGINT during the drain is an operator who wants out now.
-            tokio::select! {
-                is_complete = gateway.shutdown() => {
-                    if !is_complete {
-                        tracing::warn!("some requests did not finish within the grace period");
+            // A second SIGTERM/SIGINT during the drain is an operator who wants out now; one
+            // within a second of the first is the same stop sent twice (a wrapper forwarding
+            // SIGTERM while Ctrl-C reaches the whole process group) and is ignored.
+            let drain = gateway.shutdown();
+            tokio::pin!(drain);
+            loop {
+                tokio::select! {
+                    is_complete = &mut drain => {
+                        if !is_complete {
+                            tracing::warn!("some requests did not finish within the grace period");
+                        }
+                        break;
                     }
-                }
-                () = signals.recv() => {
-                    tracing::warn!("second stop signal: exiting without finishing the drain");
-                    return Ok(Exit::DrainCutShort);
+                    () = signals.recv() => {
+                        if first_signal.elapsed() < SECOND_SIGNAL_MIN_GAP {
+                            tracing::info!("stop signal repeated within a second: still draining");
+                            continue;
+                        }
+                        tracing::warn!("second stop signal: exiting without finishing the drain");
+                        return Ok(Exit::DrainCutShort);
+                    }
                 }
             }
             tracing::info!("stopped");

@@ -21,7 +21,9 @@ use crate::admin::Admin;
 use crate::config::Config;
 use crate::origin::HostPolicy;
 use crate::proxy::Proxy;
-use crate::server::{self, Handler, Limits, DEFAULT_WRITE_TIMEOUT};
+use crate::server::{
+    self, Handler, Limits, ADMIN_HEADER_READ_TIMEOUT, DEFAULT_WRITE_TIMEOUT, HEADER_READ_TIMEOUT,
+};
 use crate::upstream::{UpstreamBuildError, UpstreamClient, UpstreamSettings};
 
 /// The gateway could not start.
@@ -50,13 +52,18 @@ pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 /// is unset; the rest is for the admin reserve, upstream connections, logs and config files.
 const CLIENT_SHARE_OF_NOFILE: f64 = 0.75;
 
+/// Upper bound of the derived client cap: containers often allow a million open files, and
+/// each connection may hold a 16 KiB read buffer (4,096 × 16 KiB = 64 MiB at most).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
 /// Raises the soft open-files limit to the hard one and returns the client listener's cap:
-/// `configured`, or 75% of the limit minus the admin reserve (at least 1).
+/// `configured`, or 75% of the limit minus the admin reserve, at least 1 and at most
+/// [`DEFAULT_MAX_CONNECTIONS`].
 fn client_connection_cap(configured: Option<usize>) -> usize {
     let nofile = raise_nofile_limit();
     let derived = ((nofile as f64 * CLIENT_SHARE_OF_NOFILE) as usize)
         .saturating_sub(ADMIN_MAX_CONNECTIONS)
-        .max(1);
+        .clamp(1, DEFAULT_MAX_CONNECTIONS);
     match configured {
         Some(cap) => {
             if cap > derived {
@@ -155,6 +162,7 @@ impl Gateway {
             max_connections: client_connection_cap(config.server.max_connections),
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             grace,
+            header_read_timeout: HEADER_READ_TIMEOUT,
         };
         let client_task = tokio::spawn(server::run(
             client_listener,
@@ -174,6 +182,7 @@ impl Gateway {
             max_connections: ADMIN_MAX_CONNECTIONS,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             grace: Duration::from_secs(1),
+            header_read_timeout: ADMIN_HEADER_READ_TIMEOUT,
         };
         let admin_task = tokio::spawn(server::run(
             admin_listener,

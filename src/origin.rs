@@ -6,9 +6,11 @@
 //!   address (any IP when it listens on a wildcard), or an entry of `server.allowed_hosts`;
 //!   otherwise 421. This defeats DNS rebinding, where an attacker's name resolves to 127.0.0.1
 //!   and the browser sends `Host: attacker.example`.
-//! - `Origin`, when present, must name an allowed host by the same rule (`Origin: null`
-//!   never does); otherwise 403. Browsers send it on every cross-site POST, including the
-//!   "simple" `text/plain` ones that need no preflight.
+//! - `Origin`, when present, must be the request's own origin (same host and port as `Host`),
+//!   a page served from loopback, or a host in `server.allowed_hosts` (`Origin: null` never
+//!   is); otherwise 403. Browsers send it on every cross-site POST, including the "simple"
+//!   `text/plain` ones that need no preflight, and it is the only signal towards plain-HTTP
+//!   non-loopback listeners, where browsers omit `Sec-Fetch-Site`.
 //! - `Sec-Fetch-Site`, when present, must be `same-origin` or `none`; otherwise 403.
 //!
 //! SDKs and curl send neither `Origin` nor `Sec-Fetch-Site`, and send the `Host` they were
@@ -37,15 +39,25 @@ const SEC_FETCH_SITE: &str = "sec-fetch-site";
 pub struct HostPolicy {
     /// The listener's own address.
     listen: IpAddr,
-    /// `server.allowed_hosts`, lowercase; `*.domain` entries match any subdomain.
-    allowed: Vec<String>,
+    /// The IP addresses of `server.allowed_hosts`, canonical (IPv4-mapped IPv6 as IPv4).
+    allowed_ips: Vec<IpAddr>,
+    /// The names of `server.allowed_hosts`, lowercase; `*.domain` entries match any subdomain.
+    allowed_names: Vec<String>,
 }
 
 impl HostPolicy {
     pub fn new(listen: SocketAddr, allowed: &[String]) -> HostPolicy {
+        let (ips, names): (Vec<_>, Vec<_>) = allowed
+            .iter()
+            .partition(|entry| entry.parse::<IpAddr>().is_ok());
         HostPolicy {
             listen: listen.ip().to_canonical(),
-            allowed: allowed.to_vec(),
+            allowed_ips: ips
+                .iter()
+                .filter_map(|ip| ip.parse::<IpAddr>().ok())
+                .map(|ip| ip.to_canonical())
+                .collect(),
+            allowed_names: names.into_iter().map(|n| n.to_ascii_lowercase()).collect(),
         }
     }
 
@@ -54,19 +66,21 @@ impl HostPolicy {
     /// # Errors
     /// [`BrowserError::UnknownHost`] or [`BrowserError::CrossSite`], as the module says.
     pub fn check(&self, headers: &HeaderMap) -> Result<(), BrowserError> {
+        let mut host = None;
+        let mut origin = None;
         // One pass over the few headers a request has: cheaper than three hashed lookups.
         for (name, value) in headers {
             if name == header::HOST {
-                let host = value.to_str().map_err(|_| BrowserError::UnknownHost)?;
-                if !self.is_allowed(strip_port(host).ok_or(BrowserError::UnknownHost)?) {
+                let authority = value.to_str().map_err(|_| BrowserError::UnknownHost)?;
+                if !self.is_allowed_host(strip_port(authority).ok_or(BrowserError::UnknownHost)?) {
                     return Err(BrowserError::UnknownHost);
                 }
+                host = Some(authority);
             } else if name == header::ORIGIN {
-                let origin = value.to_str().map_err(|_| BrowserError::CrossSite)?;
-                let host = origin_host(origin).ok_or(BrowserError::CrossSite)?;
-                if !self.is_allowed(host) {
+                if origin.is_some() {
                     return Err(BrowserError::CrossSite);
                 }
+                origin = Some(value.to_str().map_err(|_| BrowserError::CrossSite)?);
             } else if name.as_str() == SEC_FETCH_SITE {
                 let site = value.as_bytes();
                 if !site.eq_ignore_ascii_case(b"same-origin") && !site.eq_ignore_ascii_case(b"none")
@@ -75,27 +89,48 @@ impl HostPolicy {
                 }
             }
         }
-        Ok(())
+        match origin {
+            Some(origin) if !self.is_allowed_origin(origin, host) => Err(BrowserError::CrossSite),
+            _ => Ok(()),
+        }
     }
 
-    /// Whether `host` (no port; an IPv6 address without brackets) is one this listener serves.
-    fn is_allowed(&self, host: &str) -> bool {
-        // What SDKs and curl on the same host send, answered before any parsing.
-        if host == "127.0.0.1" || host.eq_ignore_ascii_case("localhost") {
-            return true;
-        }
-        let host = host.strip_suffix('.').unwrap_or(host);
-        if let Ok(ip) = host.parse::<IpAddr>() {
-            let ip = ip.to_canonical();
+    /// Whether a `Host` (no port; an IPv6 address without brackets) is one this listener
+    /// serves: loopback, its own address (any IP on a wildcard listener: rebinding needs a
+    /// name), or `server.allowed_hosts`.
+    fn is_allowed_host(&self, host: &str) -> bool {
+        if let Some(ip) = parse_ip(host) {
             return ip.is_loopback()
                 || ip == self.listen
                 || self.listen.is_unspecified()
-                || self.allowed.iter().any(|a| a.parse() == Ok(ip));
+                || self.allowed_ips.contains(&ip);
         }
-        if host.eq_ignore_ascii_case("localhost") || ends_with_ignore_case(host, ".localhost") {
+        is_loopback_name(host) || self.is_allowed_name(host)
+    }
+
+    /// Whether an `Origin` may call: the same origin as the request's `Host` (same host and
+    /// port), a page served from loopback, or a host listed in `server.allowed_hosts`. Unlike
+    /// `Host`, a wildcard listener does not make every IP an allowed origin: browsers omit
+    /// `Sec-Fetch-Site` towards plain-HTTP non-loopback targets, so this check stands alone.
+    fn is_allowed_origin(&self, origin: &str, host: Option<&str>) -> bool {
+        let Some(authority) = origin_authority(origin) else {
+            return false;
+        };
+        if host.is_some_and(|host| host.eq_ignore_ascii_case(authority)) {
             return true;
         }
-        self.allowed
+        let Some(origin_host) = strip_port(authority) else {
+            return false;
+        };
+        match parse_ip(origin_host) {
+            Some(ip) => ip.is_loopback() || self.allowed_ips.contains(&ip),
+            None => is_loopback_name(origin_host) || self.is_allowed_name(origin_host),
+        }
+    }
+
+    fn is_allowed_name(&self, host: &str) -> bool {
+        let host = host.strip_suffix('.').unwrap_or(host);
+        self.allowed_names
             .iter()
             .any(|allowed| match allowed.strip_prefix('*') {
                 // "*.example.com": a proper subdomain of example.com.
@@ -103,6 +138,21 @@ impl HostPolicy {
                 None => host.eq_ignore_ascii_case(allowed),
             })
     }
+}
+
+/// An IP literal, canonical (IPv4-mapped IPv6 as IPv4); `127.0.0.1`, what SDKs and curl on the
+/// same host send, without the general parser.
+fn parse_ip(host: &str) -> Option<IpAddr> {
+    if host == "127.0.0.1" {
+        return Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    }
+    host.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
+}
+
+/// `localhost` and its subdomains (RFC 6761), with or without a trailing dot.
+fn is_loopback_name(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    host.eq_ignore_ascii_case("localhost") || ends_with_ignore_case(host, ".localhost")
 }
 
 fn ends_with_ignore_case(text: &str, suffix: &str) -> bool {
@@ -127,13 +177,14 @@ fn is_port(text: &str) -> bool {
     !text.is_empty() && text.len() <= 5 && text.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// The host of a serialised origin (`scheme://host[:port]`); `None` for `null` or garbage.
-fn origin_host(origin: &str) -> Option<&str> {
+/// The `host[:port]` of a serialised origin (`scheme://host[:port]`); `None` for `null` or
+/// garbage.
+fn origin_authority(origin: &str) -> Option<&str> {
     let (_, authority) = origin.split_once("://")?;
-    if authority.contains(['/', '@', '?', '#']) {
+    if authority.is_empty() || authority.contains(['/', '@', '?', '#']) {
         return None;
     }
-    strip_port(authority)
+    Some(authority)
 }
 
 #[cfg(test)]
@@ -195,6 +246,19 @@ mod tests {
             // Browsers: Origin and Sec-Fetch-Site.
             (&[("origin", "http://localhost:3000")], Ok(())),
             (&[("origin", "https://tim.chat.svc")], Ok(())),
+            (&[("origin", "http://10.1.2.3:8080")], Ok(())),
+            (&[("origin", "http://[::ffff:10.1.2.3]")], Ok(())),
+            (
+                &[("origin", "http://10.0.0.1")],
+                Err(BrowserError::CrossSite),
+            ),
+            (
+                &[
+                    ("origin", "http://127.0.0.1:15080"),
+                    ("origin", "http://evil.example"),
+                ],
+                Err(BrowserError::CrossSite),
+            ),
             (
                 &[("origin", "https://evil.example")],
                 Err(BrowserError::CrossSite),

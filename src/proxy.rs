@@ -464,7 +464,7 @@ impl Proxy {
             }
             Err(_) => return Err(GatewayError::ClientBody),
         };
-        let raw = if bytes.iter().all(u8::is_ascii_whitespace) {
+        let raw = if body::is_blank(&bytes) {
             // Tencent never takes an empty body (reference §1); for a read it means `{}`.
             match target.access {
                 Access::Read => Bytes::from_static(b"{}"),

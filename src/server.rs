@@ -7,13 +7,15 @@
 //!   cap, so the admin listener keeps its reserve however many clients flood the other.
 //! - A connection's read buffer is capped at [`MAX_BUF_BYTES`] (Tencent's requests are small;
 //!   a 390 KB half-sent header is refused with 431 instead of being buffered).
-//! - Headers must arrive within [`HEADER_READ_TIMEOUT`]; a write that makes no progress for
-//!   `limits.write_timeout` (a client that stopped reading) closes the connection.
+//! - Headers must arrive within `limits.header_read_timeout` (also the idle keep-alive
+//!   timeout); a write that makes no progress for `limits.write_timeout` (a client that
+//!   stopped reading) closes the connection. There is no overall deadline per answer: a
+//!   client that keeps reading, however slowly, keeps its connection.
 //! - Failed accepts (out of file descriptors) are logged at most once per
 //!   [`ACCEPT_ERROR_LOG_INTERVAL`], with how many were not logged.
 //! - On shutdown the listener closes first; connections with no request in flight close at
 //!   once (idle keep-alive, half-sent headers); the others finish their request, and after
-//!   `limits.grace` whatever is left is dropped.
+//!   `limits.grace` whatever is left is dropped (its handler cancelled).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -41,8 +43,12 @@ use tokio::time::{Instant, Sleep};
 /// connections (PRODUCT.md, "Performance notes").
 const LISTEN_BACKLOG: i32 = 4096;
 
-/// How long a client may take to send its request headers.
+/// How long a client may take to send its request headers (client listener).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The same on the admin listener: probes and scrapes send theirs at once, and a short
+/// timeout keeps idle connections from holding its reserve.
+pub const ADMIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a write may make no progress before the connection is closed.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -74,6 +80,9 @@ pub struct Limits {
     pub write_timeout: Duration,
     /// How long requests in flight may finish after shutdown begins.
     pub grace: Duration,
+    /// How long a client may take to send its request headers; also the idle keep-alive
+    /// timeout (hyper starts it when it waits for the next request).
+    pub header_read_timeout: Duration,
 }
 
 /// Binds `addr` with SO_REUSEADDR and a large backlog.
@@ -106,13 +115,15 @@ pub async fn run<H: Handler>(
 ) -> bool {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(MAX_BUF_BYTES)
         .keep_alive(true);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     // Every connection task holds a clone; `recv` returns `None` once all are gone.
     let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Set when the grace period is over: connections still running are dropped.
+    let (kill_tx, kill_rx) = watch::channel(false);
     let mut accept_errors = AcceptErrorLog::default();
     tokio::pin!(shutdown);
     loop {
@@ -152,6 +163,7 @@ pub async fn run<H: Handler>(
         let writing = io.is_writing();
         let connection = http.serve_connection(TokioIo::new(io), service);
         let mut stop = stop_rx.clone();
+        let mut kill = kill_rx.clone();
         let open = open_tx.clone();
         tokio::spawn(async move {
             let _open = open;
@@ -167,16 +179,22 @@ pub async fn run<H: Handler>(
                 return;
             }
             connection.as_mut().graceful_shutdown();
-            log_end(connection.await);
+            tokio::select! {
+                result = connection => log_end(result),
+                // Past the grace period: dropping the connection cancels its handler.
+                _ = kill.wait_for(|killed| *killed) => {}
+            }
         });
     }
     // Closing the listener first: from here on, new connections are refused.
     drop(listener);
     let _ = stop_tx.send(true);
     drop(open_tx);
-    tokio::time::timeout(limits.grace, open_rx.recv())
+    let is_drained = tokio::time::timeout(limits.grace, open_rx.recv())
         .await
-        .is_ok()
+        .is_ok();
+    let _ = kill_tx.send(true);
+    is_drained
 }
 
 fn log_end(result: Result<(), hyper::Error>) {

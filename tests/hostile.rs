@@ -212,6 +212,12 @@ async fn purge_refuses_repeats_and_needs_the_token() {
         ),
         ("/cache/purge?app=main", bearer, 200, Some(0)),
         ("/cache/purge", bearer, 200, Some(0)),
+        (
+            "/cache/purge",
+            "authorization: bearer s3cret-admin-token-0123456789\r\n",
+            200,
+            Some(0),
+        ),
     ];
     for (path, headers, status, code) in cases {
         let (got, body) = raw(served.admin, &post_raw(path, &admin, headers, "")).await;
@@ -289,8 +295,9 @@ async fn probes_answer_while_clients_flood() {
     drop(flood);
 }
 
-/// Reproduces issue 7, F7: a second SIGTERM during the drain was ignored. Now it ends the
-/// process at once with exit code 3, although a request is still in flight.
+/// Reproduces issue 7, F7: a second SIGTERM during the drain was ignored. Now one more than
+/// a second after the first ends the process at once with exit code 3, although a request is
+/// still in flight; one sooner is taken as the same stop sent twice.
 #[tokio::test]
 async fn second_stop_signal_exits_at_once() {
     use tokio::io::AsyncWriteExt;
@@ -309,6 +316,10 @@ async fn second_stop_signal_exits_at_once() {
     served.send_sigterm();
     let drained = wait_for_log(&served, "draining").await;
     assert!(drained, "the first signal starts the drain");
+    // A repeat within a second is the same stop (ignored); past it, a second one.
+    served.send_sigterm();
+    assert!(wait_for_log(&served, "stop signal repeated within a second").await);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let started = std::time::Instant::now();
     served.send_sigterm();
     let (status, log) = served.wait_exit();

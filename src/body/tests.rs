@@ -174,6 +174,16 @@ fn nesting_is_bounded() {
     ));
 }
 
+/// Only JSON's whitespace makes a body blank: form feed does not (the proxy reads a blank
+/// body as `{}` for reads).
+#[test]
+fn blank_means_json_whitespace_only() {
+    assert!(is_blank(b""));
+    assert!(is_blank(b" \t\r\n"));
+    assert!(!is_blank(b"\x0c"));
+    assert!(!is_blank(b" {} "));
+}
+
 /// Reordered objects nested in reordered objects come out fully sorted.
 #[test]
 fn nested_reorders_are_emitted_in_order() {

@@ -47,6 +47,7 @@ fn limits(max_connections: usize) -> Limits {
         max_connections,
         write_timeout: DEFAULT_WRITE_TIMEOUT,
         grace: Duration::from_secs(60),
+        header_read_timeout: HEADER_READ_TIMEOUT,
     }
 }
 
@@ -219,4 +220,33 @@ async fn accept_errors_are_rate_limited() {
     tokio::time::advance(ACCEPT_ERROR_LOG_INTERVAL).await;
     log.record(&error);
     assert_eq!(log.suppressed, 0);
+}
+
+/// A request still in the handler when the grace period ends is cancelled and its connection
+/// dropped then, not left running: the drain reports `false` at exactly the grace period.
+#[tokio::test(start_paused = true)]
+async fn drain_cancels_requests_past_the_grace() {
+    let server = start(
+        Limits {
+            grace: Duration::from_secs(2),
+            ..limits(16)
+        },
+        Duration::from_secs(3600),
+    );
+    let mut busy = TcpStream::connect(server.addr).await.unwrap();
+    busy.write_all(b"GET /slow HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = Instant::now();
+    server.stop.notify_one();
+    assert!(!server.task.await.unwrap(), "the drain did not complete");
+    assert_eq!(started.elapsed(), Duration::from_secs(2));
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        busy.read(&mut buf).await.unwrap(),
+        0,
+        "dropped without an answer"
+    );
+    assert_eq!(started.elapsed(), Duration::from_secs(2));
 }
