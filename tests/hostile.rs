@@ -316,7 +316,8 @@ async fn second_stop_signal_exits_at_once() {
     served.send_sigterm();
     let drained = wait_for_log(&served, "draining").await;
     assert!(drained, "the first signal starts the drain");
-    // A repeat within a second is the same stop (ignored); past it, a second one.
+    // A repeat within a second is the same stop (ignored); past it, a second one. (Sent only
+    // once the first was taken: two signals pending at once would merge into one.)
     served.send_sigterm();
     assert!(wait_for_log(&served, "stop signal repeated within a second").await);
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
