@@ -51,6 +51,17 @@ fn limits(max_connections: usize) -> Limits {
     }
 }
 
+/// Sends `GET /slow` and gives it 1 s (paused time) to reach the handler.
+async fn slow_request_in_handler(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /slow HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stream
+}
+
 const GET: &[u8] = b"GET / HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n";
 
 /// Sends one keep-alive request and reads its whole answer (a 2-byte body).
@@ -148,12 +159,7 @@ async fn drain_does_not_wait_for_connections_without_a_request() {
 #[tokio::test(start_paused = true)]
 async fn drain_finishes_requests_in_flight() {
     let server = start(limits(16), Duration::from_secs(5));
-    let mut busy = TcpStream::connect(server.addr).await.unwrap();
-    busy.write_all(b"GET /slow HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
-        .await
-        .unwrap();
-    // Let the request reach the handler before shutdown starts.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut busy = slow_request_in_handler(server.addr).await;
     let started = Instant::now();
     server.stop.notify_one();
     let mut answer = Vec::new();
@@ -233,11 +239,7 @@ async fn drain_cancels_requests_past_the_grace() {
         },
         Duration::from_secs(3600),
     );
-    let mut busy = TcpStream::connect(server.addr).await.unwrap();
-    busy.write_all(b"GET /slow HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut busy = slow_request_in_handler(server.addr).await;
     let started = Instant::now();
     server.stop.notify_one();
     assert!(!server.task.await.unwrap(), "the drain did not complete");
@@ -249,4 +251,23 @@ async fn drain_cancels_requests_past_the_grace() {
         "dropped without an answer"
     );
     assert_eq!(started.elapsed(), Duration::from_secs(2));
+}
+
+/// A connection that sends nothing is closed exactly when the listener's header timeout runs
+/// out (the admin listener's 5 s: silent peers cannot hold its reserve for long).
+#[tokio::test(start_paused = true)]
+async fn silent_connections_close_at_the_header_timeout() {
+    let server = start(
+        Limits {
+            header_read_timeout: ADMIN_HEADER_READ_TIMEOUT,
+            ..limits(16)
+        },
+        Duration::ZERO,
+    );
+    let mut silent = TcpStream::connect(server.addr).await.unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 256];
+    // hyper may answer 408 before closing; either way the connection ends at the timeout.
+    while silent.read(&mut buf).await.unwrap_or(0) > 0 {}
+    assert_eq!(started.elapsed(), ADMIN_HEADER_READ_TIMEOUT);
 }
