@@ -13,8 +13,17 @@
 //!   closes the window where a flight finished between a miss and the registration.
 //! - Invalidation is a generation counter per (app, command): bumping it makes every stored
 //!   entry and every in-flight fetch of that pair unusable at once, in O(1).
+//! - An optional [`SecondTier`] sits behind moka (fleet mode shares one on Redis): a moka miss
+//!   asks it, a fetched answer is offered to it, an invalidation is passed on to it. A moka
+//!   hit never touches it. The request path does not know whether there is one.
+//!
+//! Metrics owned here: `cache_lookups_total`, `cache_coalesced_total`,
+//! `cache_refreshes_total`, `cache_invalidations_total`, `cache_evictions_total`, and at
+//! scrape time `cache_entries` and `cache_bytes`.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -22,10 +31,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::StatusCode;
 use moka::future::Cache;
+use prometheus::Registry;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+mod metrics;
+
+use metrics::{LookupResult, PairMetrics, UsageCollector};
+
 use crate::error::GatewayError;
+use crate::metrics::counter_vec;
 use crate::upstream::UpstreamResponse;
 
 /// Per-entry bookkeeping counted by the weigher besides key and body bytes: moka's entry,
@@ -194,14 +209,54 @@ impl Drop for Flight {
     }
 }
 
+/// An answer as a [`SecondTier`] keeps it.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub status: StatusCode,
+    pub body: Bytes,
+    /// How old the answer already is.
+    pub age: Duration,
+    pub policy: CachePolicy,
+}
+
+/// A future a [`SecondTier`] returns.
+pub type TierFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A cache tier behind moka, shared with other gateways (fleet mode). Its failures are its
+/// own business: a `get` that cannot answer is a miss, a `put` that cannot store is dropped.
+pub trait SecondTier: Send + Sync + std::fmt::Debug {
+    /// The answer stored for `key`, if any and not invalidated.
+    fn get<'a>(&'a self, key: &'a CacheKey) -> TierFuture<'a, Option<Stored>>;
+    /// Offers a freshly fetched answer.
+    fn put<'a>(&'a self, key: &'a CacheKey, stored: Stored) -> TierFuture<'a, ()>;
+    /// Every answer of (app, command) is outdated.
+    fn invalidate(&self, app: u32, command: u32);
+}
+
+/// What the cache serves: which apps and commands, for its metrics' labels.
+#[derive(Debug, Clone)]
+pub struct CacheLabels {
+    pub apps: Vec<String>,
+    /// Per catalogue command: its name if its answers are cached, else `None` (no metrics).
+    pub commands: Vec<Option<&'static str>>,
+}
+
 /// The cache shared by every request.
 pub struct ResponseCache {
     entries: Cache<CacheKey, Arc<Cached>>,
     /// Keys with a fetch in progress, with the generation each fetch started under.
     flights: Mutex<HashMap<CacheKey, (Arc<FlightSender>, u64)>>,
-    /// Generation per (app, command), indexed `app * commands + command`.
-    generations: Vec<AtomicU64>,
+    /// Per (app, command), indexed `app * commands + command`: generation and metrics.
+    pairs: Box<[Pair]>,
     commands: u32,
+    second: Option<Box<dyn SecondTier>>,
+}
+
+/// One (app, command) pair's invalidation generation and metric handles.
+struct Pair {
+    generation: AtomicU64,
+    /// `None` for commands whose answers are not cached.
+    metrics: Option<PairMetrics>,
 }
 
 impl std::fmt::Debug for ResponseCache {
@@ -240,20 +295,32 @@ impl ResponseCache {
     /// A cache of at most `max_bytes` for `apps × commands` (app, command) pairs, with its
     /// housekeeping task (which ends when the cache is dropped). `on_evict` is told why each
     /// entry left: `size`, `expired`, `explicit` (invalidated) or `replaced`.
+    ///
+    /// # Errors
+    /// A metric could not be registered (a bug).
     pub fn new(
         max_bytes: u64,
-        apps: u32,
-        commands: u32,
-        on_evict: impl Fn(&'static str) + Send + Sync + 'static,
-    ) -> Arc<Self> {
+        labels: &CacheLabels,
+        registry: &Registry,
+        second: Option<Box<dyn SecondTier>>,
+    ) -> prometheus::Result<Arc<Self>> {
+        let evictions = counter_vec(
+            registry,
+            "cache_evictions_total",
+            "Cache entries removed, by cause.",
+            &["cause"],
+        )?;
+        let by_cause =
+            ["size", "expired", "explicit", "replaced"].map(|c| evictions.with_label_values(&[c]));
         let entries = Cache::builder()
             .eviction_listener(move |_key, _value, cause| {
-                on_evict(match cause {
-                    moka::notification::RemovalCause::Size => "size",
-                    moka::notification::RemovalCause::Expired => "expired",
-                    moka::notification::RemovalCause::Explicit => "explicit",
-                    moka::notification::RemovalCause::Replaced => "replaced",
-                })
+                by_cause[match cause {
+                    moka::notification::RemovalCause::Size => 0,
+                    moka::notification::RemovalCause::Expired => 1,
+                    moka::notification::RemovalCause::Explicit => 2,
+                    moka::notification::RemovalCause::Replaced => 3,
+                }]
+                .inc();
             })
             .max_capacity(max_bytes)
             .weigher(|key: &CacheKey, value: &Arc<Cached>| {
@@ -263,14 +330,33 @@ impl ResponseCache {
             .expire_after(PolicyExpiry)
             .support_invalidation_closures()
             .build();
+        let pairs = PairMetrics::register(registry, labels)?
+            .into_iter()
+            .map(|metrics| Pair {
+                generation: AtomicU64::new(0),
+                metrics,
+            })
+            .collect();
         let cache = Arc::new(ResponseCache {
             entries,
             flights: Mutex::new(HashMap::new()),
-            generations: (0..apps * commands).map(|_| AtomicU64::new(0)).collect(),
-            commands,
+            pairs,
+            commands: labels.commands.len() as u32,
+            second,
         });
+        registry.register(Box::new(UsageCollector::new(Arc::downgrade(&cache))?))?;
         tokio::spawn(housekeeping(Arc::downgrade(&cache)));
-        cache
+        Ok(cache)
+    }
+
+    fn pair(&self, app: u32, command: u32) -> &Pair {
+        &self.pairs[(app * self.commands + command) as usize]
+    }
+
+    fn count_lookup(&self, key: &CacheKey, result: LookupResult) {
+        if let Some(metrics) = &self.pair(key.app, key.command).metrics {
+            metrics.lookups[result as usize].inc();
+        }
     }
 
     fn lock_flights(
@@ -280,15 +366,33 @@ impl ResponseCache {
     }
 
     fn generation(&self, app: u32, command: u32) -> u64 {
-        self.generations[(app * self.commands + command) as usize].load(Ordering::Acquire)
+        self.pair(app, command).generation.load(Ordering::Acquire)
     }
 
-    /// Looks `key` up and classifies the entry by `policy` at `now`.
+    /// Looks `key` up (moka, then the second tier if any), classifies the entry by `policy`
+    /// at `now`, and counts the lookup.
     pub async fn lookup(&self, key: &CacheKey, policy: &CachePolicy, now: Instant) -> Lookup {
-        let Some(cached) = self.entries.get(key).await else {
-            return Lookup::Miss { fallback: None };
+        let lookup = self.classify(key, policy, now).await;
+        let result = match &lookup {
+            Lookup::Fresh(_) => LookupResult::Hit,
+            Lookup::Stale(_) => LookupResult::Stale,
+            Lookup::Miss { .. } => LookupResult::Miss,
         };
-        if cached.generation != self.generation(key.app, key.command) {
+        self.count_lookup(key, result);
+        lookup
+    }
+
+    /// [`lookup`](Self::lookup) without counting: a flight's re-check before it fetches.
+    pub async fn classify(&self, key: &CacheKey, policy: &CachePolicy, now: Instant) -> Lookup {
+        let generation = self.generation(key.app, key.command);
+        let cached = match self.entries.get(key).await {
+            Some(cached) => cached,
+            None => match self.ask_second_tier(key, generation).await {
+                Some(cached) => cached,
+                None => return Lookup::Miss { fallback: None },
+            },
+        };
+        if cached.generation != generation {
             // Invalidated: not even a fallback (it predates a write the client may have made).
             return Lookup::Miss { fallback: None };
         }
@@ -306,15 +410,40 @@ impl ResponseCache {
         }
     }
 
+    /// Asks the second tier after a moka miss; an answer found there is kept in moka too.
+    async fn ask_second_tier(&self, key: &CacheKey, generation: u64) -> Option<Arc<Cached>> {
+        let stored = self.second.as_ref()?.get(key).await?;
+        let cached = Arc::new(Cached {
+            status: stored.status,
+            body: stored.body,
+            fetched_at: Instant::now().checked_sub(stored.age)?,
+            generation,
+            policy: stored.policy,
+        });
+        self.entries.insert(key.clone(), Arc::clone(&cached)).await;
+        Some(cached)
+    }
+
     /// Joins the flight for `key`, or registers a new one and makes the caller its leader.
     /// A flight that started before an invalidation of its (app, command) is not joined: its
-    /// answer may predate a write the caller made.
+    /// answer may predate a write the caller made. A follower is counted as coalesced.
     pub fn join(self: &Arc<Self>, key: &CacheKey) -> Join {
+        self.join_counted(key, true)
+    }
+
+    fn join_counted(self: &Arc<Self>, key: &CacheKey, is_counted: bool) -> Join {
         let generation = self.generation(key.app, key.command);
         let mut flights = self.lock_flights();
         if let Some((sender, started_under)) = flights.get(key) {
             if *started_under == generation {
-                return Join::Follower(FlightWaiter(sender.subscribe()));
+                let waiter = FlightWaiter(sender.subscribe());
+                drop(flights);
+                if let (true, Some(metrics)) =
+                    (is_counted, &self.pair(key.app, key.command).metrics)
+                {
+                    metrics.inc(&metrics.coalesced, |f| &f.coalesced);
+                }
+                return Join::Follower(waiter);
             }
         }
         let sender = Arc::new(watch::Sender::new(None));
@@ -328,6 +457,18 @@ impl ResponseCache {
             generation,
             is_completed: false,
         })
+    }
+
+    /// Starts the flight of a background refresh of `key`, unless one is already running
+    /// (then `None`); counted as a refresh.
+    pub fn join_refresh(self: &Arc<Self>, key: &CacheKey) -> Option<Flight> {
+        let Join::Leader(flight) = self.join_counted(key, false) else {
+            return None;
+        };
+        if let Some(metrics) = &self.pair(key.app, key.command).metrics {
+            metrics.inc(&metrics.refreshes, |f| &f.refreshes);
+        }
+        Some(flight)
     }
 
     async fn store(
@@ -349,6 +490,15 @@ impl ResponseCache {
             generation,
             policy,
         });
+        if let Some(second) = &self.second {
+            let stored = Stored {
+                status: cached.status,
+                body: cached.body.clone(),
+                age: Duration::ZERO,
+                policy,
+            };
+            second.put(&key, stored).await;
+        }
         self.entries.insert(key, cached).await;
     }
 
@@ -359,13 +509,20 @@ impl ResponseCache {
     }
 
     /// Invalidates every entry of `app` (all commands), or of every app.
+    /// Counted per cached (app, command) pair it reaches.
     pub fn invalidate_where(&self, app: Option<u32>, command: Option<u32>) {
-        let apps = self.generations.len() as u32 / self.commands.max(1);
+        let apps = self.pairs.len() as u32 / self.commands.max(1);
         for a in 0..apps {
             for c in 0..self.commands {
                 if app.is_none_or(|x| x == a) && command.is_none_or(|x| x == c) {
-                    self.generations[(a * self.commands + c) as usize]
-                        .fetch_add(1, Ordering::AcqRel);
+                    let pair = self.pair(a, c);
+                    pair.generation.fetch_add(1, Ordering::AcqRel);
+                    if let Some(metrics) = &pair.metrics {
+                        metrics.inc(&metrics.invalidations, |f| &f.invalidations);
+                    }
+                    if let Some(second) = &self.second {
+                        second.invalidate(a, c);
+                    }
                 }
             }
         }

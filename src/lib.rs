@@ -8,8 +8,11 @@
 //! - [`config`]: TOML file + `TIM_GATEWAY__…` env overrides → validated `Config`, all problems at once.
 //! - [`error`]: gateway-made errors in Tencent's envelope.
 //! - [`gateway`]: assemble and run the proxy and admin listeners; shutdown.
-//! - [`metrics`]: every `tim_gateway_*` Prometheus metric.
+//! - [`limiter`]: the upstream budgets behind one interface, and the policy for Tencent's signals.
+//! - [`metrics`]: the Prometheus registry, helpers and the process collector; each concern
+//!   registers its own families.
 //! - [`origin`]: browser protection: `Host`, `Origin` and `Sec-Fetch-Site` checks.
+//! - [`outcome`]: what Tencent's ErrorCode means to the gateway.
 //! - [`proxy`]: the client-facing handler, phase by phase.
 //! - [`region`]: regional domains and upstream origins.
 //! - [`route`]: client path → app and command.
@@ -30,8 +33,10 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod gateway;
+pub mod limiter;
 pub mod metrics;
 pub mod origin;
+pub mod outcome;
 pub mod proxy;
 pub mod region;
 pub mod route;

@@ -13,6 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 use tokio::time::Instant;
 
 use crate::usersig::{self, SecretKey, UserSig};
@@ -206,6 +209,66 @@ impl Signer {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&next);
         self.mints[reason as usize].fetch_add(1, Ordering::Relaxed);
         next
+    }
+}
+
+/// `usersig_mints_total` by reason and `usersig_expiry_timestamp_seconds`, read from the
+/// signers when `/metrics` is scraped. Reading calls [`Signer::current`], not a peek: a scrape
+/// re-mints a UserSig past 80% of its lifetime, so an idle gateway's expiry (and its alert)
+/// stays truthful.
+pub struct UserSigCollector {
+    /// App name and its signer.
+    signers: Vec<(String, Arc<Signer>)>,
+    mints: IntCounterVec,
+    expiry: IntGaugeVec,
+    /// One scrape at a time: the counters catch up with the signers by difference, which two
+    /// concurrent scrapes would both add.
+    scrape: Mutex<()>,
+}
+
+impl UserSigCollector {
+    /// # Errors
+    /// A metric name is invalid (a bug).
+    pub fn new(signers: Vec<(String, Arc<Signer>)>) -> prometheus::Result<Self> {
+        Ok(UserSigCollector {
+            signers,
+            mints: IntCounterVec::new(
+                Opts::new("usersig_mints_total", "Admin UserSigs minted, by reason."),
+                &["app", "reason"],
+            )?,
+            expiry: IntGaugeVec::new(
+                Opts::new(
+                    "usersig_expiry_timestamp_seconds",
+                    "Unix time at which the current admin UserSig expires.",
+                ),
+                &["app"],
+            )?,
+            scrape: Mutex::new(()),
+        })
+    }
+}
+
+impl Collector for UserSigCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        [self.mints.desc(), self.expiry.desc()].concat()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let _one_at_a_time = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        for (app, signer) in &self.signers {
+            let minted = signer.current();
+            for (reason, total) in ["startup", "schedule", "rejected"]
+                .iter()
+                .zip(signer.mints_by_reason())
+            {
+                let counter = self.mints.with_label_values(&[app.as_str(), reason]);
+                counter.inc_by(total.saturating_sub(counter.get()));
+            }
+            self.expiry
+                .with_label_values(&[app.as_str()])
+                .set(i64::try_from(minted.expires_at_unix).unwrap_or(i64::MAX));
+        }
+        [self.mints.collect(), self.expiry.collect()].concat()
     }
 }
 

@@ -82,15 +82,6 @@ impl ThrottleError {
     }
 }
 
-/// Proof that a call may go out now. Holding it has no further effect: GCRA limits the rate
-/// at which permits are issued, not how many calls are open.
-#[must_use = "a permit stands for one upstream call"]
-#[derive(Debug)]
-pub struct Permit {
-    /// How long the caller waited for it.
-    pub waited: Duration,
-}
-
 /// The numbers a budget is built from.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BudgetSpec {
@@ -240,17 +231,17 @@ impl Budget {
     /// Waits for a permit until at most `deadline` (and `max_wait` from now). A deadline
     /// already past still takes a slot that is free right now.
     ///
+    /// Returns how long the caller waited.
+    ///
     /// # Errors
     /// A [`ThrottleError`] with a `retry_after` when no slot is available in time.
-    pub async fn acquire(&self, deadline: Instant) -> Result<Permit, ThrottleError> {
+    pub async fn acquire(&self, deadline: Instant) -> Result<Duration, ThrottleError> {
         let started = Instant::now();
         let limit = deadline.max(started).min(started + self.spec.max_wait);
         let mut now = started;
         loop {
             let Some(mut reservation) = self.reserve(now, limit)? else {
-                return Ok(Permit {
-                    waited: now - started,
-                });
+                return Ok(now - started);
             };
             let is_granted = loop {
                 // Registered before the state is checked, so a pause after the check wakes us
@@ -275,9 +266,7 @@ impl Budget {
             };
             reservation.is_settled = true;
             if is_granted {
-                return Ok(Permit {
-                    waited: Instant::now() - started,
-                });
+                return Ok(Instant::now() - started);
             }
             // A pause voided our slot: take a new one after it (the loop re-checks the limit).
             drop(reservation);
@@ -423,14 +412,20 @@ impl Throttle {
         &self.budgets[app * self.slots + slot]
     }
 
-    fn app_budgets(&self, app: usize) -> &[Budget] {
+    /// The budget in command slot `slot` of `app` (the last slot is pass-through).
+    pub fn at(&self, app: u32, slot: u32) -> &Budget {
+        &self.budgets[app as usize * self.slots + slot as usize]
+    }
+
+    fn app_budgets(&self, app: u32) -> &[Budget] {
+        let app = app as usize;
         &self.budgets[app * self.slots..(app + 1) * self.slots]
     }
 
     /// Backs off every budget of `app` (Tencent's 60011, or a UserSig rejection).
     pub fn back_off_app(
         &self,
-        app: usize,
+        app: u32,
         base: Duration,
         max: Duration,
         reason: PauseReason,
@@ -443,7 +438,7 @@ impl Throttle {
     }
 
     /// Stops every call of `app` for `lockout` (Tencent's 70050).
-    pub fn lock_out_app(&self, app: usize, lockout: Duration) {
+    pub fn lock_out_app(&self, app: u32, lockout: Duration) {
         for budget in self.app_budgets(app) {
             budget.lock_out(lockout);
         }

@@ -8,7 +8,7 @@
 //! When a region's main domain cannot be connected to, the backup domain is tried: a failed
 //! connect means the request never left, so this is safe for writes too.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,8 +18,12 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, Registry};
 use serde::Deserialize;
 
+use crate::limiter::Permit;
+use crate::metrics::{counter_vec, histogram_vec};
+use crate::outcome::code_label;
 use crate::region::{Origin, Origins};
 use crate::usersig::UserSig;
 
@@ -72,16 +76,142 @@ pub struct UpstreamResponse {
     pub error_code: i64,
 }
 
-/// One call to make: everything the signed URL and the body need.
+/// One call to make: everything the signed URL and the body need. It can only be made from
+/// a budget's [`Permit`], so no call reaches Tencent without passing its budget.
 #[derive(Debug)]
 pub struct SignedCall<'a> {
-    pub origins: &'a Origins,
+    permit: Permit,
+    origins: &'a Origins,
     /// `service/command`.
-    pub command: &'a str,
-    pub sdkappid: u64,
-    pub identifier: &'a str,
-    pub usersig: &'a UserSig,
-    pub body: Bytes,
+    command: &'a str,
+    sdkappid: u64,
+    identifier: &'a str,
+    usersig: UserSig,
+    /// The signer's generation of `usersig`, to name it if Tencent refuses it.
+    usersig_generation: u64,
+    body: Bytes,
+}
+
+impl<'a> SignedCall<'a> {
+    /// Signs one call to `command` with the app's `usersig` (of signer generation
+    /// `usersig_generation`), spending `permit`.
+    pub fn new(
+        permit: Permit,
+        origins: &'a Origins,
+        command: &'a str,
+        (sdkappid, identifier): (u64, &'a str),
+        usersig: UserSig,
+        usersig_generation: u64,
+        body: Bytes,
+    ) -> Self {
+        SignedCall {
+            permit,
+            origins,
+            command,
+            sdkappid,
+            identifier,
+            usersig,
+            usersig_generation,
+            body,
+        }
+    }
+
+    /// The signer generation of the call's UserSig.
+    pub fn usersig_generation(&self) -> u64 {
+        self.usersig_generation
+    }
+
+    /// The permit the call was made from: its budget hears how the call went.
+    pub fn permit(&self) -> &Permit {
+        &self.permit
+    }
+}
+
+/// The metric families of calls to Tencent: `upstream_requests_total` by outcome,
+/// `upstream_request_duration_seconds`, and `tencent_errors_total` by ErrorCode.
+#[derive(Debug, Clone)]
+pub struct UpstreamFamilies {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    tencent_errors: IntCounterVec,
+}
+
+impl UpstreamFamilies {
+    /// # Errors
+    /// A metric could not be registered (a bug).
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        Ok(UpstreamFamilies {
+            requests: counter_vec(
+                registry,
+                "upstream_requests_total",
+                "Calls made to Tencent, by app, command and outcome.",
+                &["app", "command", "outcome"],
+            )?,
+            duration: histogram_vec(
+                registry,
+                "upstream_request_duration_seconds",
+                "Duration of calls to Tencent, in seconds.",
+                &["app", "command"],
+            )?,
+            tencent_errors: counter_vec(
+                registry,
+                "tencent_errors_total",
+                "Non-zero ErrorCodes in Tencent's answers, by app, command and code.",
+                &["app", "command", "code"],
+            )?,
+        })
+    }
+
+    /// The handles of one (app, command) pair.
+    pub fn pair(&self, app: &str, command: &str) -> UpstreamMetrics {
+        UpstreamMetrics {
+            outcomes: Default::default(),
+            duration: self.duration.with_label_values(&[app, command]),
+            labels: [app.to_owned(), command.to_owned()],
+            families: self.clone(),
+        }
+    }
+}
+
+/// Calls to Tencent of one (app, command) pair.
+#[derive(Debug)]
+pub struct UpstreamMetrics {
+    /// ok, tencent_error, timeout, connect_error, http_error; created on first use.
+    outcomes: [OnceLock<IntCounter>; 5],
+    duration: Histogram,
+    labels: [String; 2],
+    families: UpstreamFamilies,
+}
+
+impl UpstreamMetrics {
+    /// Counts one call and how it ended; a non-zero ErrorCode also by code.
+    pub fn record(&self, result: &Result<UpstreamResponse, UpstreamError>, elapsed: Duration) {
+        let (i, outcome) = match result {
+            Ok(response) if response.error_code == 0 => (0, "ok"),
+            Ok(_) => (1, "tencent_error"),
+            Err(UpstreamError::Timeout(_)) => (2, "timeout"),
+            Err(UpstreamError::Connect(_)) => (3, "connect_error"),
+            Err(UpstreamError::Protocol(_) | UpstreamError::HttpStatus(_)) => (4, "http_error"),
+        };
+        let [app, command] = &self.labels;
+        self.outcomes[i]
+            .get_or_init(|| {
+                self.families
+                    .requests
+                    .with_label_values(&[app.as_str(), command, outcome])
+            })
+            .inc();
+        self.duration.observe(elapsed.as_secs_f64());
+        if let Ok(response) = result {
+            if response.error_code != 0 {
+                let code = code_label(response.error_code);
+                self.families
+                    .tencent_errors
+                    .with_label_values(&[app.as_str(), command, code])
+                    .inc();
+            }
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -212,7 +342,7 @@ impl UpstreamClient {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| classify_client_error(&e, call.usersig))?;
+                .map_err(|e| classify_client_error(&e, &call.usersig))?;
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, MAX_UPSTREAM_BODY_BYTES)
                 .collect()
@@ -220,7 +350,7 @@ impl UpstreamClient {
                 .map_err(|e| {
                     UpstreamError::Protocol(redact(
                         format!("reading Tencent's answer failed: {e}"),
-                        call.usersig,
+                        &call.usersig,
                     ))
                 })?
                 .to_bytes();
@@ -318,14 +448,15 @@ mod tests {
     fn signed_uri_has_exactly_the_five_parameters() {
         let usersig = mint(&SecretKey::new("k"), 1_400_000_000, "admin", 1, 2);
         let origins = crate::region::Region::Singapore.origins();
-        let call = SignedCall {
-            origins: &origins,
-            command: "openim_robot_http_svc/get_all_robots",
-            sdkappid: 1_400_000_000,
-            identifier: "admin@x y",
-            usersig: &usersig,
-            body: Bytes::new(),
-        };
+        let call = SignedCall::new(
+            Permit::for_tests(),
+            &origins,
+            "openim_robot_http_svc/get_all_robots",
+            (1_400_000_000, "admin@x y"),
+            usersig.clone(),
+            1,
+            Bytes::new(),
+        );
         let uri = signed_uri(&origins.primary, &call, 42);
         assert_eq!(
             uri,

@@ -54,9 +54,9 @@ impl fmt::Debug for SecretKey {
     }
 }
 
-/// A minted UserSig, in its URL-safe wire form.
+/// A minted UserSig, in its URL-safe wire form. Cloning shares it (each signed call holds one).
 #[derive(Clone, PartialEq, Eq)]
-pub struct UserSig(String);
+pub struct UserSig(std::sync::Arc<str>);
 
 impl UserSig {
     /// The wire form, to put in an upstream query string and nowhere else.
@@ -191,7 +191,7 @@ pub fn mint(key: &SecretKey, sdkappid: u64, identifier: &str, time: u64, expire:
     let mut zlib = ZlibEncoder::new(Vec::with_capacity(json.len()), Compression::default());
     zlib.write_all(&json).expect("writing to a Vec cannot fail");
     let compressed = zlib.finish().expect("writing to a Vec cannot fail");
-    UserSig(to_tencent_alphabet(STANDARD.encode(compressed)))
+    UserSig(to_tencent_alphabet(STANDARD.encode(compressed)).into())
 }
 
 /// Standard base64 → Tencent's URL-safe variant (`+`→`*`, `/`→`-`, `=`→`_`).

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
-use tim_gateway::cache::{CacheKey, CachePolicy, Join, ResponseCache};
+use tim_gateway::cache::{CacheKey, CacheLabels, CachePolicy, Join, ResponseCache};
 use tim_gateway::upstream::UpstreamResponse;
 
 /// Entries stored by the test: enough that per-entry costs dominate allocator noise.
@@ -35,7 +35,11 @@ async fn rss_follows_the_weighed_size() {
         stale_while_revalidate: Duration::ZERO,
         stale_if_error: Duration::ZERO,
     };
-    let cache = ResponseCache::new(1 << 40, 1, 1, |_| {});
+    let labels = CacheLabels {
+        apps: vec!["main".into()],
+        commands: vec![Some("openim_robot_http_svc/get_all_robots")],
+    };
+    let cache = ResponseCache::new(1 << 40, &labels, &prometheus::Registry::new(), None).unwrap();
     let answer = format!(
         r#"{{"ActionStatus":"OK","ErrorInfo":"","ErrorCode":0,"Robot_Account":[{}]}}"#,
         (0..16)

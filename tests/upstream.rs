@@ -7,8 +7,11 @@ use tim_gateway::signer::unix_now;
 use std::time::Duration;
 
 use bytes::Bytes;
+use prometheus::Registry;
 use support::*;
+use tim_gateway::limiter::{BackOff, Limiter, Permit};
 use tim_gateway::region::{Origin, Origins};
+use tim_gateway::throttle::BudgetSpec;
 use tim_gateway::upstream::{SignedCall, UpstreamClient, UpstreamError, UpstreamSettings};
 use tim_gateway::usersig::{mint, SecretKey};
 
@@ -25,16 +28,38 @@ fn settings(
     }
 }
 
+/// A permit from a budget of its own, large enough never to wait: a signed call needs one.
+async fn permit() -> Permit {
+    let spec = BudgetSpec {
+        quota: 1000,
+        safety_margin: 0.05,
+        burst: 0.1,
+        max_wait: Duration::from_secs(1),
+        max_waiters: 10,
+    };
+    let back_off = BackOff {
+        base: Duration::from_secs(1),
+        max: Duration::from_secs(1),
+    };
+    let limiter =
+        Limiter::local(&Registry::new(), &["test".into()], &[], &[], spec, back_off).unwrap();
+    limiter
+        .acquire(limiter.key(0, None), tokio::time::Instant::now())
+        .await
+        .unwrap()
+}
+
 async fn get_all_robots(client: &UpstreamClient, origins: &Origins) -> Result<i64, UpstreamError> {
     let usersig = mint(&SecretKey::new(KEY), SDKAPPID, ADMIN, unix_now(), 3600);
-    let call = SignedCall {
+    let call = SignedCall::new(
+        permit().await,
         origins,
-        command: GET_ALL_ROBOTS,
-        sdkappid: SDKAPPID,
-        identifier: ADMIN,
-        usersig: &usersig,
-        body: Bytes::from_static(b"{}"),
-    };
+        GET_ALL_ROBOTS,
+        (SDKAPPID, ADMIN),
+        usersig,
+        1,
+        Bytes::from_static(b"{}"),
+    );
     client.call(&call).await.map(|r| r.error_code)
 }
 

@@ -8,6 +8,23 @@ fn policy() -> CachePolicy {
     }
 }
 
+/// A cache for `apps` × `commands` pairs, every command cached, on a registry of its own.
+fn new_cache(
+    max_bytes: u64,
+    apps: usize,
+    commands: usize,
+    second: Option<Box<dyn SecondTier>>,
+) -> Arc<ResponseCache> {
+    let labels = CacheLabels {
+        apps: (0..apps).map(|a| format!("app{a}")).collect(),
+        commands: ["a/x", "b/y"][..commands]
+            .iter()
+            .map(|c| Some(*c))
+            .collect(),
+    };
+    ResponseCache::new(max_bytes, &labels, &Registry::new(), second).unwrap()
+}
+
 fn key(body: &'static str) -> CacheKey {
     CacheKey {
         app: 0,
@@ -34,7 +51,7 @@ async fn fill(cache: &Arc<ResponseCache>, key: &CacheKey, result: FlightResult) 
 /// Fresh within ttl, stale within swr, fallback within stale_if_error, then gone.
 #[tokio::test(start_paused = true)]
 async fn freshness_follows_the_policy() {
-    let cache = ResponseCache::new(1 << 20, 1, 2, |_| {});
+    let cache = new_cache(1 << 20, 1, 2, None);
     let k = key("{}");
     fill(&cache, &k, ok(r#"{"ErrorCode":0}"#)).await;
     let p = policy();
@@ -57,7 +74,7 @@ async fn freshness_follows_the_policy() {
 /// Only ErrorCode 0 answers are stored; an error is shared with the flight's waiters.
 #[tokio::test]
 async fn errors_are_shared_not_stored() {
-    let cache = ResponseCache::new(1 << 20, 1, 2, |_| {});
+    let cache = new_cache(1 << 20, 1, 2, None);
     let k = key("{}");
     let Join::Leader(flight) = cache.join(&k) else {
         panic!()
@@ -85,7 +102,7 @@ async fn errors_are_shared_not_stored() {
 /// A leader that dies without completing wakes its waiters with an error and frees the key.
 #[tokio::test]
 async fn dropped_leader_wakes_waiters() {
-    let cache = ResponseCache::new(1 << 20, 1, 2, |_| {});
+    let cache = new_cache(1 << 20, 1, 2, None);
     let k = key("{}");
     let Join::Leader(flight) = cache.join(&k) else {
         panic!()
@@ -99,7 +116,7 @@ async fn dropped_leader_wakes_waiters() {
 /// Invalidation hides stored entries at once and keeps an in-flight result out of the cache.
 #[tokio::test]
 async fn invalidation_covers_entries_and_flights() {
-    let cache = ResponseCache::new(1 << 20, 2, 2, |_| {});
+    let cache = new_cache(1 << 20, 2, 2, None);
     let k = key("{}");
     fill(&cache, &k, ok("{}")).await;
     let other_app = CacheKey {
@@ -137,7 +154,7 @@ async fn invalidation_covers_entries_and_flights() {
 /// before it; the old flight still answers its own waiters and cannot remove the new one.
 #[tokio::test]
 async fn newcomers_do_not_join_flights_older_than_an_invalidation() {
-    let cache = ResponseCache::new(1 << 20, 1, 2, |_| {});
+    let cache = new_cache(1 << 20, 1, 2, None);
     let k = key("{}");
     let Join::Leader(old) = cache.join(&k) else {
         panic!()
@@ -167,7 +184,7 @@ async fn newcomers_do_not_join_flights_older_than_an_invalidation() {
 /// The cache is bounded by bytes: entries beyond `max_bytes` are evicted.
 #[tokio::test]
 async fn bounded_by_bytes() {
-    let cache = ResponseCache::new(64 * 1024, 1, 1, |_| {});
+    let cache = new_cache(64 * 1024, 1, 1, None);
     let big = Bytes::from(vec![b'x'; 4 * 1024]);
     for i in 0..100u32 {
         let k = CacheKey {
@@ -192,4 +209,61 @@ async fn bounded_by_bytes() {
         (10..=16).contains(&entries),
         "{entries} entries of ~4.2 KiB in 64 KiB"
     );
+}
+
+/// A second tier behind moka, in memory: what a fleet-mode tier would see.
+#[derive(Debug, Default)]
+struct MemoryTier {
+    stored: Mutex<HashMap<CacheKey, Stored>>,
+    invalidated: Mutex<Vec<(u32, u32)>>,
+}
+
+impl SecondTier for Arc<MemoryTier> {
+    fn get<'a>(&'a self, key: &'a CacheKey) -> TierFuture<'a, Option<Stored>> {
+        Box::pin(async move { self.stored.lock().unwrap().get(key).cloned() })
+    }
+    fn put<'a>(&'a self, key: &'a CacheKey, stored: Stored) -> TierFuture<'a, ()> {
+        Box::pin(async move {
+            self.stored.lock().unwrap().insert(key.clone(), stored);
+        })
+    }
+    fn invalidate(&self, app: u32, command: u32) {
+        self.invalidated.lock().unwrap().push((app, command));
+        self.stored
+            .lock()
+            .unwrap()
+            .retain(|k, _| (k.app, k.command) != (app, command));
+    }
+}
+
+/// The second tier is filled by a fetch, answers a moka miss with the age it had, and hears
+/// invalidations; a fresh answer found there is served as fresh.
+#[tokio::test(start_paused = true)]
+async fn a_second_tier_backs_moka() {
+    let tier = Arc::new(MemoryTier::default());
+    let first = new_cache(1 << 20, 1, 2, Some(Box::new(Arc::clone(&tier))));
+    let k = key("{}");
+    fill(&first, &k, ok(r#"{"ErrorCode":0}"#)).await;
+    assert_eq!(
+        tier.stored.lock().unwrap().len(),
+        1,
+        "the fetch reached the tier"
+    );
+
+    // Another gateway (its own moka, the same tier) finds the answer without a fetch.
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let other = new_cache(1 << 20, 1, 2, Some(Box::new(Arc::clone(&tier))));
+    tier.stored.lock().unwrap().get_mut(&k).unwrap().age = Duration::from_secs(2);
+    let Lookup::Fresh(found) = other.lookup(&k, &policy(), Instant::now()).await else {
+        panic!("a tier hit within ttl is fresh");
+    };
+    assert_eq!(found.age(Instant::now()), Duration::from_secs(2));
+    assert_eq!(&found.body[..], br#"{"ErrorCode":0}"#);
+
+    other.invalidate(0, 1);
+    assert_eq!(*tier.invalidated.lock().unwrap(), vec![(0, 1)]);
+    assert!(matches!(
+        other.lookup(&k, &policy(), Instant::now()).await,
+        Lookup::Miss { fallback: None }
+    ));
 }

@@ -1,26 +1,119 @@
 //! The last phase, `respond`, and what it needs: the per-request context that feeds the
-//! access log line and the metrics (and still records a request whose client hung up), and
-//! the request id.
+//! access log line and the request metrics (and still records a request whose client hung
+//! up), and the request id.
+//!
+//! Metrics owned here: `requests_total`, `request_duration_seconds`, `requests_in_flight`.
+
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Response};
 use http_body_util::Full;
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
 use tokio::time::Instant;
 
-use super::{CacheStatus, Proxy, Reply, Shared, Target};
+use super::{CacheStatus, Proxy, Reply, Target};
+use crate::metrics::{counter_vec, gauge, histogram_vec};
+
+/// The metric families of client requests.
+#[derive(Debug, Clone)]
+pub struct RequestFamilies {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    pub(super) in_flight: IntGauge,
+}
+
+impl RequestFamilies {
+    /// # Errors
+    /// A metric could not be registered (a bug).
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        Ok(RequestFamilies {
+            requests: counter_vec(
+                registry,
+                "requests_total",
+                "Client requests answered, by app, command, cache result and HTTP status class.",
+                &["app", "command", "cache", "status_class"],
+            )?,
+            duration: histogram_vec(
+                registry,
+                "request_duration_seconds",
+                "Time from a client request's arrival to its answer, in seconds.",
+                &["app", "command", "cache"],
+            )?,
+            in_flight: gauge(
+                registry,
+                "requests_in_flight",
+                "Client requests being handled right now.",
+            )?,
+        })
+    }
+
+    /// The handles of one (app, command) pair; series appear on first use.
+    pub fn pair(&self, app: &str, command: &str) -> RequestMetrics {
+        RequestMetrics {
+            requests: Default::default(),
+            duration: Default::default(),
+            labels: [app.to_owned(), command.to_owned()],
+            families: self.clone(),
+        }
+    }
+}
+
+/// Client requests of one (app, command) pair.
+#[derive(Debug)]
+pub struct RequestMetrics {
+    /// By cache status, then status class (2xx, 3xx, 4xx, 5xx).
+    requests: [[OnceLock<IntCounter>; 4]; 4],
+    /// By cache status.
+    duration: [OnceLock<Histogram>; 4],
+    labels: [String; 2],
+    families: RequestFamilies,
+}
+
+const STATUS_CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
+
+impl RequestMetrics {
+    /// One answered request.
+    pub fn record(&self, cache: CacheStatus, status: u16, elapsed: Duration) {
+        let class = match status {
+            0..=299 => 0,
+            300..=399 => 1,
+            400..=499 => 2,
+            _ => 3,
+        };
+        let [app, command] = &self.labels;
+        self.requests[cache as usize][class]
+            .get_or_init(|| {
+                self.families.requests.with_label_values(&[
+                    app.as_str(),
+                    command,
+                    cache.as_str(),
+                    STATUS_CLASSES[class],
+                ])
+            })
+            .inc();
+        self.duration[cache as usize]
+            .get_or_init(|| {
+                self.families
+                    .duration
+                    .with_label_values(&[app.as_str(), command, cache.as_str()])
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+}
 
 /// What the final log line and the metrics need to know about a request. Created when the
 /// request arrives (it counts the request in flight); if dropped before `respond` marked it
 /// answered, the client hung up: the drop records that (status 499) so no request goes
 /// unlogged or uncounted.
 pub(super) struct RequestCtx<'a> {
-    pub(super) shared: &'a Shared,
+    pub(super) proxy: &'a Proxy,
     pub(super) started: Instant,
     /// The client's `X-Request-Id` if usable, else a fresh one; echoed back.
     pub(super) request_id: HeaderValue,
-    /// Metrics indices: app (or unknown) and command slot (or other / unknown).
-    pub(super) app: usize,
-    pub(super) command: usize,
+    /// Set once `route` found the request's (app, command).
+    pub(super) target: Option<Target<'a>>,
     pub(super) cache: CacheStatus,
     pub(super) is_answered: bool,
 }
@@ -29,33 +122,42 @@ pub(super) struct RequestCtx<'a> {
 const CLIENT_CLOSED: u16 = 499;
 
 impl<'a> RequestCtx<'a> {
-    pub(super) fn enter(shared: &'a Shared, request_id: HeaderValue) -> Self {
-        shared.metrics.in_flight.inc();
+    pub(super) fn enter(proxy: &'a Proxy, request_id: HeaderValue) -> Self {
+        proxy.requests.in_flight.inc();
         RequestCtx {
-            shared,
+            proxy,
             started: Instant::now(),
             request_id,
-            app: shared.metrics.unknown_app(),
-            command: shared.metrics.unknown_command(),
+            target: None,
             cache: CacheStatus::Bypass,
             is_answered: false,
         }
+    }
+
+    fn metrics(&self) -> &'a RequestMetrics {
+        self.target
+            .map_or(&self.proxy.unrouted, |target| &target.lane.requests)
+    }
+
+    fn app_name(&self) -> &'a str {
+        let apps: &'a [super::App] = self.proxy.apps();
+        self.target
+            .map_or("-", |target| apps[target.lane.app].name.as_str())
     }
 }
 
 impl Drop for RequestCtx<'_> {
     fn drop(&mut self) {
-        let metrics = &self.shared.metrics;
-        metrics.in_flight.dec();
+        self.proxy.requests.in_flight.dec();
         if self.is_answered {
             return;
         }
         let elapsed = self.started.elapsed();
-        metrics.request(self.app, self.command, self.cache, CLIENT_CLOSED, elapsed);
+        self.metrics().record(self.cache, CLIENT_CLOSED, elapsed);
         tracing::info!(
             target: ACCESS_LOG,
             request_id = self.request_id.to_str().unwrap_or("-"),
-            app = self.shared.apps.get(self.app).map_or("-", |a| a.name.as_str()),
+            app = self.app_name(),
             status = CLIENT_CLOSED,
             latency_us = elapsed.as_micros() as u64,
             error = "the client closed the connection before the answer",
@@ -102,7 +204,6 @@ impl Proxy {
         &self,
         reply: Reply,
         ctx: &mut RequestCtx<'_>,
-        target: Option<&Target<'_>>,
         parts: &http::request::Parts,
     ) -> Response<Full<Bytes>> {
         let (mut response, error_code, age, error) = match reply {
@@ -133,7 +234,7 @@ impl Proxy {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if target.is_some() {
+        if ctx.target.is_some() {
             headers.insert(X_CACHE, HeaderValue::from_static(ctx.cache.as_str()));
         }
         if let (Some(age), true) = (age, ctx.cache != CacheStatus::Bypass) {
@@ -143,15 +244,9 @@ impl Proxy {
 
         let elapsed = ctx.started.elapsed();
         ctx.is_answered = true;
-        self.shared
-            .metrics
-            .request(ctx.app, ctx.command, ctx.cache, status.as_u16(), elapsed);
-        let app = self
-            .shared
-            .apps
-            .get(ctx.app)
-            .map_or("-", |a| a.name.as_str());
-        let command = target.map_or("-", |t| t.command);
+        ctx.metrics().record(ctx.cache, status.as_u16(), elapsed);
+        let app = ctx.app_name();
+        let command = ctx.target.map_or("-", |t| t.command);
         let request_id = ctx.request_id.to_str().unwrap_or("-");
         // Method and path only for requests the gateway refused or failed (absent fields are
         // not written), so a successful request's line stays short.

@@ -30,10 +30,11 @@ mod checks;
 mod robots;
 mod stats;
 mod tls;
+mod window;
 
-pub use checks::MAX_WINDOW_ARRIVALS;
 pub use robots::{MAX_ACCOUNTS_PER_APP, MAX_ACCOUNT_ID_BYTES, MAX_ROBOTS_PER_APP};
 pub use stats::{Retained, MAX_RECORDED_BYTES, MAX_UNLISTED_COMMANDS, RECORDED_PER_COMMAND};
+pub use window::MAX_WINDOW_ARRIVALS;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -53,9 +54,10 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::usersig::SecretKey;
-use checks::{CheckError, SlidingWindow};
+use checks::CheckError;
 use robots::AppState;
 use stats::{Stats, Tracking};
+use window::SlidingWindow;
 
 /// Largest request body the sandbox reads; Tencent's bodies are a few KiB.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;

@@ -10,7 +10,7 @@
 //!   [`MAX_UNLISTED_COMMANDS`] such names are tracked;
 //! - a query and body are recorded only for an authenticated caller: at most
 //!   [`RECORDED_PER_COMMAND`] per command and [`MAX_RECORDED_BYTES`] in all, oldest first out;
-//! - each sliding window holds at most `MAX_WINDOW_ARRIVALS` arrivals (`checks`).
+//! - each sliding window holds at most `MAX_WINDOW_ARRIVALS` arrivals (`window`).
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
@@ -19,7 +19,7 @@ use std::mem::size_of;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::checks::SlidingWindow;
+use super::window::SlidingWindow;
 use super::RecordedRequest;
 
 /// Most requests recorded per command for [`super::Sandbox::requests`].

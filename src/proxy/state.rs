@@ -1,0 +1,283 @@
+//! What the handler and the fetch tasks it spawns share, built once from the config: the apps,
+//! one [`Lane`] per (app, command), the cache, the limiter, the upstream client.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::Registry;
+
+use super::respond::{RequestFamilies, RequestMetrics};
+use crate::cache::{CacheLabels, CachePolicy, ResponseCache};
+use crate::catalogue::{Access, Catalogue, DEFAULT_INVALIDATIONS};
+use crate::config::Config;
+use crate::limiter::{BackOff, BudgetKey, Limiter};
+use crate::metrics::OTHER_COMMAND;
+use crate::region::Origins;
+use crate::signer::{Signer, UserSigCollector};
+use crate::throttle::BudgetSpec;
+use crate::upstream::{UpstreamClient, UpstreamFamilies, UpstreamMetrics};
+
+/// The cache policy of commands the catalogue marks cacheable, unless the config overrides it.
+pub const DEFAULT_CACHE_POLICY: CachePolicy = CachePolicy {
+    ttl: Duration::from_secs(5),
+    stale_while_revalidate: Duration::from_secs(25),
+    stale_if_error: Duration::from_secs(300),
+};
+
+/// One configured app at run time.
+#[derive(Debug)]
+pub struct App {
+    pub name: String,
+    pub origins: Origins,
+    pub signer: Arc<Signer>,
+    /// Unix second of the last configuration alarm logged for this app.
+    pub(super) last_alarm: AtomicU64,
+}
+
+/// Everything the gateway knows about one (app, command) pair, resolved at start: `route`
+/// finds it, and every later phase reads from it.
+#[derive(Debug)]
+pub struct Lane {
+    /// Index into [`Shared::apps`].
+    pub app: usize,
+    /// Catalogue index, `None` for the app's pass-through commands.
+    pub command: Option<usize>,
+    /// The catalogue name, or `other` for pass-through.
+    pub label: &'static str,
+    /// Commands outside the catalogue are treated as writes: never cached, never retried.
+    pub access: Access,
+    /// `Some` if answers are cached.
+    pub cache: Option<CachePolicy>,
+    /// Catalogue indices of the cached reads a success of this command invalidates.
+    pub invalidates: Vec<u32>,
+    pub budget: BudgetKey,
+    pub requests: RequestMetrics,
+    pub upstream: UpstreamMetrics,
+}
+
+/// Retry and back-off settings.
+#[derive(Debug, Clone, Copy)]
+pub struct RetrySettings {
+    pub max_retries: u32,
+    pub base_delay: Duration,
+    /// The whole client request, throttle waits and retries included.
+    pub deadline: Duration,
+}
+
+/// How far a shutdown has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DrainStage {
+    Running,
+    /// Shutdown began: requests waiting for a throttle permit give up with a clean 503.
+    Draining,
+    /// The grace period is almost over: calls still waiting on Tencent are abandoned with a
+    /// clean 503 rather than cut off without an answer when the process exits.
+    Stopping,
+}
+
+/// State shared by the handler and the fetch tasks it spawns.
+#[derive(Debug)]
+pub struct Shared {
+    pub apps: Vec<App>,
+    pub catalogue: Catalogue,
+    /// Per app: one lane per catalogue command, then the pass-through lane.
+    lanes: Box<[Arc<Lane>]>,
+    pub cache: Arc<ResponseCache>,
+    pub limiter: Limiter,
+    pub upstream: UpstreamClient,
+    pub retry: RetrySettings,
+    /// How far shutdown has come: throttle waiters and calls give up with a clean 503.
+    pub drain: tokio::sync::watch::Sender<DrainStage>,
+}
+
+impl Shared {
+    /// Builds the shared state and registers every concern's metrics on `registry`; mints
+    /// every app's first UserSig and starts the cache's housekeeping (needs a tokio runtime).
+    ///
+    /// # Errors
+    /// A metric could not be registered (a bug).
+    pub fn build(
+        config: &Config,
+        upstream: UpstreamClient,
+        registry: &Registry,
+        requests: &RequestFamilies,
+    ) -> prometheus::Result<Shared> {
+        let catalogue = Catalogue::builtin();
+        let apps: Vec<App> = config
+            .apps
+            .iter()
+            .map(|app| App {
+                name: app.name.clone(),
+                origins: app.origins.clone(),
+                signer: Arc::new(Signer::new(
+                    app.sdkappid,
+                    app.identifier.clone(),
+                    app.secret_key.clone(),
+                    app.usersig_lifetime,
+                )),
+                last_alarm: AtomicU64::new(0),
+            })
+            .collect();
+        let app_names: Vec<String> = apps.iter().map(|app| app.name.clone()).collect();
+        let command_names: Vec<&'static str> = catalogue.iter().map(|(_, s)| s.name).collect();
+        let (command_specs, other_spec) = budget_specs(&catalogue, config);
+        let t = &config.throttle;
+        let limiter = Limiter::local(
+            registry,
+            &app_names,
+            &command_names,
+            &command_specs,
+            other_spec,
+            BackOff {
+                base: t.backoff_base,
+                max: t.backoff_max,
+            },
+        )?;
+        let runtime = command_runtime(&catalogue, config);
+        let cache = ResponseCache::new(
+            config.cache.max_bytes,
+            &CacheLabels {
+                apps: app_names.clone(),
+                commands: runtime
+                    .iter()
+                    .zip(&command_names)
+                    .map(|(rt, name)| rt.cache.is_some().then_some(*name))
+                    .collect(),
+            },
+            registry,
+            None,
+        )?;
+        registry.register(Box::new(UserSigCollector::new(
+            apps.iter()
+                .map(|app| (app.name.clone(), Arc::clone(&app.signer)))
+                .collect(),
+        )?))?;
+        let upstream_families = UpstreamFamilies::register(registry)?;
+        let mut lanes = Vec::new();
+        for (a, app) in apps.iter().enumerate() {
+            for c in 0..=catalogue.len() {
+                let command = (c < catalogue.len()).then_some(c);
+                let (label, access, rt) = match command {
+                    Some(c) => {
+                        let spec = catalogue.spec_at(c);
+                        (spec.name, spec.access, runtime[c].clone())
+                    }
+                    None => (OTHER_COMMAND, Access::Write, CommandRuntime::default()),
+                };
+                lanes.push(Arc::new(Lane {
+                    app: a,
+                    command,
+                    label,
+                    access,
+                    cache: rt.cache,
+                    invalidates: rt.invalidates,
+                    budget: limiter.key(a, command),
+                    requests: requests.pair(&app.name, label),
+                    upstream: upstream_families.pair(&app.name, label),
+                }));
+            }
+        }
+        Ok(Shared {
+            apps,
+            catalogue,
+            lanes: lanes.into_boxed_slice(),
+            cache,
+            limiter,
+            upstream,
+            retry: RetrySettings {
+                max_retries: config.upstream.max_retries,
+                base_delay: config.upstream.retry_base_delay,
+                deadline: config.upstream.deadline,
+            },
+            drain: tokio::sync::watch::Sender::new(DrainStage::Running),
+        })
+    }
+
+    /// The lane of `command` (a catalogue index, `None` for pass-through) in `app`.
+    pub fn lane(&self, app: usize, command: Option<usize>) -> &Arc<Lane> {
+        let slots = self.catalogue.len() + 1;
+        &self.lanes[app * slots + command.unwrap_or(slots - 1)]
+    }
+}
+
+/// What the gateway does for one catalogue command beyond forwarding it.
+#[derive(Debug, Clone, Default)]
+struct CommandRuntime {
+    /// `Some` if answers are cached.
+    cache: Option<CachePolicy>,
+    /// Catalogue indices of the cached reads a success of this command invalidates.
+    invalidates: Vec<u32>,
+}
+
+/// Per-command runtime settings: catalogue defaults, then the config's cache rules.
+fn command_runtime(catalogue: &Catalogue, config: &Config) -> Vec<CommandRuntime> {
+    let mut commands: Vec<CommandRuntime> = catalogue
+        .iter()
+        .map(|(_, spec)| CommandRuntime {
+            cache: spec.is_cacheable.then_some(DEFAULT_CACHE_POLICY),
+            invalidates: Vec::new(),
+        })
+        .collect();
+    // read index → write indices that invalidate it.
+    let mut invalidated_by: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (read, writes) in DEFAULT_INVALIDATIONS {
+        if let Some(read) = catalogue.lookup(read) {
+            let writes = writes.iter().filter_map(|w| catalogue.lookup(w));
+            invalidated_by.insert(read.index(), writes.map(|w| w.index()).collect());
+        }
+    }
+    // Config rules replace the defaults of their command (validated by `config`).
+    for rule in &config.cache.rules {
+        let Some(read) = catalogue.lookup(&rule.command) else {
+            continue;
+        };
+        commands[read.index()].cache = rule.enabled.then_some(CachePolicy {
+            ttl: rule.ttl,
+            stale_while_revalidate: rule.stale_while_revalidate,
+            stale_if_error: rule.stale_if_error,
+        });
+        let writes = rule
+            .invalidated_by
+            .iter()
+            .filter_map(|w| catalogue.lookup(w));
+        invalidated_by.insert(read.index(), writes.map(|w| w.index()).collect());
+    }
+    for (read, writes) in invalidated_by {
+        if commands[read].cache.is_none() {
+            continue;
+        }
+        for write in writes {
+            commands[write].invalidates.push(read as u32);
+        }
+    }
+    commands
+}
+
+/// The budget of every catalogue command (a configured quota, else the catalogue's, else
+/// the default) and of pass-through commands.
+fn budget_specs(catalogue: &Catalogue, config: &Config) -> (Vec<BudgetSpec>, BudgetSpec) {
+    let t = &config.throttle;
+    let spec = |quota: u32| BudgetSpec {
+        quota,
+        safety_margin: t.safety_margin,
+        burst: t.burst,
+        max_wait: t.max_wait,
+        max_waiters: t.max_waiters,
+    };
+    let specs = catalogue
+        .iter()
+        .map(|(_, command)| {
+            let quota = t
+                .quotas
+                .iter()
+                .find(|q| q.command == command.name)
+                .map(|q| q.per_second)
+                .or(command.quota_per_second)
+                .unwrap_or(t.default_quota);
+            spec(quota)
+        })
+        .collect();
+    (specs, spec(t.default_quota))
+}
