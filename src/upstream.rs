@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, StatusCode};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -223,9 +223,34 @@ struct Envelope {
 /// The shared upstream client; cheap to clone.
 #[derive(Clone)]
 pub struct UpstreamClient {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    transport: Transport,
     request_timeout: Duration,
 }
+
+/// How requests reach the upstream.
+#[derive(Clone)]
+enum Transport {
+    /// Pooled HTTPS: Tencent, or the sandbox on a socket.
+    Https(Client<HttpsConnector<HttpConnector>, Full<Bytes>>),
+    /// Handed to a service in this process: the test seam for timing properties under
+    /// tokio's paused time, where sockets and TLS would only add real-time noise.
+    InProcess(Arc<dyn InProcessUpstream>),
+}
+
+/// An upstream that answers in this process (the sandbox, in tests). It sees the request
+/// exactly as Tencent would: method, signed URL, headers and body.
+pub trait InProcessUpstream: Send + Sync + 'static {
+    /// Answers one request.
+    ///
+    /// # Errors
+    /// [`UpstreamError`] when the upstream ends the exchange without an answer.
+    fn call(&self, request: Request<Bytes>) -> InProcessFuture;
+}
+
+/// What [`InProcessUpstream::call`] returns.
+pub type InProcessFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Response<Bytes>, UpstreamError>> + Send>,
+>;
 
 impl std::fmt::Debug for UpstreamClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -279,9 +304,18 @@ impl UpstreamClient {
             .pool_max_idle_per_host(settings.pool_max_idle_per_host)
             .build(https);
         Ok(UpstreamClient {
-            client,
+            transport: Transport::Https(client),
             request_timeout: settings.request_timeout,
         })
+    }
+
+    /// A client whose calls go to `upstream` in this process, with the same URL, headers,
+    /// timeout and answer parsing as over HTTPS (tests).
+    pub fn in_process(upstream: Arc<dyn InProcessUpstream>, request_timeout: Duration) -> Self {
+        UpstreamClient {
+            transport: Transport::InProcess(upstream),
+            request_timeout,
+        }
     }
 
     /// Sends one signed call, falling back to the backup origin when the main one refuses
@@ -328,7 +362,7 @@ impl UpstreamClient {
         timeout: Duration,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let uri = signed_uri(origin, call, rand::random::<u32>());
-        let mut request = Request::new(Full::new(call.body.clone()));
+        let mut request = Request::new(call.body.clone());
         *request.method_mut() = Method::POST;
         *request.uri_mut() = uri
             .parse()
@@ -338,9 +372,15 @@ impl UpstreamClient {
             HeaderValue::from_static("application/json"),
         );
         let exchange = async {
-            let response = self
-                .client
-                .request(request)
+            let client = match &self.transport {
+                Transport::Https(client) => client,
+                Transport::InProcess(upstream) => {
+                    let (parts, body) = upstream.call(request).await?.into_parts();
+                    return Ok((parts.status, body));
+                }
+            };
+            let response = client
+                .request(request.map(Full::new))
                 .await
                 .map_err(|e| classify_client_error(&e, &call.usersig))?;
             let (parts, body) = response.into_parts();

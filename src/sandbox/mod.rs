@@ -45,7 +45,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::Incoming;
 use hyper::{Request, Response};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -53,6 +52,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use crate::upstream::{InProcessFuture, InProcessUpstream, UpstreamError};
 use crate::usersig::SecretKey;
 use checks::CheckError;
 use robots::AppState;
@@ -158,21 +158,7 @@ impl Sandbox {
     /// An `io::Error` of kind `InvalidInput` if a quota or lockout option is above its `MAX_…`,
     /// the bind error, or one of kind `Other` if the certificates cannot be made.
     pub async fn start(listen: SocketAddr, options: SandboxOptions) -> std::io::Result<Sandbox> {
-        let too_large = |name: &str, max: u32| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("the sandbox's {name} must be at most {max}"),
-            )
-        };
-        if options.quota_per_second > MAX_QUOTA_PER_SECOND {
-            return Err(too_large("quota_per_second", MAX_QUOTA_PER_SECOND));
-        }
-        if options.lockout_after_failures > MAX_LOCKOUT_AFTER_FAILURES {
-            return Err(too_large(
-                "lockout_after_failures",
-                MAX_LOCKOUT_AFTER_FAILURES,
-            ));
-        }
+        check_options(&options)?;
         let identity = tls::identity().map_err(std::io::Error::other)?;
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
@@ -192,6 +178,29 @@ impl Sandbox {
             stop: Some(stop),
             accept_loop: Some(accept_loop),
         })
+    }
+
+    /// A sandbox without a listener: requests reach it through [`Sandbox::upstream`], in this
+    /// process, so tests of timing properties can run under tokio's paused time. Every check,
+    /// knob and counter works as over TLS; `addr` is unspecified and `ca_pem` empty.
+    ///
+    /// # Errors
+    /// As [`Sandbox::start`], for options out of range.
+    pub fn in_process(options: SandboxOptions) -> std::io::Result<Sandbox> {
+        check_options(&options)?;
+        Ok(Sandbox {
+            addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            ca_pem: String::new(),
+            shared: Arc::new(Shared::new(options)),
+            stop: None,
+            accept_loop: None,
+        })
+    }
+
+    /// This sandbox as an in-process upstream for [`UpstreamClient::in_process`]. A request
+    /// dropped on purpose (`drop_connections`) ends like a closed connection.
+    pub fn upstream(&self) -> Arc<dyn InProcessUpstream> {
+        Arc::new(InProcess(Arc::clone(&self.shared)))
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -324,6 +333,50 @@ impl Sandbox {
     }
 }
 
+/// Refuses options above their `MAX_…`.
+fn check_options(options: &SandboxOptions) -> std::io::Result<()> {
+    let too_large = |name: &str, max: u32| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("the sandbox's {name} must be at most {max}"),
+        )
+    };
+    if options.quota_per_second > MAX_QUOTA_PER_SECOND {
+        return Err(too_large("quota_per_second", MAX_QUOTA_PER_SECOND));
+    }
+    if options.lockout_after_failures > MAX_LOCKOUT_AFTER_FAILURES {
+        return Err(too_large(
+            "lockout_after_failures",
+            MAX_LOCKOUT_AFTER_FAILURES,
+        ));
+    }
+    Ok(())
+}
+
+/// The sandbox as an [`InProcessUpstream`].
+struct InProcess(Arc<Shared>);
+
+impl InProcessUpstream for InProcess {
+    fn call(&self, request: Request<Bytes>) -> InProcessFuture {
+        let shared = Arc::clone(&self.0);
+        Box::pin(async move {
+            match handle(shared, request.map(Full::new)).await {
+                Ok(response) => {
+                    let (parts, body) = response.into_parts();
+                    // A `Full` body is one frame, already in memory.
+                    let body = body
+                        .collect()
+                        .await
+                        .map(|c| c.to_bytes())
+                        .unwrap_or_default();
+                    Ok(Response::from_parts(parts, body))
+                }
+                Err(error) => Err(UpstreamError::Protocol(error.to_string())),
+            }
+        })
+    }
+}
+
 fn endpoint_for(addr: SocketAddr) -> String {
     let ip = match addr.ip() {
         IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -452,10 +505,14 @@ impl Shared {
 }
 
 /// Answers one request, or ends the connection without an answer.
-pub(super) async fn handle(
+pub(super) async fn handle<B>(
     shared: Arc<Shared>,
-    request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, ServeError> {
+    request: Request<B>,
+) -> Result<Response<Full<Bytes>>, ServeError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
     let query = crate::route::parse_query(parts.uri.query().unwrap_or(""));
