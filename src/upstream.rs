@@ -231,7 +231,8 @@ pub struct UpstreamClient {
 #[derive(Clone)]
 enum Transport {
     /// Pooled HTTPS: Tencent, or the sandbox on a socket.
-    Https(Client<HttpsConnector<HttpConnector>, Full<Bytes>>),
+    /// Boxed: the client is ten times the size of the other variant.
+    Https(Box<Client<HttpsConnector<HttpConnector>, Full<Bytes>>>),
     /// Handed to a service in this process: the test seam for timing properties under
     /// tokio's paused time, where sockets and TLS would only add real-time noise.
     InProcess(Arc<dyn InProcessUpstream>),
@@ -304,7 +305,7 @@ impl UpstreamClient {
             .pool_max_idle_per_host(settings.pool_max_idle_per_host)
             .build(https);
         Ok(UpstreamClient {
-            transport: Transport::Https(client),
+            transport: Transport::Https(Box::new(client)),
             request_timeout: settings.request_timeout,
         })
     }
