@@ -102,6 +102,16 @@ impl fmt::Display for Config {
                 &"(derived from the open-files limit)",
             )?,
         }
+        match s.worker_threads {
+            Some(n) => line("server.worker_threads", &n)?,
+            None => {
+                let cpus = available_cpus();
+                line(
+                    "server.worker_threads",
+                    &format!("{cpus} (default: {cpus} CPUs available)"),
+                )?;
+            }
+        }
         match &s.admin_token_file {
             Some(path) => line(
                 "server.admin_token_file",

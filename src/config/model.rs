@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -118,10 +119,30 @@ pub struct ServerConfig {
     pub allowed_hosts: Vec<String>,
     /// Client connections held open at once; `None`: derived from the open-files limit.
     pub max_connections: Option<usize>,
+    /// Worker threads of `serve`'s runtime; 1 ..= 1024. `None`: one per CPU the process may
+    /// use ([`available_cpus`]); read [`ServerConfig::effective_worker_threads`].
+    pub worker_threads: Option<usize>,
     /// Where the admin bearer token was read from.
     pub admin_token_file: Option<PathBuf>,
     /// Required by `POST /cache/purge` when set (always set off loopback).
     pub admin_token: Option<AdminToken>,
+}
+
+impl ServerConfig {
+    /// The worker threads `serve`'s runtime gets: `worker_threads`, else [`available_cpus`].
+    pub fn effective_worker_threads(&self) -> usize {
+        self.worker_threads.unwrap_or_else(available_cpus)
+    }
+}
+
+/// The CPUs this process may use, at least 1: `std::thread::available_parallelism`. Its
+/// documentation (section "Limitations", Linux) says it counts the calling thread's affinity
+/// mask (`sched_getaffinity`: `taskset`, cpusets) capped by the cgroup v1 or v2 CPU quota (a
+/// Kubernetes CPU limit), and overcounts only where those cannot be read (a sandbox hiding
+/// the cgroup filesystem). std recomputes it on every call: call it at startup, not per
+/// request. tokio's default worker count is this same number (unless `TOKIO_WORKER_THREADS`).
+pub fn available_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
 }
 
 /// The admin listener's bearer token. Printed only as `<redacted>`; compared in constant time.

@@ -40,6 +40,7 @@ pub(super) struct RawServer {
     pub shutdown_grace: Option<String>,
     pub allowed_hosts: Option<StringList>,
     pub max_connections: Option<u64>,
+    pub worker_threads: Option<u64>,
     pub admin_token_file: Option<String>,
 }
 

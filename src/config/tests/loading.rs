@@ -35,6 +35,9 @@ fn env_overrides_reach_every_kind_of_key() {
         ("TIM_GATEWAY__SERVER__MAX_CONNECTIONS", "64", |c| {
             c.server.max_connections == Some(64)
         }),
+        ("TIM_GATEWAY__SERVER__WORKER_THREADS", "3", |c| {
+            c.server.worker_threads == Some(3)
+        }),
         ("TIM_GATEWAY__UPSTREAM__REQUEST_TIMEOUT", "30s", |c| {
             c.upstream.request_timeout == Duration::from_secs(30)
         }),
@@ -318,6 +321,7 @@ fn demo_config_validates() {
 #[test]
 fn field_names_are_read_from_serde() {
     assert!(field_names::<RawServer>().contains(&"default_app"));
+    assert!(field_names::<RawServer>().contains(&"worker_threads"));
     assert!(field_names::<RawApp>().contains(&"secret_key_env"));
     assert!(!field_names::<RawApp>().contains(&"secret_key"));
     assert!(field_names::<RawCache>().contains(&"rules"));

@@ -1,8 +1,10 @@
-//! `[server]`: listeners, body limit, shutdown grace, browser protection and connections.
+//! `[server]`: listeners, body limit, shutdown grace, browser protection, connections and
+//! worker threads.
 
 use std::time::Duration;
 
 use super::*;
+use crate::config::available_cpus;
 
 /// Absent `[server]` keys take the documented defaults.
 #[test]
@@ -18,6 +20,7 @@ fn server_keys_take_their_documented_defaults() {
     assert_eq!(s.shutdown_grace, Duration::from_secs(25));
     assert_eq!(s.allowed_hosts, Vec::<String>::new());
     assert_eq!(s.max_connections, None);
+    assert_eq!(s.worker_threads, None);
     assert_eq!(s.admin_token, None);
 }
 
@@ -148,4 +151,61 @@ fn server_protection_keys() {
         &env(&[("TIM_GATEWAY__SERVER__ALLOWED_HOSTS", "a.svc, b.svc")]),
     );
     assert_eq!(from_env.config.server.allowed_hosts, ["a.svc", "b.svc"]);
+}
+
+/// `server.worker_threads` accepts 1 ..= 1024 from the file, and refuses zero, more, and
+/// anything that is not a whole number.
+#[test]
+fn worker_threads_is_a_whole_number_from_1_to_1024() {
+    let accepted = [("1", 1), ("4", 4), ("1024", 1024)];
+    for (value, expected) in accepted {
+        let config = load(&server(&format!("worker_threads = {value}")), &env(&[])).config;
+        assert_eq!(config.server.worker_threads, Some(expected), "{value}");
+        assert_eq!(config.server.effective_worker_threads(), expected);
+    }
+    let refused = [
+        ("0", "0 is out of range; give 1 ..= 1024, or leave it unset"),
+        ("1025", "1025 is out of range; give 1 ..= 1024"),
+        ("-1", "expected"),
+        ("\"four\"", "expected"),
+    ];
+    for (value, fragment) in refused {
+        let toml = server(&format!("worker_threads = {value}"));
+        assert_problem(&toml, &env(&[]), "server.worker_threads", fragment);
+    }
+}
+
+/// Unset, `serve` gets one worker thread per CPU the process may use, and `check-config`
+/// says so; set, it prints the number alone.
+#[test]
+fn worker_threads_defaults_to_the_available_cpus() {
+    let config = load(MINIMAL, &env(&[])).config;
+    let cpus = available_cpus();
+    assert!(cpus >= 1);
+    assert_eq!(
+        cpus,
+        std::thread::available_parallelism().unwrap().get(),
+        "std is the source of the default"
+    );
+    assert_eq!(config.server.effective_worker_threads(), cpus);
+    let line = format!("server.worker_threads = {cpus} (default: {cpus} CPUs available)\n");
+    assert!(config.to_string().contains(&line), "{config}");
+    let set = load(&server("worker_threads = 3"), &env(&[])).config;
+    assert!(set.to_string().contains("server.worker_threads = 3\n"));
+}
+
+/// `TIM_GATEWAY__SERVER__WORKER_THREADS` overrides the file, and a bad value names the
+/// variable.
+#[test]
+fn worker_threads_can_be_set_from_the_environment() {
+    let file = server("worker_threads = 8");
+    let config = load(&file, &env(&[("TIM_GATEWAY__SERVER__WORKER_THREADS", "2")])).config;
+    assert_eq!(config.server.worker_threads, Some(2));
+    assert_eq!(config.server.effective_worker_threads(), 2);
+    assert_problem(
+        MINIMAL,
+        &env(&[("TIM_GATEWAY__SERVER__WORKER_THREADS", "0")]),
+        "server.worker_threads",
+        "(set by TIM_GATEWAY__SERVER__WORKER_THREADS)",
+    );
 }

@@ -1,4 +1,5 @@
-//! `[server]`: the listeners, what they accept, and how many connections they hold.
+//! `[server]`: the listeners, what they accept, how many connections they hold, and how many
+//! threads serve them.
 //!
 //! Promises: listen addresses are loopback unless `allow_non_loopback`; a non-loopback admin
 //! listener has a bearer token for its purge endpoint; `allowed_hosts` are plain host names,
@@ -20,6 +21,11 @@ use crate::config::raw::{RawServer, StringList};
 const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(600);
 /// `server.max_connections` when set explicitly.
 const MAX_CONNECTIONS_RANGE: RangeInclusive<usize> = 1..=1_000_000;
+/// `server.worker_threads` when set explicitly. The gateway mostly waits on sockets, so
+/// workers beyond the CPUs only add context switches; 1024 is above the CPU count of any
+/// machine it runs on, so more is a slip (a stray zero), and stays far below tokio's own
+/// ceiling (its idle-worker state counts workers in 16 bits).
+const WORKER_THREADS_RANGE: RangeInclusive<usize> = 1..=1024;
 /// A token file larger than this is a wrong path.
 const MAX_ADMIN_TOKEN_FILE_BYTES: u64 = 4096;
 /// Shorter tokens are guessable.
@@ -70,6 +76,12 @@ pub(super) fn validate(raw: RawServer, findings: &mut Findings) -> ServerConfig 
         MAX_CONNECTIONS_RANGE,
         ", or leave it unset to derive it from the open-files limit",
     );
+    let worker_threads = findings.number(
+        "server.worker_threads",
+        raw.worker_threads,
+        WORKER_THREADS_RANGE,
+        ", or leave it unset for one per CPU the process may use",
+    );
     let admin_token_file = non_empty(raw.admin_token_file).map(PathBuf::from);
     let admin_token = admin_token_file
         .as_deref()
@@ -93,6 +105,7 @@ pub(super) fn validate(raw: RawServer, findings: &mut Findings) -> ServerConfig 
         shutdown_grace,
         allowed_hosts,
         max_connections,
+        worker_threads,
         admin_token_file,
         admin_token,
     }
