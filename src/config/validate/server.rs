@@ -10,15 +10,16 @@ use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::check::{non_empty, read_capped, Findings, POSITIVE};
+use crate::config::check::{non_empty, read_capped, Findings};
 use crate::config::model::{
     AdminToken, ServerConfig, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES,
     DEFAULT_SHUTDOWN_GRACE, MAX_BODY_BYTES_LIMIT,
 };
 use crate::config::raw::{RawServer, StringList};
 
-/// Past this, a drain outlives any sane Kubernetes `terminationGracePeriodSeconds`.
-const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(600);
+/// Positive; past 10 min, a drain outlives any sane Kubernetes `terminationGracePeriodSeconds`.
+const SHUTDOWN_GRACES: RangeInclusive<Duration> =
+    Duration::from_nanos(1)..=Duration::from_secs(600);
 /// `server.max_connections` when set explicitly.
 const MAX_CONNECTIONS_RANGE: RangeInclusive<usize> = 1..=1_000_000;
 /// `server.worker_threads` when set explicitly. The gateway mostly waits on sockets, so
@@ -67,7 +68,7 @@ pub(super) fn validate(raw: RawServer, findings: &mut Findings) -> ServerConfig 
         "server.shutdown_grace",
         raw.shutdown_grace,
         DEFAULT_SHUTDOWN_GRACE,
-        *POSITIVE.start()..=MAX_SHUTDOWN_GRACE,
+        SHUTDOWN_GRACES,
     );
     let allowed_hosts = allowed_hosts(raw.allowed_hosts, findings);
     let max_connections = findings.number(
