@@ -16,9 +16,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::{
-    Config, ConfigError, Env, DEFAULT_SECRET_KEY_ENV as SECRET_KEY_ENV, DEMO_TOML,
-};
+use crate::config::{Config, Env, Loaded, DEFAULT_SECRET_KEY_ENV as SECRET_KEY_ENV, DEMO_TOML};
 use crate::gateway::Gateway;
 use crate::sandbox::{Sandbox, SandboxApp, SandboxOptions};
 use crate::shutdown::Signals;
@@ -140,64 +138,126 @@ fn read_key(key_file: Option<&Path>, env: &Env) -> anyhow::Result<Option<SecretK
         .filter(|k| !k.is_empty()))
 }
 
-fn print_config_error(error: &ConfigError) {
-    eprintln!("{error}");
+/// The configuration at `path`, or `None` once every problem in it is printed to stderr.
+fn load_or_explain(path: &Path, env: &Env) -> Option<Loaded> {
+    Config::load(path, env)
+        .map_err(|error| eprintln!("{error}"))
+        .ok()
 }
 
-/// Runs one subcommand to completion.
+/// A subcommand ready for its runtime. `serve` reads its configuration before the runtime
+/// exists, because `server.worker_threads` decides how many worker threads the runtime starts.
+pub enum Task {
+    /// `serve`, with a valid configuration.
+    Serve {
+        loaded: Box<Loaded>,
+        shutdown_grace: Option<Duration>,
+    },
+    /// Nothing left to run: the configuration was invalid, and every problem is printed.
+    Done(Exit),
+    /// Any other subcommand; each reads what it needs once running.
+    Other(Command),
+}
+
+impl Task {
+    /// Loads `serve`'s configuration; other subcommands pass through.
+    pub fn prepare(command: Command) -> Task {
+        match command {
+            Command::Serve {
+                config,
+                shutdown_grace,
+            } => match load_or_explain(&config, &Env::from_process()) {
+                Some(loaded) => Task::Serve {
+                    loaded: Box::new(loaded),
+                    shutdown_grace,
+                },
+                None => Task::Done(Exit::BadConfig),
+            },
+            command => Task::Other(command),
+        }
+    }
+
+    /// The multi-thread runtime to run this task on: `serve` gets the configured worker
+    /// threads (by default one per CPU the process may use), the rest tokio's default.
+    pub fn runtime(&self) -> tokio::runtime::Builder {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.enable_all();
+        if let Task::Serve { loaded, .. } = self {
+            builder.worker_threads(loaded.config.server.effective_worker_threads());
+        }
+        builder
+    }
+
+    /// Runs the task to completion.
+    ///
+    /// # Errors
+    /// Anything that stops the subcommand, explained for a human.
+    pub async fn run(self) -> anyhow::Result<Exit> {
+        match self {
+            Task::Serve {
+                loaded,
+                shutdown_grace,
+            } => serve(&loaded, shutdown_grace).await,
+            Task::Done(exit) => Ok(exit),
+            Task::Other(command) => run(command).await,
+        }
+    }
+}
+
+/// Runs `serve` until a stop signal and the drain that follows it.
+async fn serve(loaded: &Loaded, shutdown_grace: Option<Duration>) -> anyhow::Result<Exit> {
+    for warning in &loaded.warnings {
+        tracing::warn!(key = %warning.key, "{}", warning.message);
+    }
+    let shutdown_grace = shutdown_grace.unwrap_or(loaded.config.server.shutdown_grace);
+    // Installed before the listeners exist, so an early SIGTERM drains, not kills.
+    let mut signals = Signals::install().context("cannot install signal handlers")?;
+    let gateway = Gateway::start(&loaded.config, shutdown_grace).await?;
+    signals.recv().await;
+    let first_signal = tokio::time::Instant::now();
+    tracing::info!(grace = ?shutdown_grace, "draining");
+    // A second SIGTERM/SIGINT during the drain is an operator who wants out now; one
+    // within a second of the first is the same stop sent twice (a wrapper forwarding
+    // SIGTERM while Ctrl-C reaches the whole process group) and is ignored.
+    let drain = gateway.shutdown();
+    tokio::pin!(drain);
+    loop {
+        tokio::select! {
+            is_complete = &mut drain => {
+                if !is_complete {
+                    tracing::warn!("some requests did not finish within the grace period");
+                }
+                break;
+            }
+            () = signals.recv() => {
+                if first_signal.elapsed() < SECOND_SIGNAL_MIN_GAP {
+                    tracing::info!("stop signal repeated within a second: still draining");
+                    continue;
+                }
+                tracing::warn!("second stop signal: exiting without finishing the drain");
+                return Ok(Exit::DrainCutShort);
+            }
+        }
+    }
+    tracing::info!("stopped");
+    Ok(Exit::Ok)
+}
+
+/// Runs one subcommand to completion. `serve` normally arrives as [`Task::Serve`], its
+/// configuration loaded before the runtime existed; here it is loaded in the runtime.
 ///
 /// # Errors
 /// Anything that stops the subcommand, explained for a human.
-pub async fn run(command: Command) -> anyhow::Result<Exit> {
+async fn run(command: Command) -> anyhow::Result<Exit> {
     let env = Env::from_process();
     match command {
         Command::Serve {
             config,
             shutdown_grace,
-        } => {
-            let loaded = match Config::load(&config, &env) {
-                Ok(loaded) => loaded,
-                Err(error) => {
-                    print_config_error(&error);
-                    return Ok(Exit::BadConfig);
-                }
-            };
-            for warning in &loaded.warnings {
-                tracing::warn!(key = %warning.key, "{}", warning.message);
-            }
-            let shutdown_grace = shutdown_grace.unwrap_or(loaded.config.server.shutdown_grace);
-            // Installed before the listeners exist, so an early SIGTERM drains, not kills.
-            let mut signals = Signals::install().context("cannot install signal handlers")?;
-            let gateway = Gateway::start(&loaded.config, shutdown_grace).await?;
-            signals.recv().await;
-            let first_signal = tokio::time::Instant::now();
-            tracing::info!(grace = ?shutdown_grace, "draining");
-            // A second SIGTERM/SIGINT during the drain is an operator who wants out now; one
-            // within a second of the first is the same stop sent twice (a wrapper forwarding
-            // SIGTERM while Ctrl-C reaches the whole process group) and is ignored.
-            let drain = gateway.shutdown();
-            tokio::pin!(drain);
-            loop {
-                tokio::select! {
-                    is_complete = &mut drain => {
-                        if !is_complete {
-                            tracing::warn!("some requests did not finish within the grace period");
-                        }
-                        break;
-                    }
-                    () = signals.recv() => {
-                        if first_signal.elapsed() < SECOND_SIGNAL_MIN_GAP {
-                            tracing::info!("stop signal repeated within a second: still draining");
-                            continue;
-                        }
-                        tracing::warn!("second stop signal: exiting without finishing the drain");
-                        return Ok(Exit::DrainCutShort);
-                    }
-                }
-            }
-            tracing::info!("stopped");
-            Ok(Exit::Ok)
-        }
+        } => match load_or_explain(&config, &env) {
+            Some(loaded) => serve(&loaded, shutdown_grace).await,
+            None => Ok(Exit::BadConfig),
+        },
         Command::Demo {
             listen,
             admin_listen,
@@ -255,8 +315,8 @@ pub async fn run(command: Command) -> anyhow::Result<Exit> {
             );
             Ok(Exit::Ok)
         }
-        Command::CheckConfig { config } => match Config::load(&config, &env) {
-            Ok(loaded) => {
+        Command::CheckConfig { config } => match load_or_explain(&config, &env) {
+            Some(loaded) => {
                 for warning in &loaded.warnings {
                     println!("warning: {}: {}", warning.key, warning.message);
                 }
@@ -273,10 +333,7 @@ pub async fn run(command: Command) -> anyhow::Result<Exit> {
                 println!("{c}");
                 Ok(Exit::Ok)
             }
-            Err(error) => {
-                print_config_error(&error);
-                Ok(Exit::BadConfig)
-            }
+            None => Ok(Exit::BadConfig),
         },
     }
 }
@@ -412,6 +469,50 @@ async fn demo(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `serve` command for a valid configuration file in `dir` with `server` lines added; the
+    /// key comes from a file, so the test does not depend on the process environment.
+    fn serve_command(dir: &tempfile::TempDir, server: &str) -> Command {
+        let key = dir.path().join("key");
+        std::fs::write(&key, "k").unwrap();
+        let config = dir.path().join("gateway.toml");
+        let toml = format!(
+            "[server]\n{server}\n[apps.main]\nsdkappid = 1\nregion = \"sgp\"\n\
+             secret_key_file = {:?}\n",
+            key.display().to_string()
+        );
+        std::fs::write(&config, toml).unwrap();
+        Command::Serve {
+            config,
+            shutdown_grace: None,
+        }
+    }
+
+    /// `serve`'s runtime starts `server.worker_threads` workers, and one per available CPU
+    /// when the key is unset (issue 8, item 7).
+    #[test]
+    fn serve_runtime_has_the_configured_worker_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            ("worker_threads = 3", 3),
+            ("", crate::config::available_cpus()),
+        ];
+        for (server, expected) in cases {
+            let task = Task::prepare(serve_command(&dir, server));
+            assert!(matches!(task, Task::Serve { .. }), "{server}");
+            let runtime = task.runtime().build().unwrap();
+            assert_eq!(runtime.metrics().num_workers(), expected, "{server}");
+        }
+    }
+
+    /// An invalid `serve` configuration is settled before any runtime work: the task only
+    /// returns the bad-configuration exit (code 2).
+    #[test]
+    fn invalid_serve_config_becomes_a_bad_config_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        let task = Task::prepare(serve_command(&dir, "worker_threads = 0"));
+        assert!(matches!(task, Task::Done(Exit::BadConfig)));
+    }
 
     /// Regression test for issue 7, F12: the demo's CA lives in a fresh 0700 directory named
     /// tim-gateway-demo-…, and dropping it removes the directory with the file.

@@ -4,8 +4,10 @@
 //! Two stages, as STYLE convention 4 asks. `raw` merges the file and the environment into one
 //! tree with the `config` crate and turns it into a permissive `RawConfig` (every leaf
 //! optional, durations, addresses and regions still strings), reporting unknown keys and
-//! wrongly typed values. `validate` then turns it into a [`Config`], filling in defaults and
-//! collecting every problem at once rather than stopping at the first.
+//! wrongly typed values. `validate` then turns it into a [`Config`], one module per section,
+//! filling in defaults and collecting every problem at once rather than stopping at the first.
+//! Both record into `check::Findings`; the types they produce live in `model`. Dependencies run
+//! one way: `model` ← `check` ← `raw` ← `validate` ← this file.
 //!
 //! Promises:
 //! - [`ConfigError::Invalid`] lists every problem of one run, sorted by key, at most one per key
@@ -25,348 +27,19 @@
 //! after the prefix, such as `TIM_GATEWAY_SECRET_KEY`, are not configuration keys. The arrays
 //! of tables `[[cache.rules]]` and `[[throttle.quotas]]` come from the file only.
 
+mod check;
+mod model;
 mod raw;
 mod validate;
 
-use std::collections::HashMap;
 use std::fmt;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
-use crate::region::Origins;
-use crate::usersig::SecretKey;
+pub use model::*;
 
-/// Prefix of every configuration environment variable.
-pub const ENV_PREFIX: &str = "TIM_GATEWAY";
-/// Separates the prefix, the section and the keys of an environment override.
-pub const ENV_SEPARATOR: &str = "__";
-/// The variable an app's secret key is read from when it sets neither `secret_key_file` nor
-/// `secret_key_env`.
-pub const DEFAULT_SECRET_KEY_ENV: &str = "TIM_GATEWAY_SECRET_KEY";
 /// The configuration `tim-gateway demo` runs with; the demo overrides the endpoint, the CA and
 /// the secret key at runtime.
 pub const DEMO_TOML: &str = include_str!("../config/demo.toml");
-
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
-pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
-/// Upper bound of `server.max_body_bytes`.
-pub const MAX_BODY_BYTES_LIMIT: usize = 64 * 1024 * 1024;
-/// Below Kubernetes' default 30 s `terminationGracePeriodSeconds`, so the drain ends before
-/// the kubelet's SIGKILL.
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longer than Tencent's own 3 s backend timeout (reference §1), so its answer can arrive.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-pub const DEFAULT_POOL_MAX_IDLE_PER_HOST: usize = 32;
-pub const DEFAULT_MAX_RETRIES: u32 = 2;
-pub const DEFAULT_RETRY_BASE_DELAY: Duration = Duration::from_millis(100);
-/// Room for one full `DEFAULT_REQUEST_TIMEOUT` after a full `DEFAULT_MAX_WAIT` in the
-/// throttle queue. A longer `request_timeout` raises the default deadline to match it.
-pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(15);
-pub const DEFAULT_IDENTIFIER: &str = "administrator";
-/// Tencent advises admin UserSigs live at least 24 h (reference §3).
-pub const DEFAULT_USERSIG_LIFETIME: Duration = Duration::from_secs(86_400);
-/// 64 MiB.
-pub const DEFAULT_CACHE_MAX_BYTES: u64 = 64 * 1024 * 1024;
-pub const DEFAULT_SAFETY_MARGIN: f64 = 0.05;
-pub const DEFAULT_BURST: f64 = 0.05;
-pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(2);
-pub const DEFAULT_MAX_WAITERS: usize = 1024;
-/// Calls per second for a command whose quota the catalogue does not know; the chatbot APIs'
-/// documented limit (reference §4).
-pub const DEFAULT_QUOTA: u32 = 200;
-pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_secs(1);
-pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
-
-/// A snapshot of environment variables: the process's, or a map in tests.
-///
-/// Holds secret values (the app keys), so `Debug` prints only how many variables it holds.
-#[derive(Clone, Default)]
-pub struct Env {
-    vars: HashMap<String, String>,
-}
-
-impl Env {
-    /// The process environment; variables whose name or value is not UTF-8 are skipped.
-    pub fn from_process() -> Env {
-        let vars = std::env::vars_os()
-            .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
-            .collect();
-        Env { vars }
-    }
-
-    pub fn from_map(map: HashMap<String, String>) -> Env {
-        Env { vars: map }
-    }
-
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.vars.get(name).map(String::as_str)
-    }
-}
-
-impl fmt::Debug for Env {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Env(<{} variables>)", self.vars.len())
-    }
-}
-
-/// The validated configuration.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub server: ServerConfig,
-    pub upstream: UpstreamConfig,
-    /// Sorted by name.
-    pub apps: Vec<AppConfig>,
-    /// Index into `apps` of the app that `/v4/…` (without `/apps/{app}`) goes to.
-    pub default_app: usize,
-    pub cache: CacheConfig,
-    pub throttle: ThrottleConfig,
-}
-
-/// The client-facing and admin listeners.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerConfig {
-    pub listen: SocketAddr,
-    pub admin_listen: SocketAddr,
-    /// Without it, a non-loopback `listen` or `admin_listen` is a problem: the client port signs
-    /// every request as the app admin, so whoever reaches it holds admin power.
-    pub allow_non_loopback: bool,
-    /// Largest client request body; 1 B ..= 64 MiB.
-    pub max_body_bytes: usize,
-    /// When false, commands outside the catalogue get 404 instead of being forwarded.
-    pub allow_unknown_commands: bool,
-    /// How long in-flight requests may run after SIGTERM before they are cut; 0 < x ≤ 10 min.
-    pub shutdown_grace: Duration,
-    /// Host names (`*.domain` patterns, IP addresses) accepted in `Host` and `Origin` besides
-    /// loopback names and the listener's own address; lowercase (DNS-rebinding defence).
-    pub allowed_hosts: Vec<String>,
-    /// Client connections held open at once; `None`: derived from the open-files limit.
-    pub max_connections: Option<usize>,
-    /// Where the admin bearer token was read from.
-    pub admin_token_file: Option<PathBuf>,
-    /// Required by `POST /cache/purge` when set (always set off loopback).
-    pub admin_token: Option<AdminToken>,
-}
-
-/// The admin listener's bearer token. Printed only as `<redacted>`; compared in constant time.
-#[derive(Clone, PartialEq, Eq)]
-pub struct AdminToken(String);
-
-impl AdminToken {
-    pub fn new(token: &str) -> AdminToken {
-        AdminToken(token.to_owned())
-    }
-
-    /// Whether `presented` is this token; the time taken does not depend on where they differ.
-    pub fn matches(&self, presented: &[u8]) -> bool {
-        use sha2::{Digest, Sha256};
-        let (a, b) = (Sha256::digest(self.0.as_bytes()), Sha256::digest(presented));
-        a.iter()
-            .zip(b.iter())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-    }
-}
-
-impl fmt::Debug for AdminToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AdminToken(<redacted>)")
-    }
-}
-
-/// How we talk to Tencent.
-#[derive(Clone, PartialEq, Eq)]
-pub struct UpstreamConfig {
-    pub connect_timeout: Duration,
-    /// One upstream call; should exceed Tencent's 3 s backend timeout (reference §1).
-    pub request_timeout: Duration,
-    pub pool_idle_timeout: Duration,
-    /// 0 disables connection reuse.
-    pub pool_max_idle_per_host: usize,
-    /// An extra CA (PEM) to trust besides the bundled roots.
-    pub ca_file: Option<PathBuf>,
-    /// The contents of `ca_file`, checked to hold at least one certificate.
-    pub extra_ca_pem: Option<Vec<u8>>,
-    /// Retries of a read after Tencent's internal errors (10002, 70169, 70500, 60008, 60013,
-    /// 60014; reference §6), on top of the first call; 0 ..= 5.
-    pub max_retries: u32,
-    /// Pause before the first retry, doubled for each further one (with jitter); 1 ms ..= 10 s.
-    pub retry_base_delay: Duration,
-    /// The whole client request: throttle waits, every call and every retry. At least
-    /// `request_timeout`; when unset, 15 s or `request_timeout` if that is longer.
-    pub deadline: Duration,
-}
-
-impl fmt::Debug for UpstreamConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UpstreamConfig")
-            .field("connect_timeout", &self.connect_timeout)
-            .field("request_timeout", &self.request_timeout)
-            .field("pool_idle_timeout", &self.pool_idle_timeout)
-            .field("pool_max_idle_per_host", &self.pool_max_idle_per_host)
-            .field("ca_file", &self.ca_file)
-            .field(
-                "extra_ca_pem",
-                &self
-                    .extra_ca_pem
-                    .as_ref()
-                    .map(|pem| format!("<{} bytes>", pem.len())),
-            )
-            .field("max_retries", &self.max_retries)
-            .field("retry_base_delay", &self.retry_base_delay)
-            .field("deadline", &self.deadline)
-            .finish()
-    }
-}
-
-/// The response cache, as the file configures it. The catalogue's built-in rules (such as the
-/// one for `get_all_robots`) are not here: the cache module merges these rules over them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CacheConfig {
-    /// Upper bound of the cache's size in bytes; 1 KiB ..= 16 GiB.
-    pub max_bytes: u64,
-    /// From `[[cache.rules]]`, in file order; at most one per command.
-    pub rules: Vec<CacheRule>,
-}
-
-/// How one read command is cached; replaces the catalogue's default for that command.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CacheRule {
-    /// `service/command`, a read in the catalogue.
-    pub command: String,
-    /// False turns caching off for a command the catalogue caches by default.
-    pub enabled: bool,
-    /// How long an answer is fresh; 0 < x ≤ 1 day when enabled. Zero when the rule is
-    /// disabled and sets none.
-    pub ttl: Duration,
-    /// After `ttl`, how long a stale answer is still served while one background call
-    /// refreshes it; ≤ 1 day, 0 = off.
-    pub stale_while_revalidate: Duration,
-    /// After `ttl`, how long a stale answer is served when the upstream fails or limits us;
-    /// ≤ 7 days, 0 = off.
-    pub stale_if_error: Duration,
-    /// Writes (`service/command`, in the catalogue) whose success drops this command's cached
-    /// answers for the same app.
-    pub invalidated_by: Vec<String>,
-}
-
-/// The per-(app, command) upstream budget.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ThrottleConfig {
-    /// Fraction of Tencent's quota never used, so clock skew and other callers do not push us
-    /// over it; 0.0 ..= 0.5.
-    pub safety_margin: f64,
-    /// Fraction of the per-second budget that may go out at once; 0.0 ..= 0.5.
-    pub burst: f64,
-    /// Longest a request waits in the FIFO for a permit before 429; 0 ..= 60 s, 0 = never wait.
-    pub max_wait: Duration,
-    /// Longest FIFO per (app, command); past it requests get 429 at once; 0 ..= 1,000,000.
-    pub max_waiters: usize,
-    /// Calls per second for commands whose quota the catalogue does not know; 1 ..= 100,000.
-    pub default_quota: u32,
-    /// From `[[throttle.quotas]]`, in file order; at most one per command.
-    pub quotas: Vec<QuotaOverride>,
-    /// Pause of a command after Tencent's 60007, 60018 or 60019 (reference §6), doubled per
-    /// repeat.
-    pub backoff_base: Duration,
-    /// Upper bound of that pause; at least `backoff_base`.
-    pub backoff_max: Duration,
-}
-
-/// A per-second quota that replaces the catalogue's (or the default) for one command.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QuotaOverride {
-    /// `service/command`, in the catalogue.
-    pub command: String,
-    /// Calls per second; 1 ..= 100,000.
-    pub per_second: u32,
-}
-
-/// One Tencent Cloud Chat application (one SDKAppID) the gateway signs for.
-#[derive(Debug, Clone)]
-pub struct AppConfig {
-    /// The `NAME` of `[apps.NAME]`; `[A-Za-z0-9_-]{1,64}`; used in `/apps/{app}/…` and as a
-    /// metric label.
-    pub name: String,
-    pub sdkappid: u64,
-    /// The app admin account requests are signed as (reference §1).
-    pub identifier: String,
-    pub origins: Origins,
-    pub secret_key: SecretKey,
-    /// Where `secret_key` came from, for logs and `check-config`.
-    pub secret_key_source: KeySource,
-    /// Lifetime of the admin UserSigs we mint; whole seconds, 10 s ..= 180 days.
-    pub usersig_lifetime: Duration,
-}
-
-/// Where an app's secret key was read from. Printing it names the file or variable only.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeySource {
-    File(PathBuf),
-    Env(String),
-}
-
-impl fmt::Display for KeySource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            KeySource::File(path) => write!(f, "file {}", path.display()),
-            KeySource::Env(name) => write!(f, "environment variable {name}"),
-        }
-    }
-}
-
-/// A configuration problem or warning: which key, and what is wrong with it. Warnings reuse
-/// this type (they are returned apart, in [`Loaded::warnings`]).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Problem {
-    /// Dotted path such as `apps.main.region` or `cache.rules[0].ttl`; a section or
-    /// `apps.NAME` for problems of a whole table.
-    pub key: String,
-    /// Never contains a secret value.
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.message)
-    }
-}
-
-/// Why a configuration could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {reason}")]
-    Read { path: PathBuf, reason: String },
-    /// The file is not TOML. The reason names line and column, without echoing the line (it
-    /// could hold a secret someone pasted in).
-    #[error("config file {path} is not valid TOML: {reason}")]
-    Parse { path: PathBuf, reason: String },
-    #[error("{}", list_problems(.0))]
-    Invalid(Vec<Problem>),
-}
-
-fn list_problems(problems: &[Problem]) -> String {
-    let mut text = match problems.len() {
-        1 => "the configuration has 1 problem:".to_owned(),
-        n => format!("the configuration has {n} problems:"),
-    };
-    for problem in problems {
-        text.push_str("\n  ");
-        text.push_str(&problem.to_string());
-    }
-    text
-}
-
-/// A valid configuration and the warnings it raised.
-#[derive(Debug, Clone)]
-pub struct Loaded {
-    pub config: Config,
-    /// Allowed but questionable settings, sorted by key; log them at startup.
-    pub warnings: Vec<Problem>,
-}
 
 impl Config {
     /// Load file + env and validate, collecting every problem at once.
@@ -400,7 +73,7 @@ impl Config {
 
     fn build(toml: &str, origin: &Path, env: &Env) -> Result<Loaded, ConfigError> {
         let tree = raw::merge(toml, origin, env)?;
-        let mut findings = validate::Findings::default();
+        let mut findings = check::Findings::default();
         let raw = raw::RawConfig::from_tree(tree, &mut findings);
         let config = validate::validate(raw, env, &mut findings);
         findings.finish(config)
@@ -411,150 +84,112 @@ impl fmt::Display for Config {
     /// The effective configuration, one `key = value` per line, for `check-config`. Secret
     /// keys appear only as where they were read from.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let human = humantime::format_duration;
+        let human = |d| humantime::format_duration(d).to_string();
+        let list = |items: &[String]| format!("[{}]", items.join(", "));
+        let mut line = |key: &str, value: &dyn fmt::Display| writeln!(f, "{key} = {value}");
         let s = &self.server;
-        writeln!(f, "server.listen = {}", s.listen)?;
-        writeln!(f, "server.admin_listen = {}", s.admin_listen)?;
-        writeln!(f, "server.allow_non_loopback = {}", s.allow_non_loopback)?;
-        writeln!(f, "server.max_body_bytes = {}", s.max_body_bytes)?;
-        writeln!(
-            f,
-            "server.allow_unknown_commands = {}",
-            s.allow_unknown_commands
-        )?;
-        writeln!(f, "server.shutdown_grace = {}", human(s.shutdown_grace))?;
-        writeln!(f, "server.allowed_hosts = [{}]", s.allowed_hosts.join(", "))?;
+        line("server.listen", &s.listen)?;
+        line("server.admin_listen", &s.admin_listen)?;
+        line("server.allow_non_loopback", &s.allow_non_loopback)?;
+        line("server.max_body_bytes", &s.max_body_bytes)?;
+        line("server.allow_unknown_commands", &s.allow_unknown_commands)?;
+        line("server.shutdown_grace", &human(s.shutdown_grace))?;
+        line("server.allowed_hosts", &list(&s.allowed_hosts))?;
         match s.max_connections {
-            Some(n) => writeln!(f, "server.max_connections = {n}")?,
-            None => writeln!(
-                f,
-                "server.max_connections = (derived from the open-files limit)"
+            Some(n) => line("server.max_connections", &n)?,
+            None => line(
+                "server.max_connections",
+                &"(derived from the open-files limit)",
             )?,
         }
+        match s.worker_threads {
+            Some(n) => line("server.worker_threads", &n)?,
+            None => {
+                let cpus = available_cpus();
+                line(
+                    "server.worker_threads",
+                    &format!("{cpus} (default: {cpus} CPUs available)"),
+                )?;
+            }
+        }
         match &s.admin_token_file {
-            Some(path) => writeln!(
-                f,
-                "server.admin_token_file = {} (token not shown)",
-                path.display()
+            Some(path) => line(
+                "server.admin_token_file",
+                &format!("{} (token not shown)", path.display()),
             )?,
-            None => writeln!(
-                f,
-                "server.admin_token_file = (none: purge needs no token on loopback)"
+            None => line(
+                "server.admin_token_file",
+                &"(none: purge needs no token on loopback)",
             )?,
         }
         let default_app = self.apps.get(self.default_app).map_or("?", |a| &a.name);
-        writeln!(f, "server.default_app = {default_app}")?;
+        line("server.default_app", &default_app)?;
         let u = &self.upstream;
-        writeln!(f, "upstream.connect_timeout = {}", human(u.connect_timeout))?;
-        writeln!(f, "upstream.request_timeout = {}", human(u.request_timeout))?;
-        writeln!(
-            f,
-            "upstream.pool_idle_timeout = {}",
-            human(u.pool_idle_timeout)
-        )?;
-        writeln!(
-            f,
-            "upstream.pool_max_idle_per_host = {}",
-            u.pool_max_idle_per_host
-        )?;
+        line("upstream.connect_timeout", &human(u.connect_timeout))?;
+        line("upstream.request_timeout", &human(u.request_timeout))?;
+        line("upstream.pool_idle_timeout", &human(u.pool_idle_timeout))?;
+        line("upstream.pool_max_idle_per_host", &u.pool_max_idle_per_host)?;
         match &u.ca_file {
-            Some(path) => writeln!(f, "upstream.ca_file = {}", path.display())?,
-            None => writeln!(f, "upstream.ca_file = (none: bundled roots only)")?,
+            Some(path) => line("upstream.ca_file", &path.display())?,
+            None => line("upstream.ca_file", &"(none: bundled roots only)")?,
         }
-        writeln!(f, "upstream.max_retries = {}", u.max_retries)?;
-        writeln!(
-            f,
-            "upstream.retry_base_delay = {}",
-            human(u.retry_base_delay)
-        )?;
-        writeln!(f, "upstream.deadline = {}", human(u.deadline))?;
+        line("upstream.max_retries", &u.max_retries)?;
+        line("upstream.retry_base_delay", &human(u.retry_base_delay))?;
+        line("upstream.deadline", &human(u.deadline))?;
         let c = &self.cache;
-        writeln!(f, "cache.max_bytes = {}", c.max_bytes)?;
+        line("cache.max_bytes", &c.max_bytes)?;
         if c.rules.is_empty() {
-            writeln!(f, "cache.rules = (none: the catalogue's defaults only)")?;
+            line("cache.rules", &"(none: the catalogue's defaults only)")?;
         }
         for (i, rule) in c.rules.iter().enumerate() {
-            let key = format!("cache.rules[{i}]");
-            writeln!(f, "{key}.command = {}", rule.command)?;
-            writeln!(f, "{key}.enabled = {}", rule.enabled)?;
-            writeln!(f, "{key}.ttl = {}", human(rule.ttl))?;
-            writeln!(
-                f,
-                "{key}.stale_while_revalidate = {}",
-                human(rule.stale_while_revalidate)
+            let key = |field: &str| format!("cache.rules[{i}].{field}");
+            line(&key("command"), &rule.command)?;
+            line(&key("enabled"), &rule.enabled)?;
+            line(&key("ttl"), &human(rule.ttl))?;
+            line(
+                &key("stale_while_revalidate"),
+                &human(rule.stale_while_revalidate),
             )?;
-            writeln!(f, "{key}.stale_if_error = {}", human(rule.stale_if_error))?;
-            writeln!(
-                f,
-                "{key}.invalidated_by = [{}]",
-                rule.invalidated_by.join(", ")
-            )?;
+            line(&key("stale_if_error"), &human(rule.stale_if_error))?;
+            line(&key("invalidated_by"), &list(&rule.invalidated_by))?;
         }
         let t = &self.throttle;
-        writeln!(f, "throttle.safety_margin = {}", t.safety_margin)?;
-        writeln!(f, "throttle.burst = {}", t.burst)?;
-        writeln!(f, "throttle.max_wait = {}", human(t.max_wait))?;
-        writeln!(f, "throttle.max_waiters = {}", t.max_waiters)?;
-        writeln!(f, "throttle.default_quota = {}", t.default_quota)?;
+        line("throttle.safety_margin", &t.safety_margin)?;
+        line("throttle.burst", &t.burst)?;
+        line("throttle.max_wait", &human(t.max_wait))?;
+        line("throttle.max_waiters", &t.max_waiters)?;
+        line("throttle.default_quota", &t.default_quota)?;
         if t.quotas.is_empty() {
-            writeln!(f, "throttle.quotas = (none: the catalogue's quotas only)")?;
+            line("throttle.quotas", &"(none: the catalogue's quotas only)")?;
         }
         for (i, quota) in t.quotas.iter().enumerate() {
-            writeln!(f, "throttle.quotas[{i}].command = {}", quota.command)?;
-            writeln!(f, "throttle.quotas[{i}].per_second = {}", quota.per_second)?;
+            line(&format!("throttle.quotas[{i}].command"), &quota.command)?;
+            line(
+                &format!("throttle.quotas[{i}].per_second"),
+                &quota.per_second,
+            )?;
         }
-        writeln!(f, "throttle.backoff_base = {}", human(t.backoff_base))?;
-        writeln!(f, "throttle.backoff_max = {}", human(t.backoff_max))?;
+        line("throttle.backoff_base", &human(t.backoff_base))?;
+        line("throttle.backoff_max", &human(t.backoff_max))?;
         for app in &self.apps {
-            let key = format!("apps.{}", app.name);
-            writeln!(f, "{key}.sdkappid = {}", app.sdkappid)?;
-            writeln!(f, "{key}.identifier = {}", app.identifier)?;
+            let key = |field: &str| format!("apps.{}.{field}", app.name);
+            line(&key("sdkappid"), &app.sdkappid)?;
+            line(&key("identifier"), &app.identifier)?;
             match &app.origins.backup {
-                Some(backup) => writeln!(
-                    f,
-                    "{key}.origin = {} (backup {backup})",
-                    app.origins.primary
+                Some(backup) => line(
+                    &key("origin"),
+                    &format!("{} (backup {backup})", app.origins.primary),
                 )?,
-                None => writeln!(f, "{key}.origin = {}", app.origins.primary)?,
+                None => line(&key("origin"), &app.origins.primary)?,
             }
-            writeln!(
-                f,
-                "{key}.secret_key = <redacted, from {}>",
-                app.secret_key_source
+            line(
+                &key("secret_key"),
+                &format!("<redacted, from {}>", app.secret_key_source),
             )?;
-            writeln!(
-                f,
-                "{key}.usersig_lifetime = {}",
-                human(app.usersig_lifetime)
-            )?;
+            line(&key("usersig_lifetime"), &human(app.usersig_lifetime))?;
         }
         Ok(())
     }
-}
-
-/// Replaces every run of 32 or more hex digits with `<redacted>`, so a key pasted into the
-/// wrong field is not echoed by a message that quotes the field's value.
-fn redact_key_like(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut run = String::new();
-    let flush = |run: &mut String, out: &mut String| {
-        if run.len() >= 32 {
-            out.push_str("<redacted>");
-        } else {
-            out.push_str(run);
-        }
-        run.clear();
-    };
-    for c in text.chars() {
-        if c.is_ascii_hexdigit() {
-            run.push(c);
-        } else {
-            flush(&mut run, &mut out);
-            out.push(c);
-        }
-    }
-    flush(&mut run, &mut out);
-    out
 }
 
 #[cfg(test)]

@@ -40,17 +40,16 @@ fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let _log_writer = init_tracing(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // `serve` reads its configuration before the runtime exists: it sets the worker threads.
+    let task = cli::Task::prepare(cli.command);
+    let runtime = match task.runtime().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(cli::run(cli.command));
+    let result = runtime.block_on(task.run());
     // Whatever still runs (connections being drained, a DNS lookup on a blocking thread) is
     // abandoned, not waited for: after a second stop signal the exit must be immediate.
     runtime.shutdown_background();

@@ -287,3 +287,37 @@ region = "mars"
         assert!(text.contains(expected), "{expected} missing from:\n{text}");
     }
 }
+
+/// `check-config` prints the effective worker threads: one per CPU the process may use by
+/// default, or what `TIM_GATEWAY__SERVER__WORKER_THREADS` sets.
+#[test]
+fn check_config_prints_the_worker_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ok.toml");
+    std::fs::write(
+        &file,
+        "[apps.main]\nsdkappid = 1400000000\nregion = \"singapore\"\n",
+    )
+    .unwrap();
+    let check = |threads: Option<&str>| {
+        let mut command = Command::new(BIN);
+        command
+            .args(["check-config", "--config"])
+            .arg(&file)
+            .env("TIM_GATEWAY_SECRET_KEY", "k")
+            .env_remove("TIM_GATEWAY__SERVER__WORKER_THREADS");
+        if let Some(threads) = threads {
+            command.env("TIM_GATEWAY__SERVER__WORKER_THREADS", threads);
+        }
+        let output = command.output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert_eq!(output.status.code(), Some(0), "{stdout}");
+        stdout
+    };
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let default = format!("server.worker_threads = {cpus} (default: {cpus} CPUs available)\n");
+    let text = check(None);
+    assert!(text.contains(&default), "{text}");
+    let text = check(Some("5"));
+    assert!(text.contains("server.worker_threads = 5\n"), "{text}");
+}

@@ -11,8 +11,11 @@ use std::path::Path;
 use serde::de::{self, DeserializeOwned, Visitor};
 use serde::Deserialize;
 
-use super::validate::Findings;
-use super::{redact_key_like, ConfigError, Env, ENV_PREFIX, ENV_SEPARATOR};
+use super::check::{did_you_mean, env_var_name, redact_key_like, Findings};
+use super::model::{ConfigError, Env, ENV_PREFIX, ENV_SEPARATOR};
+
+/// A table of the merged file and environment, as the `config` crate holds it.
+pub(super) type Table = ::config::Map<String, ::config::Value>;
 
 /// The configuration as written: everything optional, nothing interpreted yet. The buffer
 /// between the file format users write and the types the gateway uses.
@@ -27,7 +30,6 @@ pub(super) struct RawConfig {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawServer {
     pub listen: Option<String>,
     pub admin_listen: Option<String>,
@@ -38,6 +40,7 @@ pub(super) struct RawServer {
     pub shutdown_grace: Option<String>,
     pub allowed_hosts: Option<StringList>,
     pub max_connections: Option<u64>,
+    pub worker_threads: Option<u64>,
     pub admin_token_file: Option<String>,
 }
 
@@ -65,7 +68,6 @@ impl StringList {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawUpstream {
     pub connect_timeout: Option<String>,
     pub request_timeout: Option<String>,
@@ -78,7 +80,6 @@ pub(super) struct RawUpstream {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawApp {
     pub sdkappid: Option<u64>,
     pub identifier: Option<String>,
@@ -90,7 +91,6 @@ pub(super) struct RawApp {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawCache {
     pub max_bytes: Option<u64>,
     /// Read element by element by [`array_of_tables`], never by serde: declared here so it is
@@ -100,7 +100,6 @@ pub(super) struct RawCache {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawCacheRule {
     pub command: Option<String>,
     pub enabled: Option<bool>,
@@ -111,7 +110,6 @@ pub(super) struct RawCacheRule {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawThrottle {
     pub safety_margin: Option<f64>,
     pub burst: Option<f64>,
@@ -127,7 +125,6 @@ pub(super) struct RawThrottle {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawQuota {
     pub command: Option<String>,
     pub per_second: Option<u64>,
@@ -139,11 +136,7 @@ const SECTIONS: &[&str] = &["server", "upstream", "apps", "cache", "throttle"];
 ///
 /// # Errors
 /// [`ConfigError::Parse`] if `toml` is not TOML; the reason quotes no line of the file.
-pub(super) fn merge(
-    toml: &str,
-    origin: &Path,
-    env: &Env,
-) -> Result<::config::Map<String, ::config::Value>, ConfigError> {
+pub(super) fn merge(toml: &str, origin: &Path, env: &Env) -> Result<Table, ConfigError> {
     let merged = ::config::Config::builder()
         .add_source(::config::File::from_str(toml, ::config::FileFormat::Toml))
         .add_source(overrides(env))
@@ -196,39 +189,36 @@ fn redact_snippet(message: &str) -> String {
 }
 
 impl RawConfig {
-    pub fn from_tree(
-        tree: ::config::Map<String, ::config::Value>,
-        findings: &mut Findings,
-    ) -> Self {
+    pub fn from_tree(tree: Table, findings: &mut Findings) -> Self {
         let mut raw = RawConfig::default();
         for (key, value) in tree {
             match key.as_str() {
                 "server" => raw.server = section(findings, "server", value),
                 "upstream" => raw.upstream = section(findings, "upstream", value),
-                "apps" => raw.apps = apps(findings, value),
-                "cache" => {
-                    if let Some(mut table) = table(findings, "cache", value) {
-                        let rules = table.remove("rules");
-                        raw.cache = fields(findings, "cache", table);
-                        raw.cache.rules = array_of_tables(findings, "cache.rules", rules);
+                "apps" => {
+                    let apps = table(findings, "apps", value, "a table of [apps.NAME] tables");
+                    for (name, value) in apps.unwrap_or_default() {
+                        let app = section(findings, &format!("apps.{name}"), value);
+                        raw.apps.insert(name, app);
                     }
+                }
+                "cache" => {
+                    let (cache, rules) = with_array(findings, "cache", "rules", value);
+                    raw.cache = RawCache { rules, ..cache };
                 }
                 "throttle" => {
-                    if let Some(mut table) = table(findings, "throttle", value) {
-                        let quotas = table.remove("quotas");
-                        raw.throttle = fields(findings, "throttle", table);
-                        raw.throttle.quotas = array_of_tables(findings, "throttle.quotas", quotas);
-                    }
+                    let (throttle, quotas) = with_array(findings, "throttle", "quotas", value);
+                    raw.throttle = RawThrottle { quotas, ..throttle };
                 }
-                _ => unknown_key(findings, "", &key, SECTIONS),
+                _ => unknown_key(findings, &key, &key, SECTIONS),
             }
         }
         raw
     }
 }
 
-fn unknown_key(findings: &mut Findings, section: &str, key: &str, known: &[&str]) {
-    let full = join(section, key);
+/// Reports `full`, whose last part `key` is none of the `known` keys of its table.
+fn unknown_key(findings: &mut Findings, full: &str, key: &str, known: &[&str]) {
     if key == "secret_key" {
         findings.problem(
             full,
@@ -238,22 +228,13 @@ fn unknown_key(findings: &mut Findings, section: &str, key: &str, known: &[&str]
         return;
     }
     let mut message = "unknown key".to_owned();
-    if let Some(near) = nearest(key, known) {
+    if let Some(near) = did_you_mean(key, known) {
         message.push_str(&format!("; did you mean `{near}`?"));
     }
     if !known.is_empty() {
         message.push_str(&format!(" (known: {})", known.join(", ")));
     }
     findings.problem(full, message);
-}
-
-/// The candidate `word` is most likely a slip for: at most 2 edits away, or equal but for
-/// letter case.
-pub(super) fn nearest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
-    let near = candidates
-        .iter()
-        .min_by_key(|candidate| edit_distance(candidate, word))?;
-    (edit_distance(near, word) <= 2 || near.eq_ignore_ascii_case(word)).then_some(*near)
 }
 
 /// Deserializes one table into `T`, reporting unknown keys and each wrongly typed value
@@ -263,43 +244,38 @@ fn section<T: DeserializeOwned + Default>(
     key: &str,
     value: ::config::Value,
 ) -> T {
-    match table(findings, key, value) {
-        Some(table) => fields(findings, key, table),
-        None => T::default(),
-    }
+    let table = table(findings, key, value, "a table");
+    table.map_or_else(T::default, |table| fields(findings, key, table))
 }
 
-/// The table `value` holds; `None` (reported) when it is something else.
+/// The table `value` holds; `None` (reported as not the `expected` shape) when it is
+/// something else.
 fn table(
     findings: &mut Findings,
     key: &str,
     value: ::config::Value,
-) -> Option<::config::Map<String, ::config::Value>> {
+    expected: &str,
+) -> Option<Table> {
     findings.note_origin(key, &value);
-    match value.into_table() {
-        Ok(table) => Some(table),
-        Err(_) => {
-            findings.problem(key, "expected a table");
-            None
-        }
+    let table = value.into_table().ok();
+    if table.is_none() {
+        findings.problem(key, format!("expected {expected}"));
     }
+    table
 }
 
 /// Deserializes `table` into `T`; a bad value is dropped (left to its default) and the rest
 /// retried, so one type error does not hide the others.
-fn fields<T: DeserializeOwned + Default>(
-    findings: &mut Findings,
-    key: &str,
-    table: ::config::Map<String, ::config::Value>,
-) -> T {
+fn fields<T: DeserializeOwned + Default>(findings: &mut Findings, key: &str, table: Table) -> T {
     let known = field_names::<T>();
-    let mut kept = ::config::Map::new();
+    let mut kept = Table::new();
     for (name, value) in table {
-        findings.note_origin(&join(key, &name), &value);
+        let full = format!("{key}.{name}");
+        findings.note_origin(&full, &value);
         if known.contains(&name.as_str()) {
             kept.insert(name, value);
         } else {
-            unknown_key(findings, key, &name, known);
+            unknown_key(findings, &full, &name, known);
         }
     }
     loop {
@@ -310,7 +286,7 @@ fn fields<T: DeserializeOwned + Default>(
                 let (field, message) = describe(error);
                 match field {
                     Some(field) if kept.remove(&field).is_some() => {
-                        findings.problem(join(key, &field), message)
+                        findings.problem(format!("{key}.{field}"), message)
                     }
                     _ => {
                         findings.problem(key, message);
@@ -320,6 +296,29 @@ fn fields<T: DeserializeOwned + Default>(
             }
         }
     }
+}
+
+/// A table holding the array of tables `array` (`[[key.array]]`): its other fields as `T`,
+/// and the array's elements as `E`s.
+fn with_array<T, E>(
+    findings: &mut Findings,
+    key: &str,
+    array: &str,
+    value: ::config::Value,
+) -> (T, Vec<E>)
+where
+    T: DeserializeOwned + Default,
+    E: DeserializeOwned + Default,
+{
+    let Some(mut table) = table(findings, key, value, "a table") else {
+        return (T::default(), Vec::new());
+    };
+    let elements = table.remove(array);
+    let fields = fields(findings, key, table);
+    (
+        fields,
+        array_of_tables(findings, &format!("{key}.{array}"), elements),
+    )
 }
 
 /// Reads `[[key]]`: each element as a table of its own, keyed `key[i]`, in file order. An
@@ -342,10 +341,7 @@ fn array_of_tables<T: DeserializeOwned + Default>(
             .collect(),
         // `TIM_GATEWAY__CACHE__RULES__0__TTL` makes a table that replaces the file's array.
         Err(_) if is_from_env => {
-            let variable = format!(
-                "{ENV_PREFIX}{ENV_SEPARATOR}{}",
-                key.replace('.', ENV_SEPARATOR).to_ascii_uppercase()
-            );
+            let variable = env_var_name(key);
             findings.problem(
                 key,
                 format!(
@@ -375,32 +371,6 @@ fn holds_env_value(value: &::config::Value) -> bool {
         ::config::ValueKind::Table(table) => table.values().any(holds_env_value),
         ::config::ValueKind::Array(items) => items.iter().any(holds_env_value),
         _ => false,
-    }
-}
-
-fn apps(findings: &mut Findings, value: ::config::Value) -> BTreeMap<String, RawApp> {
-    findings.note_origin("apps", &value);
-    let table = match value.into_table() {
-        Ok(table) => table,
-        Err(_) => {
-            findings.problem("apps", "expected a table of [apps.NAME] tables");
-            return BTreeMap::new();
-        }
-    };
-    table
-        .into_iter()
-        .map(|(name, value)| {
-            let raw = section(findings, &format!("apps.{name}"), value);
-            (name, raw)
-        })
-        .collect()
-}
-
-fn join(section: &str, key: &str) -> String {
-    if section.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{section}.{key}")
     }
 }
 
@@ -451,19 +421,4 @@ pub(super) fn field_names<T: DeserializeOwned>() -> &'static [&'static str] {
     let mut fields: &'static [&'static str] = &[];
     let _probed = T::deserialize(Probe(&mut fields));
     fields
-}
-
-/// Levenshtein distance, for "did you mean" on short key names.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut previous: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut current = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let substitute = previous[j] + usize::from(ca != *cb);
-            current.push(substitute.min(previous[j + 1] + 1).min(current[j] + 1));
-        }
-        previous = current;
-    }
-    previous[b.len()]
 }

@@ -4,29 +4,55 @@
 //! Promise: a secret key is read here and never quoted; messages name the file or variable.
 
 use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{duration, non_empty, read_capped, Findings};
-use crate::config::raw::RawApp;
-use crate::config::{
+use crate::config::check::{non_empty, read_capped, Findings};
+use crate::config::model::{
     AppConfig, Env, KeySource, DEFAULT_IDENTIFIER, DEFAULT_SECRET_KEY_ENV,
     DEFAULT_USERSIG_LIFETIME, ENV_SEPARATOR,
 };
+use crate::config::raw::RawApp;
 use crate::region::{Origin, Origins, Region};
 use crate::usersig::SecretKey;
 
-const MIN_USERSIG_LIFETIME: Duration = Duration::from_secs(10);
+/// From the shortest to the longest lifetime seen in real SDKs: 10 s to 180 days
+/// (reference §3).
+const USERSIG_LIFETIMES: RangeInclusive<Duration> =
+    Duration::from_secs(10)..=Duration::from_secs(180 * 86_400);
 /// Shortest lifetime seen in real SDKs (reference §3); below it we warn.
 const ADVISED_MIN_USERSIG_LIFETIME: Duration = Duration::from_secs(300);
-/// Longest lifetime seen in real SDKs: 180 days (reference §3).
-const MAX_USERSIG_LIFETIME: Duration = Duration::from_secs(180 * 86_400);
 const MAX_IDENTIFIER_BYTES: usize = 32;
 const MAX_APP_NAME_CHARS: usize = 64;
 const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
 
+/// Every app, sorted by name, and the index of the default one; `None` when any app or the
+/// choice of default has a problem.
+pub(super) fn validate(
+    raw_apps: BTreeMap<String, RawApp>,
+    default_app: Option<String>,
+    env: &Env,
+    findings: &mut Findings,
+) -> Option<(Vec<AppConfig>, usize)> {
+    check_app_names(&raw_apps, findings);
+    let names: Vec<String> = raw_apps.keys().cloned().collect();
+    let mut apps = Vec::with_capacity(raw_apps.len());
+    let mut are_all_valid = true;
+    for (name, raw) in raw_apps {
+        match validate_app(name, raw, env, findings) {
+            Some(app) => apps.push(app),
+            None => are_all_valid = false,
+        }
+    }
+    check_pairs(&apps, findings);
+    // Chosen even when an app is invalid, so a bad default_app is reported in the same run.
+    let default_app = choose_default_app(default_app, &names, &apps, findings)?;
+    are_all_valid.then_some((apps, default_app))
+}
+
 /// Checks app names, and that environment overrides can reach each app.
-pub(super) fn check_app_names(apps: &BTreeMap<String, RawApp>, findings: &mut Findings) {
+fn check_app_names(apps: &BTreeMap<String, RawApp>, findings: &mut Findings) {
     let mut seen: BTreeMap<String, &str> = BTreeMap::new();
     for name in apps.keys() {
         let key = format!("apps.{name}");
@@ -59,27 +85,21 @@ pub(super) fn check_app_names(apps: &BTreeMap<String, RawApp>, findings: &mut Fi
     }
 }
 
-pub(super) fn validate_app(
+fn validate_app(
     name: String,
     raw: RawApp,
     env: &Env,
     findings: &mut Findings,
 ) -> Option<AppConfig> {
     let key = format!("apps.{name}");
-
+    let sdkappid_key = format!("{key}.sdkappid");
     let sdkappid = match raw.sdkappid {
-        Some(id) if id > 0 => Some(id),
-        Some(_) => {
-            findings.problem(format!("{key}.sdkappid"), "must be greater than 0");
-            None
-        }
-        None => {
-            findings.problem(
-                format!("{key}.sdkappid"),
-                "is required: the app's SDKAppID, e.g. 1400000000",
-            );
-            None
-        }
+        None => findings.refuse(
+            sdkappid_key,
+            "is required: the app's SDKAppID, e.g. 1400000000",
+        ),
+        Some(0) => findings.refuse(sdkappid_key, "must be greater than 0"),
+        id => id,
     };
 
     let identifier = raw
@@ -88,9 +108,9 @@ pub(super) fn validate_app(
     let identifier_problem = if identifier.is_empty() {
         Some("must not be empty: it is the app admin account, e.g. \"administrator\"".to_owned())
     } else if identifier.len() > MAX_IDENTIFIER_BYTES {
+        let len = identifier.len();
         Some(format!(
-            "is {} bytes; an identifier is at most {MAX_IDENTIFIER_BYTES}",
-            identifier.len()
+            "is {len} bytes; an identifier is at most {MAX_IDENTIFIER_BYTES}"
         ))
     } else if identifier.chars().any(char::is_control) {
         Some("must not contain control characters".to_owned())
@@ -101,42 +121,23 @@ pub(super) fn validate_app(
         findings.problem(format!("{key}.identifier"), message);
     }
 
-    let origins = origins(
-        &key,
-        non_empty(raw.region),
-        non_empty(raw.endpoint),
-        findings,
-    );
+    let origins = origins(&key, raw.region, raw.endpoint, findings);
     // A key file path of the wrong type was dropped and already reported; falling back to
     // the variable would report a second, misleading problem.
     let secret = if findings.has_problem(&format!("{key}.secret_key_file")) {
         None
     } else {
-        secret_key(
-            &key,
-            non_empty(raw.secret_key_file),
-            raw.secret_key_env,
-            env,
-            findings,
-        )
+        secret_key(&key, raw.secret_key_file, raw.secret_key_env, env, findings)
     };
 
     let lifetime_key = format!("{key}.usersig_lifetime");
-    let usersig_lifetime = duration(
-        findings,
+    let usersig_lifetime = findings.duration(
         &lifetime_key,
         raw.usersig_lifetime,
         DEFAULT_USERSIG_LIFETIME,
+        USERSIG_LIFETIMES,
     );
-    if usersig_lifetime < MIN_USERSIG_LIFETIME || usersig_lifetime > MAX_USERSIG_LIFETIME {
-        findings.problem(
-            &lifetime_key,
-            format!(
-                "{} is out of range; give 10s ..= 180days",
-                humantime::format_duration(usersig_lifetime)
-            ),
-        );
-    } else if usersig_lifetime.subsec_nanos() != 0 {
+    if usersig_lifetime.subsec_nanos() != 0 {
         findings.problem(
             &lifetime_key,
             "must be a whole number of seconds (a UserSig's lifetime is in seconds)",
@@ -164,26 +165,26 @@ pub(super) fn validate_app(
     })
 }
 
-/// Exactly one of `region` and `endpoint` says where the app's upstream is.
+/// Exactly one of `region` and `endpoint` says where the app's upstream is; an empty one
+/// counts as unset.
 fn origins(
     key: &str,
     region: Option<String>,
     endpoint: Option<String>,
     findings: &mut Findings,
 ) -> Option<Origins> {
-    match (region, endpoint) {
+    let (region_key, endpoint_key) = (format!("{key}.region"), format!("{key}.endpoint"));
+    match (non_empty(region), non_empty(endpoint)) {
         (Some(region), None) => match region.parse::<Region>() {
             Ok(region) => Some(region.origins()),
-            Err(e) => {
-                findings.problem(format!("{key}.region"), e.to_string());
-                None
-            }
+            Err(e) => findings.refuse(region_key, e.to_string()),
         },
         (None, Some(endpoint)) => match Origin::parse(endpoint.trim()) {
+            Err(message) => findings.refuse(endpoint_key, message),
             Ok(origin) => {
                 if !origin.is_https() {
                     findings.warning(
-                        format!("{key}.endpoint"),
+                        endpoint_key,
                         "plain http: UserSigs travel unencrypted; use this only for local tests",
                     );
                 }
@@ -192,32 +193,20 @@ fn origins(
                     backup: None,
                 })
             }
-            Err(message) => {
-                findings.problem(format!("{key}.endpoint"), message);
-                None
-            }
         },
         (Some(_), Some(_)) => {
-            findings.problem(
-                format!("{key}.endpoint"),
-                "set either region or endpoint, not both",
-            );
-            None
+            findings.refuse(endpoint_key, "set either region or endpoint, not both")
         }
         // A region or endpoint of the wrong type was dropped and already reported.
         (None, None)
-            if findings.has_problem(&format!("{key}.region"))
-                || findings.has_problem(&format!("{key}.endpoint")) =>
+            if findings.has_problem(&region_key) || findings.has_problem(&endpoint_key) =>
         {
             None
         }
-        (None, None) => {
-            findings.problem(
-                key,
-                "set region (e.g. \"singapore\") or endpoint (e.g. \"https://127.0.0.1:9443\")",
-            );
-            None
-        }
+        (None, None) => findings.refuse(
+            key,
+            "set region (e.g. \"singapore\") or endpoint (e.g. \"https://127.0.0.1:9443\")",
+        ),
     }
 }
 
@@ -230,93 +219,75 @@ fn secret_key(
     env: &Env,
     findings: &mut Findings,
 ) -> Option<(SecretKey, KeySource)> {
-    if let Some(file) = file {
+    let env_key = format!("{key}.secret_key_env");
+    if let Some(file) = non_empty(file) {
         let file_key = format!("{key}.secret_key_file");
         if looks_like_key(&file) {
-            findings.problem(
+            return findings.refuse(
                 file_key,
                 "looks like a secret key itself, not a path; put the key in a file and give \
                  that file's path",
             );
-            return None;
         }
         if env_name.is_some() {
             findings.warning(
-                format!("{key}.secret_key_env"),
+                env_key,
                 "ignored: secret_key_file is set and takes precedence",
             );
         }
         let path = PathBuf::from(file);
-        let text = match read_capped(&path, MAX_KEY_FILE_BYTES) {
-            Ok(bytes) => String::from_utf8(bytes).ok(),
-            Err(e) => {
-                findings.problem(file_key, format!("cannot read {}: {e}", path.display()));
-                return None;
-            }
-        };
-        return match text.map(SecretKey::new) {
-            None => {
-                findings.problem(file_key, format!("{} is not UTF-8 text", path.display()));
-                None
-            }
-            Some(secret) if secret.is_empty() => {
-                findings.problem(file_key, format!("{} is empty", path.display()));
-                None
-            }
-            Some(secret) => Some((secret, KeySource::File(path))),
+        let shown = path.display();
+        return match read_capped(&path, MAX_KEY_FILE_BYTES).map(String::from_utf8) {
+            Err(e) => findings.refuse(file_key, format!("cannot read {shown}: {e}")),
+            Ok(Err(_)) => findings.refuse(file_key, format!("{shown} is not UTF-8 text")),
+            Ok(Ok(text)) => match SecretKey::new(text) {
+                secret if secret.is_empty() => {
+                    findings.refuse(file_key, format!("{shown} is empty"))
+                }
+                secret => Some((secret, KeySource::File(path.clone()))),
+            },
         };
     }
 
-    let env_key = format!("{key}.secret_key_env");
     let name = env_name.unwrap_or_else(|| DEFAULT_SECRET_KEY_ENV.to_owned());
     if looks_like_key(&name) {
-        findings.problem(
+        return findings.refuse(
             env_key,
             "looks like a secret key itself, not a variable name; put the key in an \
              environment variable and name that variable here",
         );
-        return None;
     }
-    let valid_name = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+    let is_valid_name = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if !valid_name {
-        findings.problem(
+    if !is_valid_name {
+        return findings.refuse(
             env_key,
             "must name an environment variable: letters, digits and '_', not starting with a \
              digit",
         );
-        return None;
     }
     match env.get(&name).map(SecretKey::new) {
-        None => {
-            findings.problem(
-                env_key,
-                format!(
-                    "no secret key: environment variable {name} is not set (or set \
-                     secret_key_file)"
-                ),
-            );
-            None
-        }
-        Some(secret) if secret.is_empty() => {
-            findings.problem(
-                env_key,
-                format!("no secret key: environment variable {name} is empty"),
-            );
-            None
-        }
+        None => findings.refuse(
+            env_key,
+            format!(
+                "no secret key: environment variable {name} is not set (or set secret_key_file)"
+            ),
+        ),
+        Some(secret) if secret.is_empty() => findings.refuse(
+            env_key,
+            format!("no secret key: environment variable {name} is empty"),
+        ),
         Some(secret) => Some((secret, KeySource::Env(name))),
     }
 }
 
 /// Tencent's quotas are per SDKAppID (reference §4): two apps with one SDKAppID would each
-/// get a full budget and together call Tencent up to twice the quota.
-pub(super) fn check_unique_sdkappids(apps: &[AppConfig], findings: &mut Findings) {
+/// get a full budget and together call Tencent up to twice the quota. And each SDKAppID has
+/// its own secret key, so two apps reading one key source is likely a slip (a warning).
+fn check_pairs(apps: &[AppConfig], findings: &mut Findings) {
     for (i, app) in apps.iter().enumerate() {
-        if let Some(first) = apps[..i]
-            .iter()
-            .find(|other| other.sdkappid == app.sdkappid)
-        {
+        let earlier = &apps[..i];
+        if let Some(first) = earlier.iter().find(|a| a.sdkappid == app.sdkappid) {
             findings.problem(
                 format!("apps.{}.sdkappid", app.name),
                 format!(
@@ -326,25 +297,21 @@ pub(super) fn check_unique_sdkappids(apps: &[AppConfig], findings: &mut Findings
                 ),
             );
         }
-    }
-}
-
-/// Each SDKAppID has its own secret key, so two apps reading one source is likely a slip.
-pub(super) fn warn_shared_key_sources(apps: &[AppConfig], findings: &mut Findings) {
-    for (i, app) in apps.iter().enumerate() {
-        if let Some(first) = apps[..i].iter().find(|other| {
-            other.secret_key_source == app.secret_key_source && other.sdkappid != app.sdkappid
-        }) {
-            let field = match app.secret_key_source {
+        let source = &app.secret_key_source;
+        if let Some(first) = earlier
+            .iter()
+            .find(|a| a.secret_key_source == *source && a.sdkappid != app.sdkappid)
+        {
+            let field = match source {
                 KeySource::File(_) => "secret_key_file",
                 KeySource::Env(_) => "secret_key_env",
             };
             findings.warning(
                 format!("apps.{}.{field}", app.name),
                 format!(
-                    "reads the same secret key ({}) as apps.{} although their SDKAppIDs \
+                    "reads the same secret key ({source}) as apps.{} although their SDKAppIDs \
                      differ; each SDKAppID has its own key",
-                    app.secret_key_source, first.name
+                    first.name
                 ),
             );
         }
@@ -354,7 +321,7 @@ pub(super) fn warn_shared_key_sources(apps: &[AppConfig], findings: &mut Finding
 /// Resolves `server.default_app`: the named app; else the only app; else the app called
 /// `default`. `None` when that fails (a problem is recorded) or when an app is invalid (it has
 /// its own problem). `names` lists every app written, valid or not.
-pub(super) fn choose_default_app(
+fn choose_default_app(
     named: Option<String>,
     names: &[String],
     apps: &[AppConfig],
@@ -362,33 +329,27 @@ pub(super) fn choose_default_app(
 ) -> Option<usize> {
     const KEY: &str = "server.default_app";
     if names.is_empty() {
-        findings.problem(
+        return findings.refuse(
             "apps",
             "no apps are configured; add an [apps.NAME] table with sdkappid and region",
         );
-        return None;
     }
+    let all = names.join(", ");
     let chosen = match non_empty(named) {
         Some(name) if !names.contains(&name) => {
-            findings.problem(
-                KEY,
-                format!("{name:?} is not one of the apps ({})", names.join(", ")),
-            );
-            return None;
+            return findings.refuse(KEY, format!("{name:?} is not one of the apps ({all})"));
         }
         Some(name) => name,
         None if names.len() == 1 => names[0].clone(),
         None if names.iter().any(|name| name == "default") => "default".to_owned(),
         None => {
-            findings.problem(
+            return findings.refuse(
                 KEY,
                 format!(
-                    "several apps ({}) and no default_app; set server.default_app or name \
-                     one app \"default\"",
-                    names.join(", ")
+                    "several apps ({all}) and no default_app; set server.default_app or name \
+                     one app \"default\""
                 ),
             );
-            return None;
         }
     };
     apps.iter().position(|app| app.name == chosen)

@@ -1,4 +1,5 @@
-//! `[server]`: the listeners, what they accept, and how many connections they hold.
+//! `[server]`: the listeners, what they accept, how many connections they hold, and how many
+//! threads serve them.
 //!
 //! Promises: listen addresses are loopback unless `allow_non_loopback`; a non-loopback admin
 //! listener has a bearer token for its purge endpoint; `allowed_hosts` are plain host names,
@@ -9,21 +10,29 @@ use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{bounded_duration, non_empty, read_capped, Findings, MAX_SHUTDOWN_GRACE};
-use crate::config::raw::{RawServer, StringList};
-use crate::config::{
+use crate::config::check::{non_empty, read_capped, Findings};
+use crate::config::model::{
     AdminToken, ServerConfig, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES,
     DEFAULT_SHUTDOWN_GRACE, MAX_BODY_BYTES_LIMIT,
 };
+use crate::config::raw::{RawServer, StringList};
 
+/// Positive; past 10 min, a drain outlives any sane Kubernetes `terminationGracePeriodSeconds`.
+const SHUTDOWN_GRACES: RangeInclusive<Duration> =
+    Duration::from_nanos(1)..=Duration::from_secs(600);
 /// `server.max_connections` when set explicitly.
 const MAX_CONNECTIONS_RANGE: RangeInclusive<usize> = 1..=1_000_000;
+/// `server.worker_threads` when set explicitly. The gateway mostly waits on sockets, so
+/// workers beyond the CPUs only add context switches; 1024 is above the CPU count of any
+/// machine it runs on, so more is a slip (a stray zero), and stays far below tokio's own
+/// ceiling (its idle-worker state counts workers in 16 bits).
+const WORKER_THREADS_RANGE: RangeInclusive<usize> = 1..=1024;
 /// A token file larger than this is a wrong path.
 const MAX_ADMIN_TOKEN_FILE_BYTES: u64 = 4096;
 /// Shorter tokens are guessable.
 const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
-pub(super) fn validate_server(raw: RawServer, findings: &mut Findings) -> ServerConfig {
+pub(super) fn validate(raw: RawServer, findings: &mut Findings) -> ServerConfig {
     let allow_non_loopback = raw.allow_non_loopback.unwrap_or(false);
     let listen = listen_addr(
         findings,
@@ -47,42 +56,33 @@ pub(super) fn validate_server(raw: RawServer, findings: &mut Findings) -> Server
             format!("{admin_listen} is also server.listen; give the admin port its own address"),
         );
     }
-    let max_body_bytes = match raw.max_body_bytes {
-        None => DEFAULT_MAX_BODY_BYTES,
-        Some(bytes) => match usize::try_from(bytes) {
-            Ok(bytes) if (1..=MAX_BODY_BYTES_LIMIT).contains(&bytes) => bytes,
-            _ => {
-                findings.problem(
-                    "server.max_body_bytes",
-                    format!("{bytes} is out of range; give 1 ..= {MAX_BODY_BYTES_LIMIT} (64 MiB)"),
-                );
-                DEFAULT_MAX_BODY_BYTES
-            }
-        },
-    };
-    let shutdown_grace = bounded_duration(
-        findings,
+    let max_body_bytes = findings
+        .number(
+            "server.max_body_bytes",
+            raw.max_body_bytes,
+            1..=MAX_BODY_BYTES_LIMIT,
+            " (64 MiB)",
+        )
+        .unwrap_or(DEFAULT_MAX_BODY_BYTES);
+    let shutdown_grace = findings.duration(
         "server.shutdown_grace",
         raw.shutdown_grace,
         DEFAULT_SHUTDOWN_GRACE,
-        Duration::from_nanos(1)..=MAX_SHUTDOWN_GRACE,
+        SHUTDOWN_GRACES,
     );
     let allowed_hosts = allowed_hosts(raw.allowed_hosts, findings);
-    let max_connections = raw.max_connections.and_then(|n| match usize::try_from(n) {
-        Ok(n) if MAX_CONNECTIONS_RANGE.contains(&n) => Some(n),
-        _ => {
-            findings.problem(
-                "server.max_connections",
-                format!(
-                    "{n} is out of range; give {} ..= {}, or leave it unset to derive it from \
-                     the open-files limit",
-                    MAX_CONNECTIONS_RANGE.start(),
-                    MAX_CONNECTIONS_RANGE.end()
-                ),
-            );
-            None
-        }
-    });
+    let max_connections = findings.number(
+        "server.max_connections",
+        raw.max_connections,
+        MAX_CONNECTIONS_RANGE,
+        ", or leave it unset to derive it from the open-files limit",
+    );
+    let worker_threads = findings.number(
+        "server.worker_threads",
+        raw.worker_threads,
+        WORKER_THREADS_RANGE,
+        ", or leave it unset for one per CPU the process may use",
+    );
     let admin_token_file = non_empty(raw.admin_token_file).map(PathBuf::from);
     let admin_token = admin_token_file
         .as_deref()
@@ -106,6 +106,7 @@ pub(super) fn validate_server(raw: RawServer, findings: &mut Findings) -> Server
         shutdown_grace,
         allowed_hosts,
         max_connections,
+        worker_threads,
         admin_token_file,
         admin_token,
     }
@@ -154,15 +155,12 @@ fn admin_token(path: &Path, findings: &mut Findings) -> Option<AdminToken> {
     const KEY: &str = "server.admin_token_file";
     let bytes = match read_capped(path, MAX_ADMIN_TOKEN_FILE_BYTES) {
         Ok(bytes) => bytes,
-        Err(e) => {
-            findings.problem(KEY, format!("cannot read {}: {e}", path.display()));
-            return None;
-        }
+        Err(e) => return findings.refuse(KEY, format!("cannot read {}: {e}", path.display())),
     };
     let token = String::from_utf8(bytes).unwrap_or_default();
     let token = token.trim();
     if token.len() < MIN_ADMIN_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
-        findings.problem(
+        return findings.refuse(
             KEY,
             format!(
                 "{} must hold one token of at least {MIN_ADMIN_TOKEN_LEN} printable ASCII \
@@ -170,7 +168,6 @@ fn admin_token(path: &Path, findings: &mut Findings) -> Option<AdminToken> {
                 path.display()
             ),
         );
-        return None;
     }
     Some(AdminToken::new(token))
 }

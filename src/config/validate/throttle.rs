@@ -3,17 +3,16 @@
 //! Promises: every fraction, wait and quota is in its documented range; a quota override
 //! names a catalogued command, at most once; `backoff_max` is at least `backoff_base`.
 
-use std::collections::HashMap;
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
-use super::{bounded_duration, catalogued, duration, fraction, number_in, Findings};
 use crate::catalogue::Catalogue;
-use crate::config::raw::{RawQuota, RawThrottle};
-use crate::config::{
+use crate::config::check::{Findings, POSITIVE};
+use crate::config::model::{
     QuotaOverride, ThrottleConfig, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX, DEFAULT_BURST,
     DEFAULT_MAX_WAIT, DEFAULT_MAX_WAITERS, DEFAULT_QUOTA, DEFAULT_SAFETY_MARGIN,
 };
+use crate::config::raw::{RawQuota, RawThrottle};
 
 /// Upper bound of `safety_margin`: past half, the budget is mostly unused.
 const MAX_FRACTION: f64 = 0.5;
@@ -25,86 +24,53 @@ const MAX_WAITERS: RangeInclusive<usize> = 0..=1_000_000;
 /// At least 2 calls/s: a budget must be strictly below the quota and hold at least one call.
 const QUOTAS: RangeInclusive<u32> = 2..=100_000;
 
-pub(super) fn validate_throttle(
+pub(super) fn validate(
     raw: RawThrottle,
     catalogue: &Catalogue,
     findings: &mut Findings,
 ) -> ThrottleConfig {
-    let safety_margin = fraction(
-        findings,
+    let safety_margin = findings.fraction(
         "throttle.safety_margin",
         raw.safety_margin,
         DEFAULT_SAFETY_MARGIN,
         MAX_FRACTION,
     );
-    let burst = fraction(
-        findings,
-        "throttle.burst",
-        raw.burst,
-        DEFAULT_BURST,
-        MAX_BURST,
-    );
-    let max_wait = bounded_duration(
-        findings,
+    let burst = findings.fraction("throttle.burst", raw.burst, DEFAULT_BURST, MAX_BURST);
+    let max_wait = findings.duration(
         "throttle.max_wait",
         raw.max_wait,
         DEFAULT_MAX_WAIT,
         MAX_WAITS,
     );
-    let max_waiters = number_in(
-        findings,
-        "throttle.max_waiters",
-        raw.max_waiters,
-        DEFAULT_MAX_WAITERS,
-        MAX_WAITERS,
-        "",
+    let max_waiters = findings
+        .number("throttle.max_waiters", raw.max_waiters, MAX_WAITERS, "")
+        .unwrap_or(DEFAULT_MAX_WAITERS);
+    let default_quota = findings
+        .number(
+            "throttle.default_quota",
+            raw.default_quota,
+            QUOTAS,
+            " calls/s",
+        )
+        .unwrap_or(DEFAULT_QUOTA);
+    let quotas = findings.one_per_command(
+        "throttle.quotas",
+        raw.quotas,
+        "quota",
+        |findings, key, raw| validate_quota(key, raw, catalogue, findings),
+        |quota| &quota.command,
     );
-    let default_quota = number_in(
-        findings,
-        "throttle.default_quota",
-        raw.default_quota,
-        DEFAULT_QUOTA,
-        QUOTAS,
-        " calls/s",
-    );
-
-    // Command → the key of its first override, to name it when a second one turns up.
-    let mut first_override: HashMap<String, String> = HashMap::new();
-    let mut quotas = Vec::with_capacity(raw.quotas.len());
-    for (i, raw_quota) in raw.quotas.into_iter().enumerate() {
-        let key = format!("throttle.quotas[{i}]");
-        // Not a table: reported in stage 1, and its (empty) fields would only add noise.
-        if findings.has_problem(&key) {
-            continue;
-        }
-        let Some(quota) = validate_quota(&key, raw_quota, catalogue, findings) else {
-            continue;
-        };
-        if let Some(first) = first_override.get(&quota.command) {
-            findings.problem(
-                format!("{key}.command"),
-                format!(
-                    "{} already has a quota ({first}); give each command one quota",
-                    quota.command
-                ),
-            );
-            continue;
-        }
-        first_override.insert(quota.command.clone(), key);
-        quotas.push(quota);
-    }
-
-    let backoff_base = duration(
-        findings,
+    let backoff_base = findings.duration(
         "throttle.backoff_base",
         raw.backoff_base,
         DEFAULT_BACKOFF_BASE,
+        POSITIVE,
     );
-    let backoff_max = duration(
-        findings,
+    let backoff_max = findings.duration(
         "throttle.backoff_max",
         raw.backoff_max,
         DEFAULT_BACKOFF_MAX,
+        POSITIVE,
     );
     // Compared only with a base that was itself valid, so one slip is one problem.
     if backoff_max < backoff_base && !findings.has_problem("throttle.backoff_base") {
@@ -140,39 +106,20 @@ fn validate_quota(
 ) -> Option<QuotaOverride> {
     let command_key = format!("{key}.command");
     let spec = match &raw.command {
-        Some(command) => catalogued(catalogue, findings, &command_key, command),
-        None => {
-            findings.problem(
-                &command_key,
-                "is required: the command whose quota this sets, e.g. \
-                 \"im_open_login_svc/account_check\"",
-            );
-            None
-        }
+        Some(command) => findings.catalogued(catalogue, &command_key, command),
+        None => findings.refuse(
+            &command_key,
+            "is required: the command whose quota this sets, e.g. \
+             \"im_open_login_svc/account_check\"",
+        ),
     };
     let per_second_key = format!("{key}.per_second");
-    let per_second = match raw.per_second {
-        // A value of the wrong type was dropped and reported under this key, which keeps that
-        // first problem.
-        None => {
-            findings.problem(&per_second_key, "is required: calls per second, e.g. 100");
-            None
-        }
-        Some(n) => match u32::try_from(n) {
-            Ok(n) if QUOTAS.contains(&n) => Some(n),
-            _ => {
-                findings.problem(
-                    &per_second_key,
-                    format!(
-                        "{n} is out of range; give {} ..= {} calls/s",
-                        QUOTAS.start(),
-                        QUOTAS.end()
-                    ),
-                );
-                None
-            }
-        },
-    };
+    // A value of the wrong type was dropped and reported under this key, which keeps that
+    // first problem.
+    if raw.per_second.is_none() {
+        findings.problem(&per_second_key, "is required: calls per second, e.g. 100");
+    }
+    let per_second = findings.number(&per_second_key, raw.per_second, QUOTAS, " calls/s");
     let (spec, per_second) = (spec?, per_second?);
     if let Some(documented) = spec.quota_per_second.filter(|&q| per_second > q) {
         findings.warning(
