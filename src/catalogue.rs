@@ -4,7 +4,7 @@
 //! config allows pass-through), whether a command is a read or a write, and its documented
 //! per-second quota (reference §4 and §5). Lookups borrow the path: no allocation per request.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 /// Whether a command only reads Tencent's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,8 +133,9 @@ impl CommandId {
 #[derive(Debug)]
 pub struct Catalogue {
     specs: Vec<CommandSpec>,
-    /// `service/command` → index into `specs`.
-    by_name: HashMap<&'static str, CommandId>,
+    /// `service/command` → index into `specs`. Fx, not SipHash: the keys are fixed (ours),
+    /// so a client's string costs one cheap hash and a probe; it cannot flood the table.
+    by_name: FxHashMap<&'static str, CommandId>,
 }
 
 impl Default for Catalogue {

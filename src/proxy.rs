@@ -12,7 +12,9 @@ mod respond;
 mod state;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response};
@@ -212,13 +214,20 @@ impl Proxy {
             Err(error) => return Reply::Error(error),
         };
         ctx.target = Some(target);
-        // A client trickling its body is bounded by the same deadline as the request.
+        // A client trickling its body is bounded by the same deadline as the request. Most
+        // bodies arrive with the headers: then the first poll finishes and no timer is armed.
         let deadline = ctx.started + self.shared.retry.deadline;
-        let read = self.read_body(&target, &parts.headers, body);
-        let body = match tokio::time::timeout_at(deadline, read).await {
-            Err(_) => return Reply::Error(GatewayError::ClientTimeout),
-            Ok(Err(error)) => return Reply::Error(error),
-            Ok(Ok(body)) => body,
+        let mut read = std::pin::pin!(self.read_body(&target, &parts.headers, body));
+        let read = match std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
+            Poll::Ready(read) => read,
+            Poll::Pending => match tokio::time::timeout_at(deadline, read).await {
+                Err(_) => return Reply::Error(GatewayError::ClientTimeout),
+                Ok(read) => read,
+            },
+        };
+        let body = match read {
+            Err(error) => return Reply::Error(error),
+            Ok(body) => body,
         };
         match (target.lane.cache, body.canonical) {
             (Some(policy), Some(Canonical::Key(canonical))) => {

@@ -14,14 +14,6 @@ pub struct ParsedPath<'a> {
     pub command: &'a str,
 }
 
-fn is_name_segment(segment: &str) -> bool {
-    !segment.is_empty()
-        && segment.len() <= 64
-        && segment
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-}
-
 fn is_app_segment(segment: &str) -> bool {
     !segment.is_empty()
         && segment.len() <= 64
@@ -43,11 +35,27 @@ pub fn parse_path(path: &str) -> Option<ParsedPath<'_>> {
         None => (None, path.strip_prefix('/')?),
     };
     let command = rest.strip_prefix("v4/")?;
-    let (service, name) = command.split_once('/')?;
-    if !is_name_segment(service) || !is_name_segment(name) {
-        return None;
+    is_command(command).then_some(ParsedPath { app, command })
+}
+
+/// Whether `command` is `service/name`, both name segments, in one pass over its bytes.
+fn is_command(command: &str) -> bool {
+    let bytes = command.as_bytes();
+    let mut slash = None;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'/' {
+            if slash.is_some() {
+                return false;
+            }
+            slash = Some(i);
+        } else if !(b.is_ascii_alphanumeric() || b == b'_') {
+            return false;
+        }
     }
-    Some(ParsedPath { app, command })
+    slash.is_some_and(|i| {
+        let (service, name) = (i, bytes.len() - i - 1);
+        (1..=64).contains(&service) && (1..=64).contains(&name)
+    })
 }
 
 /// Splits a raw query string into percent-decoded `(name, value)` pairs, in the order received.
@@ -138,6 +146,17 @@ mod tests {
         for (path, expected) in cases {
             let got = parse_path(path).map(|p| (p.app, p.command));
             assert_eq!(got, *expected, "{path}");
+        }
+        // Each of the two segments is 1 to 64 characters.
+        let (s64, s65) = ("s".repeat(64), "s".repeat(65));
+        for (path, is_valid) in [
+            (format!("/v4/{s64}/{s64}"), true),
+            (format!("/v4/{s65}/c"), false),
+            (format!("/v4/c/{s65}"), false),
+            ("/v4/a/".to_owned(), false),
+            ("/v4/a/b-c".to_owned(), false),
+        ] {
+            assert_eq!(parse_path(&path).is_some(), is_valid, "{path}");
         }
     }
 

@@ -206,6 +206,8 @@ impl Proxy {
         ctx: &mut RequestCtx<'_>,
         parts: &http::request::Parts,
     ) -> Response<Full<Bytes>> {
+        // One clock read for the `Age` header and the latency.
+        let now = Instant::now();
         let (mut response, error_code, age, error) = match reply {
             Reply::Upstream(upstream) => {
                 let mut response = Response::new(Full::new(upstream.body));
@@ -215,12 +217,7 @@ impl Proxy {
             Reply::Cached(cached) => {
                 let mut response = Response::new(Full::new(cached.body.clone()));
                 *response.status_mut() = cached.status;
-                (
-                    response,
-                    0,
-                    Some(cached.age(Instant::now()).as_secs()),
-                    None,
-                )
+                (response, 0, Some(cached.age(now).as_secs()), None)
             }
             Reply::Error(error) => {
                 let code = error.code();
@@ -242,7 +239,7 @@ impl Proxy {
         }
         headers.insert(REQUEST_ID, ctx.request_id.clone());
 
-        let elapsed = ctx.started.elapsed();
+        let elapsed = now.saturating_duration_since(ctx.started);
         ctx.is_answered = true;
         ctx.metrics().record(ctx.cache, status.as_u16(), elapsed);
         let app = ctx.app_name();
