@@ -163,6 +163,29 @@ impl Answer {
             .as_i64()
             .unwrap_or_else(|| panic!("no ErrorCode in {}", self.json))
     }
+
+    /// The `X-Cache` header: HIT, MISS, STALE or BYPASS.
+    pub fn x_cache(&self) -> &str {
+        self.headers["x-cache"].to_str().expect("an ASCII X-Cache")
+    }
+
+    /// The `Age` header, in whole seconds.
+    pub fn age(&self) -> u64 {
+        self.headers["age"]
+            .to_str()
+            .ok()
+            .and_then(|age| age.parse().ok())
+            .expect("an Age in whole seconds")
+    }
+
+    /// The `Retry-After` header, in whole seconds.
+    pub fn retry_after(&self) -> u64 {
+        self.headers["retry-after"]
+            .to_str()
+            .ok()
+            .and_then(|secs| secs.parse().ok())
+            .expect("a Retry-After in whole seconds")
+    }
 }
 
 pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
