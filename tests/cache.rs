@@ -55,7 +55,9 @@ async fn a_thousand_cold_reads_make_one_call_and_are_answered_when_it_returns() 
             let (proxy, barrier) = (Arc::clone(&gw.proxy), Arc::clone(&barrier));
             tokio::spawn(async move {
                 barrier.wait().await;
-                let answer = inproc::call(&proxy, Method::POST, &format!("/v4/{GET_ALL_ROBOTS}"), "{}").await;
+                let answer =
+                    inproc::call(&proxy, Method::POST, &format!("/v4/{GET_ALL_ROBOTS}"), "{}")
+                        .await;
                 (answer, Instant::now())
             })
         })
@@ -134,7 +136,10 @@ async fn body_key_order_does_not_split_entries() {
         ..Extra::default()
     });
     let a = gw
-        .post(ACCOUNT_CHECK, r#"{"CheckItem":[{"UserID":"alice"}],"Extra":1}"#)
+        .post(
+            ACCOUNT_CHECK,
+            r#"{"CheckItem":[{"UserID":"alice"}],"Extra":1}"#,
+        )
         .await;
     let b = gw
         .post(
@@ -143,7 +148,10 @@ async fn body_key_order_does_not_split_entries() {
         )
         .await;
     let c = gw
-        .post(ACCOUNT_CHECK, r#"{"CheckItem":[{"UserID":"bob"}],"Extra":1}"#)
+        .post(
+            ACCOUNT_CHECK,
+            r#"{"CheckItem":[{"UserID":"bob"}],"Extra":1}"#,
+        )
         .await;
     assert_eq!(
         (a.x_cache(), b.x_cache(), c.x_cache()),
@@ -179,7 +187,11 @@ async fn freshness_ends_exactly_at_ttl_then_one_refresh_serves_stale_meanwhile()
         assert_eq!(answer.x_cache(), "STALE");
         assert_eq!(robots(&answer), &serde_json::json!([]));
     }
-    assert_eq!(Instant::now(), fetched + ttl, "stale answers wait for nothing");
+    assert_eq!(
+        Instant::now(),
+        fetched + ttl,
+        "stale answers wait for nothing"
+    );
     settle().await;
     assert_eq!(
         gw.sandbox.calls(GET_ALL_ROBOTS),

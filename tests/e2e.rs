@@ -95,11 +95,17 @@ async fn cache_hits_purges_and_scrapes_through_real_sockets() {
         (purged.status, purged.json["ActionStatus"].as_str()),
         (StatusCode::OK, Some("OK"))
     );
-    assert_eq!(post(gw.addr(), GET_ALL_ROBOTS, "{}").await.x_cache(), "MISS");
+    assert_eq!(
+        post(gw.addr(), GET_ALL_ROBOTS, "{}").await.x_cache(),
+        "MISS"
+    );
 
     let all = call(admin, Method::POST, "/cache/purge", "").await;
     assert_eq!(all.status, StatusCode::OK);
-    assert_eq!(post(gw.addr(), GET_ALL_ROBOTS, "{}").await.x_cache(), "MISS");
+    assert_eq!(
+        post(gw.addr(), GET_ALL_ROBOTS, "{}").await.x_cache(),
+        "MISS"
+    );
 
     let unknown = call(admin, Method::POST, "/cache/purge?app=nope", "").await;
     assert_eq!(unknown.status, StatusCode::BAD_REQUEST);

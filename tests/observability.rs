@@ -57,7 +57,10 @@ async fn mixed_traffic(gw: &InProc) {
     // Two concurrent cold requests for another key: the first leads, the second joins its
     // flight, which the upstream's latency keeps open.
     gw.sandbox.set_latency(Duration::from_secs(1));
-    let (a, b) = tokio::join!(gw.post(GET_ALL_ROBOTS, "{}"), gw.post(GET_ALL_ROBOTS, " {} "));
+    let (a, b) = tokio::join!(
+        gw.post(GET_ALL_ROBOTS, "{}"),
+        gw.post(GET_ALL_ROBOTS, " {} ")
+    );
     assert_eq!((a.error_code(), b.error_code()), (0, 0));
     gw.sandbox.set_latency(Duration::ZERO);
     gw.proxy.purge(None, None).unwrap();

@@ -46,9 +46,9 @@ async fn a_drain_refuses_waiting_calls_at_once_and_lets_sent_ones_finish() {
     let waiting = spawn_timed(&gw, ACCOUNT_CHECK, CHECK_BODY);
     settle().await;
     assert_eq!(gw.sandbox.calls(CREATE_ROBOT), 1);
-    assert!(gw
-        .metrics()
-        .contains(&format!("tim_gateway_throttle_waiters{{app=\"main\",command=\"{ACCOUNT_CHECK}\"}} 1")));
+    assert!(gw.metrics().contains(&format!(
+        "tim_gateway_throttle_waiters{{app=\"main\",command=\"{ACCOUNT_CHECK}\"}} 1"
+    )));
 
     let drain_at = Instant::now();
     gw.proxy.begin_drain();
@@ -59,7 +59,10 @@ async fn a_drain_refuses_waiting_calls_at_once_and_lets_sent_ones_finish() {
     );
     assert_eq!(answered_at, drain_at);
     let (finished, finished_at) = in_flight.await.unwrap();
-    assert_eq!((finished.status, finished.error_code()), (StatusCode::OK, 0));
+    assert_eq!(
+        (finished.status, finished.error_code()),
+        (StatusCode::OK, 0)
+    );
     assert_eq!(finished_at, sent_at + latency);
     assert_eq!(gw.sandbox.robots(SDKAPPID), ["@RBT#drain"]);
     assert_eq!(gw.sandbox.calls(ACCOUNT_CHECK), 1);

@@ -229,7 +229,11 @@ async fn lockout_stops_the_whole_app_until_it_ends() {
     let locked = gw.post(CREATE_ROBOT, r#"{"UserID":"@RBT#b"}"#).await;
     assert_eq!(
         (locked.status, locked.error_code(), locked.retry_after()),
-        (StatusCode::SERVICE_UNAVAILABLE, 1_905_006, LOCKOUT.as_secs())
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            1_905_006,
+            LOCKOUT.as_secs()
+        )
     );
     advance_to(locked_at + LOCKOUT - MS).await;
     let still = gw.post(CREATE_ROBOT, r#"{"UserID":"@RBT#b"}"#).await;
