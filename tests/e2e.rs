@@ -1,8 +1,9 @@
 //! End to end through real sockets, in real time: client → gateway (`Gateway::start` on
 //! 127.0.0.1:0) → sandbox over TLS. Only what sockets alone can show: the signed query on the
-//! wire, the admin listener, the client listener's answers, broken upstream connections and
-//! the server's drain of real connections. No assertion here depends on how long anything
-//! takes; the timing properties are asserted exactly, in process, in the other files.
+//! wire, the admin listener, answers on a client's own connection (a trickled body), broken
+//! upstream connections and the server's drain of real connections. No assertion here
+//! measures how long anything takes; the timing properties are asserted exactly, in process,
+//! in the other files.
 //! (The real process and its signals: `tests/cli.rs` and `tests/hostile.rs`.)
 
 mod support;
@@ -193,4 +194,41 @@ async fn shutdown_answers_calls_outlasting_the_grace_with_a_clean_503() {
         drained.await.unwrap(),
         "every connection finished within the grace period"
     );
+}
+
+/// A client that never finishes sending its body gets 408 in the envelope on its own
+/// connection once the request deadline passes (the exact instant: `tests/proxy_path.rs`).
+/// The 10 s cap only turns a hang into a failure; it bounds nothing asserted.
+#[tokio::test]
+async fn trickling_body_is_answered_408_on_its_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sandbox = start_sandbox().await;
+    let gw = start_gateway_with(
+        &sandbox,
+        Extra {
+            upstream: "request_timeout = \"200ms\"\ndeadline = \"200ms\"",
+            ..Extra::default()
+        },
+    )
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    stream
+        .write_all(b"POST /v4/openim_robot_http_svc/create_robot HTTP/1.1\r\nhost: localhost\r\ncontent-length: 100\r\n\r\n{\"UserID\":")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 1024];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") || !answer.ends_with(b"}") {
+            let n = stream.read(&mut buffer).await.unwrap();
+            assert!(n > 0, "connection closed without an answer");
+            answer.extend_from_slice(&buffer[..n]);
+        }
+    })
+    .await
+    .expect("an answer, not a hang");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("\"ErrorCode\":1904012"), "{text}");
+    assert_eq!(sandbox.total_calls(), 0);
 }
