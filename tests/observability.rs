@@ -1,29 +1,19 @@
-//! Metrics after real traffic, the dashboard's and alert rules' metric names against a real
-//! scrape, and request ids.
+//! Metrics after traffic, the dashboard's and alert rules' metric names against the
+//! exposition, and request ids, with the handler in process in front of the in-process
+//! sandbox under tokio's paused time (`tests/support/inproc.rs`). The admin listener that
+//! serves the same text: `tests/e2e.rs`.
 
 mod support;
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
+use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Method, StatusCode};
-use http_body_util::BodyExt;
+use http_body_util::Full;
+use support::inproc::{self, request, InProc};
 use support::*;
-
-/// `/metrics` of the admin listener, as text.
-async fn scrape(admin: SocketAddr) -> String {
-    let response = client()
-        .get(format!("http://{admin}/metrics").parse().unwrap())
-        .await
-        .expect("the admin listener answers");
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(
-        response.headers()["content-type"],
-        "text/plain; version=0.0.4; charset=utf-8"
-    );
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    String::from_utf8(body.to_vec()).unwrap()
-}
+use tim_gateway::signer::unix_now;
 
 /// Sample lines as `name{labels}` → value.
 fn samples(text: &str) -> HashMap<String, f64> {
@@ -54,49 +44,37 @@ const ROBOTS: &str = "openim_robot_http_svc/get_all_robots";
 
 /// Traffic that exercises every family: misses, hits, coalescing, a write that invalidates,
 /// a Tencent error, a rejected request, a throttle refusal, a purge (eviction).
-async fn mixed_traffic(gw: &TestGateway, sandbox: &tim_gateway::sandbox::Sandbox) {
-    assert_eq!(post(gw.addr(), GET_ALL_ROBOTS, "{}").await.error_code(), 0); // miss
+async fn mixed_traffic(gw: &InProc) {
+    assert_eq!(gw.post(GET_ALL_ROBOTS, "{}").await.error_code(), 0); // miss
     for _ in 0..3 {
-        post(gw.addr(), GET_ALL_ROBOTS, "{}").await; // hits
+        gw.post(GET_ALL_ROBOTS, "{}").await; // hits
     }
-    assert_eq!(
-        post(gw.addr(), CREATE_ROBOT, r#"{"UserID":"@RBT#m"}"#)
-            .await
-            .error_code(),
-        0
-    );
-    assert_eq!(
-        post(gw.addr(), CREATE_ROBOT, r#"{"UserID":"bad"}"#)
-            .await
-            .error_code(),
-        10004
-    );
-    assert_eq!(
-        call(gw.addr(), Method::POST, "/nowhere", "{}").await.status,
-        404
-    );
-    // Two concurrent cold requests for another key: one leads, one is coalesced.
-    // 1 s of upstream latency keeps the flight open while the second request (sent at the
-    // same moment) arrives: a generous margin for a few milliseconds of work.
-    sandbox.set_latency(std::time::Duration::from_secs(1));
+    let created = gw.post(CREATE_ROBOT, r#"{"UserID":"@RBT#m"}"#).await;
+    assert_eq!(created.error_code(), 0);
+    let refused = gw.post(CREATE_ROBOT, r#"{"UserID":"bad"}"#).await;
+    assert_eq!(refused.error_code(), 10004);
+    assert_eq!(gw.call(Method::POST, "/nowhere", "{}").await.status, 404);
+    // Two concurrent cold requests for another key: the first leads, the second joins its
+    // flight, which the upstream's latency keeps open.
+    gw.sandbox.set_latency(Duration::from_secs(1));
     let (a, b) = tokio::join!(
-        post(gw.addr(), GET_ALL_ROBOTS, "{}"),
-        post(gw.addr(), GET_ALL_ROBOTS, " {} ")
+        gw.post(GET_ALL_ROBOTS, "{}"),
+        gw.post(GET_ALL_ROBOTS, " {} ")
     );
     assert_eq!((a.error_code(), b.error_code()), (0, 0));
-    sandbox.set_latency(std::time::Duration::ZERO);
-    let purge = call(gw.admin_addr(), Method::POST, "/cache/purge", "").await;
-    assert_eq!(purge.status, StatusCode::OK);
-    gw.gateway.proxy().shared().cache.run_pending_tasks().await;
+    gw.sandbox.set_latency(Duration::ZERO);
+    gw.proxy.purge(None, None).unwrap();
+    gw.proxy.shared().cache.run_pending_tasks().await;
 }
 
-/// After real traffic, `/metrics` shows exactly what happened.
-#[tokio::test]
+/// After traffic, the exposition shows exactly what happened.
+#[tokio::test(start_paused = true)]
 async fn metrics_count_real_traffic() {
-    let sandbox = start_sandbox().await;
-    let gw = start_gateway(&sandbox).await;
-    mixed_traffic(&gw, &sandbox).await;
-    let text = scrape(gw.admin_addr()).await;
+    let before = unix_now();
+    let gw = inproc::start(Extra::default());
+    let after = unix_now();
+    mixed_traffic(&gw).await;
+    let text = gw.metrics();
     let s = samples(&text);
     let robots = |rest: &str| format!("{{app=\"main\",{rest}command=\"{ROBOTS}\"");
     assert_eq!(
@@ -208,17 +186,14 @@ async fn metrics_count_real_traffic() {
         ),
         1.0
     );
+    // Minted at start, so it expires 24 h after a second between `before` and `after`.
     let expiry = value(
         &s,
         r#"tim_gateway_usersig_expiry_timestamp_seconds{app="main"}"#,
     );
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
     assert!(
-        (expiry - now - 86_400.0).abs() < 60.0,
-        "expires in 24 h: {expiry} vs {now}"
+        ((before + 86_400) as f64..=(after + 86_400) as f64).contains(&expiry),
+        "expires in 24 h: {expiry}, minted between {before} and {after}"
     );
     assert_eq!(value(&s, "tim_gateway_requests_in_flight"), 0.0);
     assert!(value(&s, "tim_gateway_process_resident_memory_bytes") > 0.0);
@@ -254,38 +229,34 @@ fn family_of(name: &str) -> &str {
         .unwrap_or(name)
 }
 
-/// Every metric the Grafana dashboard and the alert rules query exists in a real scrape after
-/// traffic: no panel or alert points at nothing.
-#[tokio::test]
+/// Every metric the Grafana dashboard and the alert rules query exists in the exposition
+/// after traffic: no panel or alert points at nothing.
+#[tokio::test(start_paused = true)]
 async fn dashboard_and_alerts_use_only_exported_metrics() {
-    let sandbox = start_sandbox().await;
     // max_wait 0 so that a burst is refused: the rejection family then has a sample.
-    let gw = start_gateway_with(
-        &sandbox,
-        Extra {
-            tail: "[throttle]\nmax_wait = \"0s\"\n[[throttle.quotas]]\ncommand = \"im_open_login_svc/account_check\"\nper_second = 2\n\
-                   [[cache.rules]]\ncommand = \"openim_robot_http_svc/get_all_robots\"\nttl = \"1s\"\nstale_while_revalidate = \"60s\"\n\
-                   invalidated_by = [\"openim_robot_http_svc/create_robot\"]\n",
-            ..Extra::default()
-        },
-    )
-    .await;
-    mixed_traffic(&gw, &sandbox).await;
+    let gw = inproc::start(Extra {
+        tail: "[throttle]\nmax_wait = \"0s\"\n[[throttle.quotas]]\ncommand = \"im_open_login_svc/account_check\"\nper_second = 2\n\
+               [[cache.rules]]\ncommand = \"openim_robot_http_svc/get_all_robots\"\nttl = \"1s\"\nstale_while_revalidate = \"60s\"\n\
+               invalidated_by = [\"openim_robot_http_svc/create_robot\"]\n",
+        ..Extra::default()
+    });
+    mixed_traffic(&gw).await;
+    // A budget of one call a second: the second of two at once is refused.
     let (a, b) = tokio::join!(
-        post(gw.addr(), ACCOUNT_CHECK, CHECK_BODY),
-        post(gw.addr(), ACCOUNT_CHECK, CHECK_BODY)
+        gw.post(ACCOUNT_CHECK, CHECK_BODY),
+        gw.post(ACCOUNT_CHECK, CHECK_BODY)
     );
-    assert!(a.status == StatusCode::TOO_MANY_REQUESTS || b.status == StatusCode::TOO_MANY_REQUESTS);
-    // A fresh entry (the purge above emptied the cache), then past its 1 s ttl: a stale
-    // answer and one background refresh.
     assert_eq!(
-        post(gw.addr(), GET_ALL_ROBOTS, "{}").await.headers["x-cache"],
-        "MISS"
+        (a.status, b.status),
+        (StatusCode::OK, StatusCode::TOO_MANY_REQUESTS)
     );
-    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
-    let stale = post(gw.addr(), GET_ALL_ROBOTS, "{}").await;
-    assert_eq!(stale.headers["x-cache"], "STALE");
-    let exported = families(&scrape(gw.admin_addr()).await);
+    // A fresh entry (the purge above emptied the cache), then at exactly its 1 s ttl: a
+    // stale answer and one background refresh.
+    assert_eq!(gw.post(GET_ALL_ROBOTS, "{}").await.x_cache(), "MISS");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(gw.post(GET_ALL_ROBOTS, "{}").await.x_cache(), "STALE");
+    inproc::settle().await;
+    let exported = families(&gw.metrics());
 
     for path in [
         "deploy/grafana/tim-gateway.json",
@@ -306,28 +277,26 @@ async fn dashboard_and_alerts_use_only_exported_metrics() {
 
 /// A client's X-Request-Id is echoed back; without one (or with an unusable one) the gateway
 /// makes one up, different per request.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn request_ids_are_echoed_or_generated() {
-    let sandbox = start_sandbox().await;
-    let gw = start_gateway(&sandbox).await;
+    let gw = inproc::start(Extra::default());
     let with_id = |id: &'static str| {
-        let request = http::Request::post(format!("http://{}/v4/{GET_ALL_ROBOTS}", gw.addr()))
+        request(Method::POST, &format!("/v4/{GET_ALL_ROBOTS}"))
             .header("x-request-id", id)
-            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
-            .unwrap();
-        client().request(request)
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap()
     };
-    let echoed = with_id("trace-42/abc").await.unwrap();
-    assert_eq!(echoed.headers()["x-request-id"], "trace-42/abc");
-    let replaced = with_id("has space").await.unwrap();
-    let generated = replaced.headers()["x-request-id"]
+    let echoed = gw.send(with_id("trace-42/abc")).await;
+    assert_eq!(echoed.headers["x-request-id"], "trace-42/abc");
+    let replaced = gw.send(with_id("has space")).await;
+    let generated = replaced.headers["x-request-id"]
         .to_str()
         .unwrap()
         .to_owned();
     assert_eq!(generated.len(), 16);
     assert!(generated.bytes().all(|b| b.is_ascii_hexdigit()));
-    let other = post(gw.addr(), GET_ALL_ROBOTS, "{}").await;
+    let other = gw.post(GET_ALL_ROBOTS, "{}").await;
     assert_ne!(other.headers["x-request-id"].to_str().unwrap(), generated);
-    let rejected = call(gw.addr(), Method::POST, "/nowhere", "").await;
+    let rejected = gw.call(Method::POST, "/nowhere", "").await;
     assert_eq!(rejected.headers["x-request-id"].len(), 16);
 }

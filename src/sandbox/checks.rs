@@ -233,13 +233,25 @@ pub(super) fn evaluate(
     }
     // 5. Authentication; each failure counts toward the lockout.
     let clock = unix_now(shared.knobs.clock_skew_ms.load(Ordering::SeqCst));
-    if let Err(e) = usersig::verify(
+    let minted_before = shared.knobs.expire_minted_before.load(Ordering::SeqCst);
+    let verified = usersig::verify(
         &app.key,
         &params.usersig,
         params.sdkappid,
         &params.identifier,
         clock,
-    ) {
+    )
+    .and_then(|decoded| {
+        // The test knob: expired as if the clock had passed it, whatever the clock says.
+        if decoded.time < minted_before {
+            Err(UserSigError::Expired {
+                expired_at: decoded.expires_at(),
+            })
+        } else {
+            Ok(decoded)
+        }
+    });
+    if let Err(e) = verified {
         lock(&app.state)
             .lockout
             .record_failure(now, shared.lockout_after_failures);
@@ -470,6 +482,23 @@ mod tests {
         sandbox.set_clock_skew(120_000);
         assert_eq!(code(&client, &sandbox, &path, "{}").await, 70001);
         sandbox.set_clock_skew(0);
+        assert_eq!(code(&client, &sandbox, &path, "{}").await, 0);
+    }
+
+    /// A UserSig minted before the knob's second answers 70001 although its lifetime has not
+    /// run out; one minted in that second or later passes.
+    #[tokio::test]
+    async fn usersigs_minted_before_the_knob_answer_70001() {
+        let (sandbox, client) = sandbox(SandboxOptions::default()).await;
+        let minted = unix_now(0);
+        let usersig = usersig::mint(&SecretKey::new(KEY), APP, "administrator", minted, 60);
+        let path = format!(
+            "/v4/openim_robot_http_svc/get_all_robots?{}",
+            query_for("administrator", usersig.expose())
+        );
+        sandbox.expire_usersigs_minted_before(minted + 1);
+        assert_eq!(code(&client, &sandbox, &path, "{}").await, 70001);
+        sandbox.expire_usersigs_minted_before(minted);
         assert_eq!(code(&client, &sandbox, &path, "{}").await, 0);
     }
 

@@ -6,9 +6,10 @@
 //! passes, through the command handlers (`robots`). Answers are HTTP 200 with Tencent's JSON
 //! envelope, `ActionStatus`, `ErrorInfo`, `ErrorCode` first (reference §1).
 //!
-//! Test knobs add latency, inject error codes, drop connections and skew the clock; counters and
-//! a bounded log of received requests let tests assert on what the upstream saw. The server never
-//! panics on input and never logs keys or UserSigs.
+//! Test knobs add latency, inject error codes, drop connections, skew the clock and expire
+//! UserSigs by when they were minted; counters and a bounded log of received requests let
+//! tests assert on what the upstream saw. The server never panics on input and never logs
+//! keys or UserSigs.
 //!
 //! Bounds (issue 7, F10). What a request may leave behind is decided from its path and
 //! credentials before anything is kept, and all that is kept has a fixed ceiling, so no client,
@@ -39,7 +40,7 @@ pub use window::MAX_WINDOW_ARRIVALS;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -249,6 +250,16 @@ impl Sandbox {
             .store(millis, Ordering::SeqCst);
     }
 
+    /// UserSigs minted (their `TLS.time`) before unix second `unix_secs` answer 70001 as
+    /// expired, whatever the clock says; 0 turns this off. Lets a test expire the UserSig in
+    /// use and not the one that replaces it, without waiting out a lifetime.
+    pub fn expire_usersigs_minted_before(&self, unix_secs: u64) {
+        self.shared
+            .knobs
+            .expire_minted_before
+            .store(unix_secs, Ordering::SeqCst);
+    }
+
     /// Requests received for "service/command", rejected and dropped ones included. Counted
     /// for every caller if the command is in the sandbox's catalogue, else for authenticated
     /// callers only and for at most [`MAX_UNLISTED_COMMANDS`] names.
@@ -319,8 +330,10 @@ impl Sandbox {
         *lock(&self.shared.stats) = Stats::default();
     }
 
-    /// Stops accepting, closes every connection and waits until that is done.
+    /// Stops accepting, closes every connection and waits until that is done. In process,
+    /// every later call fails as a refused connection would ([`UpstreamError::Connect`]).
     pub async fn shutdown(mut self) {
+        self.shared.is_gone.store(true, Ordering::SeqCst);
         if let Some(stop) = self.stop.take() {
             // An error means the loop already ended; either way it is stopping.
             let _ = stop.send(());
@@ -360,6 +373,11 @@ impl InProcessUpstream for InProcess {
     fn call(&self, request: Request<Bytes>) -> InProcessFuture {
         let shared = Arc::clone(&self.0);
         Box::pin(async move {
+            if shared.is_gone.load(Ordering::SeqCst) {
+                return Err(UpstreamError::Connect(
+                    "the in-process sandbox was shut down".into(),
+                ));
+            }
             match handle(shared, request.map(Full::new)).await {
                 Ok(response) => {
                     let (parts, body) = response.into_parts();
@@ -423,6 +441,8 @@ pub(super) struct Shared {
     pub(super) connections: AtomicU64,
     /// TCP connections currently open: shows whether a client's pool closes idle ones.
     pub(super) open_connections: AtomicU64,
+    /// Set by [`Sandbox::shutdown`]: in-process calls are refused from then on.
+    is_gone: AtomicBool,
 }
 
 struct App {
@@ -443,6 +463,8 @@ struct Knobs {
     drops: AtomicU32,
     /// Milliseconds added to real time for UserSig expiry.
     clock_skew_ms: AtomicI64,
+    /// UserSigs minted before this unix second are expired; 0 is off.
+    expire_minted_before: AtomicU64,
 }
 
 impl Knobs {
@@ -500,6 +522,7 @@ impl Shared {
             quota: Mutex::default(),
             connections: AtomicU64::new(0),
             open_connections: AtomicU64::new(0),
+            is_gone: AtomicBool::new(false),
         }
     }
 }

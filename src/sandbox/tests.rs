@@ -156,3 +156,25 @@ async fn shutdown_closes_listener_and_connections() {
     let after = send(&client, hyper::Method::POST, &uri, "{}").await;
     assert!(after.is_err());
 }
+
+/// An in-process sandbox that was shut down refuses later calls as a closed port would, and
+/// counts none of them.
+#[tokio::test]
+async fn in_process_shutdown_refuses_later_calls() {
+    let sandbox = Sandbox::in_process(SandboxOptions::default()).unwrap();
+    let upstream = sandbox.upstream();
+    let request = || {
+        Request::post(format!(
+            "https://sandbox.invalid/v4/profile/portrait_get?{}",
+            signed_query()
+        ))
+        .body(Bytes::from_static(b"{}"))
+        .unwrap()
+    };
+    assert!(upstream.call(request()).await.is_ok());
+    sandbox.shutdown().await;
+    assert!(matches!(
+        upstream.call(request()).await,
+        Err(UpstreamError::Connect(_))
+    ));
+}

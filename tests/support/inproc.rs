@@ -6,17 +6,42 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Body;
 use tim_gateway::config::{Config, Env};
 use tim_gateway::proxy::Proxy;
 use tim_gateway::sandbox::{Sandbox, SandboxApp, SandboxOptions};
 use tim_gateway::upstream::UpstreamClient;
 use tim_gateway::usersig::SecretKey;
 
+use tokio::time::Instant;
+
 use super::{Answer, Extra, ADMIN, KEY, SDKAPPID};
+
+/// One millisecond: tokio's timer resolution, and the step [`settle`] takes.
+pub const MS: Duration = Duration::from_millis(1);
+
+/// Lets every task that can run, run; time moves by exactly 1 ms only if none can.
+pub async fn settle() {
+    tokio::time::sleep(MS).await;
+}
+
+/// Moves paused time forward to `at` (not at all if it has passed).
+pub async fn advance_to(at: Instant) {
+    tokio::time::advance(at.saturating_duration_since(Instant::now())).await;
+}
+
+/// A request to the handler with the `Host` header a loopback listener accepts.
+pub fn request(method: Method, path: &str) -> http::request::Builder {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, "127.0.0.1")
+}
 
 /// A handler and its in-process upstream.
 pub struct InProc {
@@ -102,16 +127,36 @@ impl InProc {
         let body = body.to_owned();
         tokio::spawn(async move { call(&proxy, Method::POST, &path, body).await })
     }
+
+    /// Hands a request built by the test (headers, a body of any kind) to the handler.
+    pub async fn send<B>(&self, request: Request<B>) -> Answer
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        send(&self.proxy, request).await
+    }
+
+    /// The Prometheus text `/metrics` would serve now.
+    pub fn metrics(&self) -> String {
+        String::from_utf8(self.proxy.render_metrics()).expect("the exposition is UTF-8")
+    }
 }
 
 /// Hands one request to `proxy` and parses its JSON answer.
 pub async fn call(proxy: &Proxy, method: Method, path: &str, body: impl AsRef<[u8]>) -> Answer {
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(http::header::HOST, "127.0.0.1")
+    let request = request(method, path)
         .body(Full::new(Bytes::copy_from_slice(body.as_ref())))
         .expect("a valid request");
+    send(proxy, request).await
+}
+
+/// Hands `request` to `proxy` and parses its JSON answer.
+pub async fn send<B>(proxy: &Proxy, request: Request<B>) -> Answer
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (parts, body) = proxy.handle(request).await.into_parts();
     let bytes = body.collect().await.expect("a Full body").to_bytes();
     let json = serde_json::from_slice(&bytes).unwrap_or_else(|e| {

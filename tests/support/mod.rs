@@ -128,6 +128,15 @@ pub async fn start_gateway(sandbox: &Sandbox) -> TestGateway {
 
 /// Starts a gateway for `sandbox` with extra configuration.
 pub async fn start_gateway_with(sandbox: &Sandbox, extra: Extra<'_>) -> TestGateway {
+    start_gateway_with_grace(sandbox, extra, std::time::Duration::from_secs(5)).await
+}
+
+/// As [`start_gateway_with`], with the shutdown grace period `grace`.
+pub async fn start_gateway_with_grace(
+    sandbox: &Sandbox,
+    extra: Extra<'_>,
+    grace: std::time::Duration,
+) -> TestGateway {
     let ca = write_ca(sandbox);
     let toml = gateway_toml(
         &sandbox.endpoint(),
@@ -140,7 +149,7 @@ pub async fn start_gateway_with(sandbox: &Sandbox, extra: Extra<'_>) -> TestGate
     )]));
     let loaded = Config::from_toml_str(&toml, &env)
         .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{toml}"));
-    let gateway = Gateway::start(&loaded.config, std::time::Duration::from_secs(5))
+    let gateway = Gateway::start(&loaded.config, grace)
         .await
         .expect("gateway starts on loopback");
     TestGateway {
@@ -162,6 +171,29 @@ impl Answer {
         self.json["ErrorCode"]
             .as_i64()
             .unwrap_or_else(|| panic!("no ErrorCode in {}", self.json))
+    }
+
+    /// The `X-Cache` header: HIT, MISS, STALE or BYPASS.
+    pub fn x_cache(&self) -> &str {
+        self.headers["x-cache"].to_str().expect("an ASCII X-Cache")
+    }
+
+    /// The `Age` header, in whole seconds.
+    pub fn age(&self) -> u64 {
+        self.headers["age"]
+            .to_str()
+            .ok()
+            .and_then(|age| age.parse().ok())
+            .expect("an Age in whole seconds")
+    }
+
+    /// The `Retry-After` header, in whole seconds.
+    pub fn retry_after(&self) -> u64 {
+        self.headers["retry-after"]
+            .to_str()
+            .ok()
+            .and_then(|secs| secs.parse().ok())
+            .expect("a Retry-After in whole seconds")
     }
 }
 

@@ -3,8 +3,8 @@
 use std::io::{BufRead, BufReader, Write as _};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
 
 use super::{gateway_toml, Extra};
 
@@ -16,6 +16,9 @@ pub struct Served {
     pub log: Arc<Mutex<Vec<String>>>,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// Disconnects when the reader has seen the end of stderr: the process has exited and
+    /// every line it wrote is in `log`.
+    log_closed: mpsc::Receiver<()>,
     _dir: tempfile::TempDir,
 }
 
@@ -38,21 +41,16 @@ impl Served {
         assert!(status.success());
     }
 
-    /// Waits (at most 20 s) for the process to exit; returns its status and log.
+    /// Waits (at most 20 s) for the process to exit; returns its status and whole log.
     pub fn wait_exit(mut self) -> (std::process::ExitStatus, String) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                // Give the reader thread a moment to drain the pipe after exit.
-                std::thread::sleep(Duration::from_millis(100));
-                return (status, self.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gateway did not exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        // stderr reaches its end when the process exits (nothing else holds the pipe), so
+        // once the reader is done the log is complete and `wait` returns at once.
+        match self.log_closed.recv_timeout(Duration::from_secs(20)) {
+            Err(mpsc::RecvTimeoutError::Disconnected) => {}
+            _ => panic!("gateway did not exit; log: {}", self.log_text()),
         }
+        let status = self.child.wait().expect("the exit status");
+        (status, self.log_text())
     }
 }
 
@@ -122,10 +120,12 @@ pub fn serve_limited(
         .spawn()
         .expect("the binary starts");
     let log = Arc::new(Mutex::new(Vec::new()));
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (addr_tx, addr_rx) = mpsc::channel();
+    let (log_open, log_closed) = mpsc::channel::<()>();
     let stderr = child.stderr.take().unwrap();
     let sink = Arc::clone(&log);
     std::thread::spawn(move || {
+        let _log_open = log_open; // dropped when stderr ends
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
             for (which, marker) in [(0, "client listener bound"), (1, "admin listener bound")] {
@@ -151,6 +151,7 @@ pub fn serve_limited(
         log,
         addr: addrs[0].unwrap(),
         admin: addrs[1].unwrap(),
+        log_closed,
         _dir: dir,
     }
 }
