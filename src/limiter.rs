@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{Histogram, IntCounter, IntCounterVec, IntGaugeVec, Registry};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Registry};
 use tokio::time::Instant;
 
 use crate::metrics::{counter_vec, histogram_vec, scrape_gauge_vec};
@@ -171,11 +171,14 @@ pub struct Limiter {
     handles: Box<[KeyMetrics]>,
 }
 
-/// One budget's metric handles, resolved once.
+/// One budget's metric handles, each created on first use: a command never called shows
+/// no series (with the whole catalogue, eager histograms would be thousands of zeros).
 #[derive(Debug)]
 struct KeyMetrics {
-    permits: IntCounter,
-    wait: Histogram,
+    permits: OnceLock<IntCounter>,
+    wait: OnceLock<Histogram>,
+    permits_vec: IntCounterVec,
+    wait_vec: HistogramVec,
     /// By [`ThrottleError`] variant, created on first use.
     rejections: [OnceLock<IntCounter>; 5],
     labels: [String; 2],
@@ -249,8 +252,10 @@ impl Limiter {
                     [app.clone(), (*command).to_owned()],
                 ));
                 handles.push(KeyMetrics {
-                    permits: permits.with_label_values(&[app.as_str(), command]),
-                    wait: wait.with_label_values(&[app.as_str(), command]),
+                    permits: OnceLock::new(),
+                    wait: OnceLock::new(),
+                    permits_vec: permits.clone(),
+                    wait_vec: wait.clone(),
                     rejections: Default::default(),
                     labels: [app.clone(), (*command).to_owned()],
                     rejections_vec: rejections.clone(),
@@ -294,8 +299,16 @@ impl Limiter {
         let handles = self.handles(key);
         match self.backend.acquire(key, wait_until).await {
             Ok(waited) => {
-                handles.permits.inc();
-                handles.wait.observe(waited.as_secs_f64());
+                let [app, command] = &handles.labels;
+                let labels = [app.as_str(), command.as_str()];
+                handles
+                    .permits
+                    .get_or_init(|| handles.permits_vec.with_label_values(&labels))
+                    .inc();
+                handles
+                    .wait
+                    .get_or_init(|| handles.wait_vec.with_label_values(&labels))
+                    .observe(waited.as_secs_f64());
                 Ok(Permit { key, waited })
             }
             Err(refused) => {

@@ -166,7 +166,7 @@ impl UpstreamFamilies {
     pub fn pair(&self, app: &str, command: &str) -> UpstreamMetrics {
         UpstreamMetrics {
             outcomes: Default::default(),
-            duration: self.duration.with_label_values(&[app, command]),
+            duration: OnceLock::new(),
             labels: [app.to_owned(), command.to_owned()],
             families: self.clone(),
         }
@@ -178,7 +178,8 @@ impl UpstreamFamilies {
 pub struct UpstreamMetrics {
     /// ok, tencent_error, timeout, connect_error, http_error; created on first use.
     outcomes: [OnceLock<IntCounter>; 5],
-    duration: Histogram,
+    /// Created on the first call, like every series here.
+    duration: OnceLock<Histogram>,
     labels: [String; 2],
     families: UpstreamFamilies,
 }
@@ -201,7 +202,13 @@ impl UpstreamMetrics {
                     .with_label_values(&[app.as_str(), command, outcome])
             })
             .inc();
-        self.duration.observe(elapsed.as_secs_f64());
+        self.duration
+            .get_or_init(|| {
+                self.families
+                    .duration
+                    .with_label_values(&[app.as_str(), command])
+            })
+            .observe(elapsed.as_secs_f64());
         if let Ok(response) = result {
             if response.error_code != 0 {
                 let code = code_label(response.error_code);
