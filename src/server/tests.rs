@@ -7,11 +7,14 @@ use tokio::sync::Notify;
 /// Answers `/slow` after `slow` (paused time), everything else at once.
 struct TestHandler {
     slow: Duration,
+    /// Told each time a `/slow` request reaches the handler.
+    entered: Arc<Notify>,
 }
 
 impl Handler for TestHandler {
     async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
         if request.uri().path() == "/slow" {
+            self.entered.notify_one();
             tokio::time::sleep(self.slow).await;
         }
         Response::new(Full::new(Bytes::from_static(b"ok")))
@@ -22,6 +25,7 @@ impl Handler for TestHandler {
 struct Running {
     addr: SocketAddr,
     stop: Arc<Notify>,
+    entered: Arc<Notify>,
     task: tokio::task::JoinHandle<bool>,
 }
 
@@ -33,13 +37,22 @@ fn start(limits: Limits, slow: Duration) -> Running {
         let stop = Arc::clone(&stop);
         async move { stop.notified().await }
     };
+    let entered = Arc::new(Notify::new());
     let task = tokio::spawn(run(
         listener,
-        Arc::new(TestHandler { slow }),
+        Arc::new(TestHandler {
+            slow,
+            entered: Arc::clone(&entered),
+        }),
         shutdown,
         limits,
     ));
-    Running { addr, stop, task }
+    Running {
+        addr,
+        stop,
+        entered,
+        task,
+    }
 }
 
 fn limits(max_connections: usize) -> Limits {
@@ -51,14 +64,15 @@ fn limits(max_connections: usize) -> Limits {
     }
 }
 
-/// Sends `GET /slow` and gives it 1 s (paused time) to reach the handler.
-async fn slow_request_in_handler(addr: SocketAddr) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
+/// Sends `GET /slow` and returns once the handler has it. Waiting on the handler, not on
+/// time: under paused time a sleep can end before the socket has carried the request.
+async fn slow_request_in_handler(server: &Running) -> TcpStream {
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
     stream
         .write_all(b"GET /slow HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    server.entered.notified().await;
     stream
 }
 
@@ -159,7 +173,7 @@ async fn drain_does_not_wait_for_connections_without_a_request() {
 #[tokio::test(start_paused = true)]
 async fn drain_finishes_requests_in_flight() {
     let server = start(limits(16), Duration::from_secs(5));
-    let mut busy = slow_request_in_handler(server.addr).await;
+    let mut busy = slow_request_in_handler(&server).await;
     let started = Instant::now();
     server.stop.notify_one();
     let mut answer = Vec::new();
@@ -168,7 +182,7 @@ async fn drain_finishes_requests_in_flight() {
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
     assert!(answer.ends_with("\r\n\r\nok"), "{answer}");
     assert!(server.task.await.unwrap());
-    assert_eq!(started.elapsed(), Duration::from_secs(4));
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
 }
 
 /// At the cap, a further connection is not accepted (its request waits in the backlog, with
@@ -239,7 +253,7 @@ async fn drain_cancels_requests_past_the_grace() {
         },
         Duration::from_secs(3600),
     );
-    let mut busy = slow_request_in_handler(server.addr).await;
+    let mut busy = slow_request_in_handler(&server).await;
     let started = Instant::now();
     server.stop.notify_one();
     assert!(!server.task.await.unwrap(), "the drain did not complete");
