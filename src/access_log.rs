@@ -13,8 +13,10 @@
 //! when it passes [`BATCH_BYTES`], when its first line is [`MAX_BATCH_AGE`] old (checked when
 //! a line is added), when the thread goes idle ([`flush_thread`], a tokio `on_thread_park`
 //! hook), when the thread ends, and when the [`FlushGuard`] drops at exit: after that every
-//! line is handed over at once. So a line waits at most until its thread idles or
-//! [`MAX_BATCH_AGE`] passes with traffic, and none is left behind at a normal exit.
+//! line is handed over at once. So a line waits until its thread idles, or until a later line
+//! on the same thread finds the batch [`MAX_BATCH_AGE`] old, and none is left behind at a
+//! normal exit. Lines are in order per thread; lines of different threads can reach stderr
+//! out of timestamp order by that much.
 
 mod backlog;
 mod encode;
