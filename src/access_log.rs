@@ -2,9 +2,10 @@
 //! without tracing's general-purpose formatter.
 //!
 //! Promises:
-//! - [`write`] writes a line exactly when tracing would enable an `info` event under
-//!   [`TARGET`] (`RUST_LOG=info,tim_gateway::access=warn` turns it off), in the layout the rest
-//!   of the log uses ([`Format`]), with the fields of [`AccessLine`] that are present.
+//! - [`write`] writes a line exactly when tracing enables an `info` event under [`TARGET`]
+//!   (`RUST_LOG=info,tim_gateway::access=warn` turns it off; asked once, at [`install`]), in
+//!   the layout the rest of the log uses ([`Format`]), with the fields of [`AccessLine`] that
+//!   are present.
 //! - Lines go to the same writer thread (and the same channel) as every other log line, whole
 //!   lines only, so nothing interleaves mid-line.
 //! - Without [`install`] (library use, in-process tests) a line is a plain `tracing::info!`.
@@ -75,28 +76,32 @@ thread_local! {
 pub struct AlreadyInstalled;
 
 /// Sends access lines to `sender`'s writer thread in `format` from now on, for the rest of
-/// the process.
+/// the process. Call it after the global tracing subscriber is set: whether the access log is
+/// on is asked of that subscriber here, once (see [`write`]).
 ///
 /// # Errors
 ///
 /// [`AlreadyInstalled`] if a sink is installed already; the first one stays.
 pub fn install(sender: Sender, format: Format) -> Result<FlushGuard, AlreadyInstalled> {
-    SINK.set(Sink::new(sender, format))
+    let is_enabled = tracing::enabled!(target: TARGET, tracing::Level::INFO);
+    SINK.set(Sink::new(sender, format, is_enabled))
         .map_err(|_| AlreadyInstalled)?;
     Ok(FlushGuard {
         sink: SINK.get().expect("set just above"),
     })
 }
 
-/// Writes one request's line, if tracing enables `info` for [`TARGET`].
+/// Writes one request's line if tracing enables `info` for [`TARGET`].
+///
+/// With a sink installed, the subscriber's verdict was taken at [`install`]: `enabled!` asks
+/// the dispatcher and the filter on every call (its callsite cache only short-cuts "never"),
+/// about 90 instructions, and the verdict for one target and level cannot change while the
+/// process runs (EnvFilter's target directives are fixed; nothing reloads them, and the line
+/// is never inside a span that a span directive could match).
 pub fn write(line: &AccessLine<'_>) {
-    // The callsite caches the filter's verdict (EnvFilter's directives are static), so a
-    // disabled access log costs two atomic loads here.
-    if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
-        return;
-    }
     match SINK.get() {
-        Some(sink) => sink.write_at(line, SystemTime::now()),
+        Some(sink) if sink.is_enabled => sink.write_at(line, SystemTime::now()),
+        Some(_) => {}
         None => tracing::info!(
             target: TARGET,
             request_id = line.request_id,
@@ -143,6 +148,8 @@ impl Drop for FlushGuard {
 /// Where lines go and the batches of the threads that wrote some.
 #[derive(Debug)]
 struct Sink {
+    /// Whether tracing enabled `info` for [`TARGET`] when the sink was installed.
+    is_enabled: bool,
     format: Format,
     /// Cloned into each thread's batch.
     sender: Sender,
@@ -154,8 +161,9 @@ struct Sink {
 }
 
 impl Sink {
-    fn new(sender: Sender, format: Format) -> Self {
+    fn new(sender: Sender, format: Format, is_enabled: bool) -> Self {
         Sink {
+            is_enabled,
             format,
             sender,
             threads: Mutex::new(Vec::new()),
@@ -223,8 +231,9 @@ impl HandOver for Sender {
 #[derive(Debug)]
 struct Batch<O> {
     lines: Vec<u8>,
-    /// When the first line in `lines` was written; meaningless while `lines` is empty.
-    oldest: SystemTime,
+    /// When the first line in `lines` was written, in µs since 1970; meaningless while
+    /// `lines` is empty.
+    oldest: u64,
     encoder: Encoder,
     out: O,
 }
@@ -236,7 +245,7 @@ impl<O: HandOver> Batch<O> {
     fn new(format: Format, out: O) -> Self {
         Batch {
             lines: Vec::new(),
-            oldest: SystemTime::UNIX_EPOCH,
+            oldest: 0,
             encoder: Encoder::new(format),
             out,
         }
@@ -245,15 +254,14 @@ impl<O: HandOver> Batch<O> {
     /// Adds `line`; hands the batch over when it is full, its first line is too old, or
     /// `is_immediate`.
     fn push(&mut self, line: &AccessLine<'_>, now: SystemTime, is_immediate: bool) {
+        let now = encode::unix_micros(now);
         if self.lines.is_empty() {
             self.oldest = now;
             self.lines.reserve(BATCH_BYTES + 1024);
         }
-        self.encoder.encode(line, now, &mut self.lines);
-        // A clock stepped backwards makes the age an error: hand over rather than wait.
-        let is_stale = now
-            .duration_since(self.oldest)
-            .map_or(true, |age| age >= MAX_BATCH_AGE);
+        self.encoder.encode_at(line, now, &mut self.lines);
+        // A clock stepped backwards: hand over rather than wait for it to catch up.
+        let is_stale = now < self.oldest || now - self.oldest >= MAX_BATCH_AGE.as_micros() as u64;
         if is_immediate || is_stale || self.lines.len() >= BATCH_BYTES {
             self.hand_over();
         }

@@ -36,16 +36,16 @@ fn init_tracing(format: LogFormat) -> LogGuard {
         LogFormat::Human => access_log::Format::Human { is_ansi },
         LogFormat::Json => access_log::Format::Json,
     };
-    let access =
-        access_log::install(writer.clone(), access_format).expect("logging is set up once, here");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
+        .with_writer(writer.clone())
         .with_ansi(is_ansi);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    // After `init`: the access log asks the subscriber now whether it is on.
+    let access = access_log::install(writer, access_format).expect("logging is set up once, here");
     LogGuard {
         _access: access,
         _writer: guard,

@@ -8,7 +8,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::{AccessLine, TARGET};
+use super::AccessLine;
 
 /// How lines look: the same choice `--log-format` makes for the rest of the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,9 +42,12 @@ impl Encoder {
 
     /// Appends `line`, stamped `now`, to `out`.
     pub fn encode(&mut self, line: &AccessLine<'_>, now: SystemTime, out: &mut Vec<u8>) {
-        // Before 1970 only with a broken clock: stamp the epoch rather than fail.
-        let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let timestamp = self.timestamp(since_epoch.as_secs(), since_epoch.subsec_micros());
+        self.encode_at(line, unix_micros(now), out);
+    }
+
+    /// As [`Encoder::encode`], with the time in microseconds since 1970.
+    pub(super) fn encode_at(&mut self, line: &AccessLine<'_>, unix_micros: u64, out: &mut Vec<u8>) {
+        let timestamp = self.timestamp(unix_micros / 1_000_000, (unix_micros % 1_000_000) as u32);
         match self.format {
             Format::Human { is_ansi } => human(line, &timestamp, is_ansi, out),
             Format::Json => json(line, &timestamp, out),
@@ -67,6 +70,12 @@ impl Encoder {
         text[26] = b'Z';
         text
     }
+}
+
+/// Microseconds since 1970 (0 for a clock set before 1970, rather than failing).
+pub(super) fn unix_micros(now: SystemTime) -> u64 {
+    now.duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_micros().try_into().unwrap_or(u64::MAX))
 }
 
 /// The last second RFC 3339's four-digit years can name (9999-12-31T23:59:59Z); later clocks
@@ -117,112 +126,140 @@ pub(super) fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (year, month, day)
 }
 
-// tracing-subscriber's colours (nu-ansi-term): dimmed time and target, green INFO, italic keys.
-const DIM: &[u8] = b"\x1b[2m";
-const ITALIC: &[u8] = b"\x1b[3m";
-const RESET: &[u8] = b"\x1b[0m";
+/// The ten keys as written before their values, in field order (the order of the tracing
+/// macro call they replace): `request_id`, `method`, `path`, `app`, `command`, `cache`,
+/// `status`, `error_code`, `latency_us`, `error`. Constants, so that each copy is a few moves.
+macro_rules! keys {
+    ($before:literal, $after:literal) => {
+        [
+            concat!($before, "request_id", $after).as_bytes(),
+            concat!($before, "method", $after).as_bytes(),
+            concat!($before, "path", $after).as_bytes(),
+            concat!($before, "app", $after).as_bytes(),
+            concat!($before, "command", $after).as_bytes(),
+            concat!($before, "cache", $after).as_bytes(),
+            concat!($before, "status", $after).as_bytes(),
+            concat!($before, "error_code", $after).as_bytes(),
+            concat!($before, "latency_us", $after).as_bytes(),
+            concat!($before, "error", $after).as_bytes(),
+        ]
+    };
+}
+
+type Keys = [&'static [u8]; 10];
+
+const HUMAN_KEYS: Keys = keys!(" ", "=");
+// tracing-subscriber's colours (nu-ansi-term): italic key, dimmed `=`.
+const ANSI_KEYS: Keys = keys!(" \x1b[3m", "\x1b[0m\x1b[2m=\x1b[0m");
+const JSON_KEYS: Keys = keys!(",\"", "\":");
+
+const HUMAN_HEAD: &[u8] = b"  INFO tim_gateway::access: request";
+// Dimmed time (written around it), green level, dimmed target and colon.
+const ANSI_HEAD: &[u8] =
+    b"\x1b[0m \x1b[32m INFO\x1b[0m \x1b[2mtim_gateway::access\x1b[0m\x1b[2m:\x1b[0m request";
+const JSON_HEAD: &[u8] = br#"","level":"INFO","message":"request""#;
+const JSON_TAIL: &[u8] = b",\"target\":\"tim_gateway::access\"}\n";
 
 fn human(line: &AccessLine<'_>, timestamp: &[u8; 27], is_ansi: bool, out: &mut Vec<u8>) {
     if is_ansi {
-        out.extend_from_slice(DIM);
+        out.extend_from_slice(b"\x1b[2m");
         out.extend_from_slice(timestamp);
-        out.extend_from_slice(b"\x1b[0m \x1b[32m INFO\x1b[0m \x1b[2m");
-        out.extend_from_slice(TARGET.as_bytes());
-        out.extend_from_slice(b"\x1b[0m\x1b[2m:\x1b[0m request");
+        out.extend_from_slice(ANSI_HEAD);
+        fields(line, &ANSI_KEYS, logfmt_value, out);
     } else {
         out.extend_from_slice(timestamp);
-        out.extend_from_slice(b"  INFO ");
-        out.extend_from_slice(TARGET.as_bytes());
-        out.extend_from_slice(b": request");
+        out.extend_from_slice(HUMAN_HEAD);
+        fields(line, &HUMAN_KEYS, logfmt_value, out);
     }
-    let key = |out: &mut Vec<u8>, key: &str| {
-        out.push(b' ');
-        if is_ansi {
-            out.extend_from_slice(ITALIC);
-            out.extend_from_slice(key.as_bytes());
-            out.extend_from_slice(RESET);
-            out.extend_from_slice(DIM);
-            out.push(b'=');
-            out.extend_from_slice(RESET);
-        } else {
-            out.extend_from_slice(key.as_bytes());
-            out.push(b'=');
-        }
-    };
-    fields(line, out, key, logfmt_value);
     out.push(b'\n');
 }
 
 fn json(line: &AccessLine<'_>, timestamp: &[u8; 27], out: &mut Vec<u8>) {
     out.extend_from_slice(br#"{"timestamp":""#);
     out.extend_from_slice(timestamp);
-    out.extend_from_slice(br#"","level":"INFO","message":"request""#);
-    let key = |out: &mut Vec<u8>, key: &str| {
-        out.extend_from_slice(b",\"");
-        out.extend_from_slice(key.as_bytes());
-        out.extend_from_slice(b"\":");
-    };
-    let text = |value: &str, out: &mut Vec<u8>| {
-        out.push(b'"');
-        escape(value, Escape::Json, out);
-        out.push(b'"');
-    };
-    fields(line, out, key, text);
-    out.extend_from_slice(br#","target":""#);
-    out.extend_from_slice(TARGET.as_bytes());
-    out.extend_from_slice(b"\"}\n");
+    out.extend_from_slice(JSON_HEAD);
+    fields(line, &JSON_KEYS, json_string, out);
+    out.extend_from_slice(JSON_TAIL);
 }
 
-/// The fields in tracing's order (the order of the macro call they replace), each as `key`
-/// then its value; absent ones are left out. Numbers are bare in both formats.
+/// Each present field as its key then its value; absent ones are left out. Numbers are bare
+/// in both formats; `text` writes a string value. Inlined, so that the keys' lengths are
+/// constants at each copy.
+#[inline(always)]
 fn fields(
     line: &AccessLine<'_>,
-    out: &mut Vec<u8>,
-    key: impl Fn(&mut Vec<u8>, &str),
+    keys: &Keys,
     text: impl Fn(&str, &mut Vec<u8>),
+    out: &mut Vec<u8>,
 ) {
-    let text = |out: &mut Vec<u8>, name: &str, value: Option<&str>| {
-        if let Some(value) = value {
-            key(out, name);
-            text(value, out);
-        }
-    };
-    let number = |out: &mut Vec<u8>, name: &str, digits: &str| {
-        key(out, name);
-        out.extend_from_slice(digits.as_bytes());
-    };
-    text(out, "request_id", Some(line.request_id));
-    text(out, "method", line.method);
-    text(out, "path", line.path);
-    text(out, "app", Some(line.app));
-    text(out, "command", line.command);
-    text(out, "cache", line.cache);
-    number(out, "status", itoa::Buffer::new().format(line.status));
-    if let Some(code) = line.error_code {
-        number(out, "error_code", itoa::Buffer::new().format(code));
+    let mut number = itoa::Buffer::new();
+    out.extend_from_slice(keys[0]);
+    text(line.request_id, out);
+    if let Some(method) = line.method {
+        out.extend_from_slice(keys[1]);
+        text(method, out);
     }
-    number(
-        out,
-        "latency_us",
-        itoa::Buffer::new().format(line.latency_us),
-    );
-    text(out, "error", line.error);
+    if let Some(path) = line.path {
+        out.extend_from_slice(keys[2]);
+        text(path, out);
+    }
+    out.extend_from_slice(keys[3]);
+    text(line.app, out);
+    if let Some(command) = line.command {
+        out.extend_from_slice(keys[4]);
+        text(command, out);
+    }
+    if let Some(cache) = line.cache {
+        out.extend_from_slice(keys[5]);
+        text(cache, out);
+    }
+    out.extend_from_slice(keys[6]);
+    out.extend_from_slice(number.format(line.status).as_bytes());
+    if let Some(code) = line.error_code {
+        out.extend_from_slice(keys[7]);
+        out.extend_from_slice(number.format(code).as_bytes());
+    }
+    out.extend_from_slice(keys[8]);
+    out.extend_from_slice(number.format(line.latency_us).as_bytes());
+    if let Some(error) = line.error {
+        out.extend_from_slice(keys[9]);
+        text(error, out);
+    }
+}
+
+fn json_string(value: &str, out: &mut Vec<u8>) {
+    out.push(b'"');
+    if any_byte(value, |b| b < 0x20 || b == b'"' || b == b'\\') {
+        escape(value, Escape::Json, out);
+    } else {
+        out.extend_from_slice(value.as_bytes());
+    }
+    out.push(b'"');
 }
 
 /// A logfmt value: bare when it is visible ASCII without `"`, `=` or `\`, else quoted and
 /// escaped, so that a value can never end its field or its line early.
 fn logfmt_value(value: &str, out: &mut Vec<u8>) {
-    let is_bare = !value.is_empty()
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'=' | b'\\'));
-    if is_bare {
-        out.extend_from_slice(value.as_bytes());
-    } else {
+    let is_quoted = value.is_empty()
+        || any_byte(value, |b| {
+            b <= b' ' || b >= 0x7f || b == b'"' || b == b'=' || b == b'\\'
+        });
+    if is_quoted {
         out.push(b'"');
         escape(value, Escape::Logfmt, out);
         out.push(b'"');
+    } else {
+        out.extend_from_slice(value.as_bytes());
     }
+}
+
+/// Whether `is_special` holds for a byte of `value`. A fold without an early exit, so that the
+/// compiler checks 16 bytes per step (SSE2): values are short and almost never special.
+#[inline(always)]
+fn any_byte(value: &str, is_special: impl Fn(u8) -> bool) -> bool {
+    value
+        .bytes()
+        .fold(false, |is_any, byte| is_any | is_special(byte))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

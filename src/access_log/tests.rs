@@ -421,7 +421,7 @@ fn test_sink() -> (&'static Sink, Captured, WorkerGuard) {
     let captured = Captured::default();
     let (writer, guard) = NonBlocking::new(captured.clone());
     let sender = Backlog::new().sender(writer);
-    let sink: &'static Sink = Box::leak(Box::new(Sink::new(sender, HUMAN)));
+    let sink: &'static Sink = Box::leak(Box::new(Sink::new(sender, HUMAN, true)));
     (sink, captured, guard)
 }
 
