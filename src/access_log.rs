@@ -150,6 +150,7 @@ impl Drop for FlushGuard {
 struct Sink {
     /// Whether tracing enabled `info` for [`TARGET`] when the sink was installed.
     is_enabled: bool,
+    /// The layout of every line.
     format: Format,
     /// Cloned into each thread's batch.
     sender: Sender,
@@ -282,7 +283,10 @@ impl<O: HandOver> Batch<O> {
 /// A thread's handle on its batch: the batch is shared with the sink's registry so that
 /// [`FlushGuard`] can reach it; dropping the handle (thread exit) hands the batch over.
 struct Local {
+    /// The sink the batch was made for (tests make several).
     sink: &'static Sink,
+    /// Shared with `sink`'s registry; locked by this thread for each line and by
+    /// [`Sink::close`] once.
     batch: Arc<Mutex<Batch<Sender>>>,
 }
 

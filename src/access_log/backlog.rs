@@ -23,6 +23,7 @@ pub const MAX_BACKLOG_BYTES: usize = 16 << 20;
 /// The shared count behind a [`Sender`] and an [`Output`]; create one per writer thread.
 #[derive(Debug, Clone, Default)]
 pub struct Backlog {
+    /// Shared with the senders and the output made from it.
     counts: Arc<Counts>,
 }
 
@@ -68,6 +69,7 @@ impl Backlog {
 #[derive(Debug, Clone)]
 pub struct Sender {
     writer: NonBlocking,
+    /// Shared with every other sender and the writer thread's [`Output`].
     counts: Arc<Counts>,
 }
 
@@ -122,6 +124,7 @@ impl<'a> MakeWriter<'a> for Sender {
 #[derive(Debug)]
 pub struct Output<W> {
     inner: W,
+    /// Shared with every [`Sender`].
     counts: Arc<Counts>,
 }
 
