@@ -2,12 +2,18 @@
 # Instructions per cache hit, counted by valgrind's callgrind: repeatable where wall-clock
 # throughput on a shared 2-core VM is not (wrk rounds spread 35-70% there).
 #
-# Usage: benches/hit-instructions.sh BIN [BIN...]
+# Usage: [HIT_CONNECTIONS=16] benches/hit-instructions.sh BIN [BIN...]
 #
 # For each binary: a gateway (default config, access log on) in front of the sandbox runs
 # under callgrind; a keep-alive client POSTs `{}` to the cached get_all_robots N times; the
 # process's total instructions for N = 1000 and N = 3000 are subtracted, so startup and
-# shutdown cancel out, and divided by 2000.
+# shutdown cancel out, and divided by 2000. The environment reaches the gateway, so
+# `RUST_LOG=info,tim_gateway::access=warn` measures it without the access log.
+#
+# One client (the default) waits for each answer, so the gateway idles between requests: every
+# request pays for waking up and going idle, and the access log hands each line to the writer
+# thread on its own. HIT_CONNECTIONS=16 runs that many clients at once, sharing the N requests,
+# so the gateway always has work (as under load) and access lines go in batches.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "needs valgrind" >&2; exit 1; }
@@ -36,13 +42,18 @@ TOML
     "$1" serve --config "$work/gateway.toml" 2>"$work/log" &
   local gateway=$!
   for _ in $(seq 300); do curl -sf http://127.0.0.1:18390/healthz >/dev/null 2>&1 && break; sleep 0.2; done
-  python3 - "$2" <<'PY'
-import http.client, sys
-c = http.client.HTTPConnection("127.0.0.1", 18380)
-for _ in range(int(sys.argv[1])):
-    c.request("POST", "/v4/openim_robot_http_svc/get_all_robots", body="{}")
-    r = c.getresponse(); r.read()
-    assert r.status == 200, r.status
+  python3 - "$2" "${HIT_CONNECTIONS:-1}" <<'PY'
+import http.client, sys, threading
+n, connections = int(sys.argv[1]), int(sys.argv[2])
+def client(count):
+    c = http.client.HTTPConnection("127.0.0.1", 18380)
+    for _ in range(count):
+        c.request("POST", "/v4/openim_robot_http_svc/get_all_robots", body="{}")
+        r = c.getresponse(); r.read()
+        assert r.status == 200, r.status
+threads = [threading.Thread(target=client, args=(n // connections,)) for _ in range(connections)]
+for t in threads: t.start()
+for t in threads: t.join()
 PY
   kill -TERM "$gateway"; wait "$gateway" || true
   kill "$sandbox"; wait "$sandbox" 2>/dev/null || true
@@ -53,5 +64,5 @@ PY
 for bin in "$@"; do
   low=$(count "$bin" 1000)
   high=$(count "$bin" 3000)
-  echo "$bin: $(( (high - low) / 2000 )) instructions per cache hit"
+  echo "$bin: $(( (high - low) / 2000 )) instructions per cache hit, ${HIT_CONNECTIONS:-1} client(s)"
 done

@@ -1,5 +1,6 @@
 //! tim-gateway: a caching, signing, quota-keeping reverse proxy for Tencent Cloud Chat's REST API.
 //!
+//! - [`access_log`]: the one line per request, formatted and batched off tracing's path.
 //! - [`admin`]: `/healthz`, `/readyz` on the admin listener.
 //! - [`body`]: client request bodies: one-pass JSON validation, canonical form, depth limit.
 //! - [`cache`]: answer cache: canonical keys, freshness, single flight, invalidation.
@@ -25,6 +26,7 @@
 //! - [`usersig`]: mint and verify TLSSigAPIv2 UserSigs (pure).
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod cache;

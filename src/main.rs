@@ -4,37 +4,60 @@ use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::Parser;
+use tim_gateway::access_log;
 use tim_gateway::cli::{self, Cli, Exit, LogFormat};
 use tracing_subscriber::EnvFilter;
 
-/// Lines buffered between request threads and the thread that writes them to stderr. When
-/// stderr cannot keep up (a stalled log pipe), further lines are dropped rather than blocking
-/// requests; the writer reports how many it dropped.
+/// Messages (a log line, or a batch of access lines) buffered between request threads and the
+/// thread that writes them to stderr. When stderr cannot keep up (a stalled log pipe), further
+/// messages are dropped rather than blocking requests; access lines stop earlier, at
+/// `access_log::MAX_BACKLOG_BYTES` waiting, and a `warn` line says how many were dropped.
 const LOG_BUFFER_LINES: usize = 64 * 1024;
 
 /// Sets up logging to stderr through a background writer thread, so a request's log line
-/// costs its formatting, not a write system call. Keep the guard until exit: dropping it
-/// flushes what is buffered.
-fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// costs its formatting, not a write system call. The access log formats its own lines and
+/// hands them to the same writer thread in batches (`access_log`); both count what they send
+/// against one byte bound. Keep the guard until exit: dropping it flushes what is buffered.
+fn init_tracing(format: LogFormat) -> LogGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let backlog = access_log::Backlog::new();
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(LOG_BUFFER_LINES)
         .lossy(true)
         .thread_name("tim-gateway-log")
-        .finish(std::io::BufWriter::with_capacity(
+        .finish(backlog.output(std::io::BufWriter::with_capacity(
             64 * 1024,
             std::io::stderr(),
-        ));
+        )));
+    let writer = backlog.sender(writer);
+    // Colour only for a person at a terminal: Kubernetes and log files get plain text.
+    let is_ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let access_format = match format {
+        LogFormat::Human => access_log::Format::Human { is_ansi },
+        LogFormat::Json => access_log::Format::Json,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
-        // Colour only for a person at a terminal: Kubernetes and log files get plain text.
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none());
+        .with_writer(writer.clone())
+        .with_ansi(is_ansi);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
-    guard
+    // After `init`: the access log asks the subscriber now whether it is on.
+    let access = access_log::install(writer, access_format).expect("logging is set up once, here");
+    LogGuard {
+        _access: access,
+        _writer: guard,
+    }
+}
+
+/// Held by `main` until exit. Fields drop in order: first the access log hands over the lines
+/// its threads still hold (request lines of the drain), then the writer thread writes out
+/// everything it was given and stops.
+struct LogGuard {
+    _access: access_log::FlushGuard,
+    _writer: tracing_appender::non_blocking::WorkerGuard,
 }
 
 fn main() -> ExitCode {
@@ -42,7 +65,13 @@ fn main() -> ExitCode {
     let _log_writer = init_tracing(cli.log_format);
     // `serve` reads its configuration before the runtime exists: it sets the worker threads.
     let task = cli::Task::prepare(cli.command);
-    let runtime = match task.runtime().build() {
+    let runtime = match task
+        .runtime()
+        // A worker that runs out of work hands over its batched access lines, so a quiet
+        // gateway's lines are not held back.
+        .on_thread_park(access_log::flush_thread)
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");

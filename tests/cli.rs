@@ -176,6 +176,131 @@ async fn sigterm_drains_and_exits_zero() {
         1,
         "the waiter never reached Tencent"
     );
+    // Both requests answered during the drain have their access lines.
+    for answered in [
+        format!("command={CREATE_ROBOT} cache=BYPASS status=200 error_code=0 "),
+        format!("command={ACCOUNT_CHECK} cache=BYPASS status=503 error_code=1905005 "),
+    ] {
+        assert!(log.contains(&answered), "{answered}:\n{log}");
+    }
+}
+
+/// The access log writes one line per request in either log format, with the fields in
+/// tracing's order, and a request answered just before SIGTERM still has its line when the
+/// process has exited (the batched lines are handed over at exit).
+#[tokio::test(flavor = "multi_thread")]
+async fn access_lines_are_written_in_both_formats_up_to_exit() {
+    let sandbox = start_sandbox().await;
+    for format in ["human", "json"] {
+        let served = serve_with_env(
+            &sandbox,
+            KEY,
+            &[("RUST_LOG", "info"), ("TIM_GATEWAY_LOG_FORMAT", format)],
+        );
+        for _ in 0..2 {
+            assert_eq!(
+                post(served.addr, GET_ALL_ROBOTS, "{}").await.error_code(),
+                0
+            );
+        }
+        assert_eq!(post(served.addr, CREATE_ROBOT, "nope").await.status, 400);
+        let (status, log) = served.terminate();
+        assert!(
+            status.success(),
+            "{format}: exit status {status:?}; log:\n{log}"
+        );
+        let access: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("tim_gateway::access"))
+            .collect();
+        assert_eq!(access.len(), 3, "{format}: one line per request:\n{log}");
+        // Lines come in batches per thread, so requests served by different workers may be
+        // logged out of order: find each by its content.
+        let find = |needle: &str| {
+            *access
+                .iter()
+                .find(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("{format}: no line with {needle}:\n{log}"))
+        };
+        if format == "human" {
+            let hit = find("cache=HIT");
+            assert!(
+                hit.contains(&format!(
+                    "  INFO tim_gateway::access: request request_id={} app=main command={GET_ALL_ROBOTS} cache=HIT status=200 error_code=0 latency_us=",
+                    hit.split("request_id=").nth(1).unwrap().split(' ').next().unwrap()
+                )),
+                "{hit}"
+            );
+            let refused = find("status=400");
+            assert!(
+                refused.contains(&format!(
+                    "method=POST path=/v4/{CREATE_ROBOT} app=main command={CREATE_ROBOT} cache=BYPASS status=400 error_code=1904005"
+                )),
+                "{refused}"
+            );
+        } else {
+            // The keys, in the order the line has them (serde_json's map would sort them).
+            let keys = |l: &str| -> Vec<String> {
+                let value: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(l).expect("a JSON object per line");
+                let mut keys: Vec<String> = value.keys().cloned().collect();
+                keys.sort_by_key(|k| l.find(&format!("\"{k}\":")));
+                keys
+            };
+            let hit = find(r#""cache":"HIT","status":200,"error_code":0,"#);
+            let hit_keys = [
+                "timestamp",
+                "level",
+                "message",
+                "request_id",
+                "app",
+                "command",
+                "cache",
+                "status",
+                "error_code",
+                "latency_us",
+                "target",
+            ];
+            assert_eq!(keys(hit), hit_keys, "{hit}");
+            let refused = find(r#""status":400"#);
+            let refused_keys = [
+                "timestamp",
+                "level",
+                "message",
+                "request_id",
+                "method",
+                "path",
+                "app",
+                "command",
+                "cache",
+                "status",
+                "error_code",
+                "latency_us",
+                "error",
+                "target",
+            ];
+            assert_eq!(keys(refused), refused_keys, "{refused}");
+        }
+    }
+}
+
+/// `RUST_LOG=info,tim_gateway::access=warn` turns the access log off and keeps the rest.
+#[tokio::test(flavor = "multi_thread")]
+async fn rust_log_turns_the_access_log_off() {
+    let sandbox = start_sandbox().await;
+    let served = serve_with_env(
+        &sandbox,
+        KEY,
+        &[("RUST_LOG", "info,tim_gateway::access=warn")],
+    );
+    assert_eq!(
+        post(served.addr, GET_ALL_ROBOTS, "{}").await.error_code(),
+        0
+    );
+    let (status, log) = served.terminate();
+    assert!(status.success());
+    assert!(log.contains("SIGTERM received"), "{log}");
+    assert!(!log.contains("tim_gateway::access"), "{log}");
 }
 
 /// The first line of `/metrics` that starts with `prefix`, or "" if none does.

@@ -14,6 +14,7 @@ use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, R
 use tokio::time::Instant;
 
 use super::{CacheStatus, Proxy, Reply, Target};
+use crate::access_log::{self, AccessLine};
 use crate::metrics::{counter_vec, gauge, histogram_vec};
 
 /// The metric families of client requests.
@@ -154,15 +155,18 @@ impl Drop for RequestCtx<'_> {
         }
         let elapsed = self.started.elapsed();
         self.metrics().record(self.cache, CLIENT_CLOSED, elapsed);
-        tracing::info!(
-            target: ACCESS_LOG,
-            request_id = self.request_id.to_str().unwrap_or("-"),
-            app = self.app_name(),
-            status = CLIENT_CLOSED,
-            latency_us = elapsed.as_micros() as u64,
-            error = "the client closed the connection before the answer",
-            "request"
-        );
+        access_log::write(&AccessLine {
+            request_id: self.request_id.to_str().unwrap_or("-"),
+            method: None,
+            path: None,
+            app: self.app_name(),
+            command: None,
+            cache: None,
+            status: CLIENT_CLOSED,
+            error_code: None,
+            latency_us: elapsed.as_micros() as u64,
+            error: Some("the client closed the connection before the answer"),
+        });
     }
 }
 
@@ -191,7 +195,7 @@ pub(super) fn request_id(headers: &http::HeaderMap) -> HeaderValue {
 
 /// The log target of the one line per request: `RUST_LOG=info,tim_gateway::access=warn` turns
 /// the access log off and keeps everything else.
-pub const ACCESS_LOG: &str = "tim_gateway::access";
+pub const ACCESS_LOG: &str = access_log::TARGET;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
@@ -248,20 +252,18 @@ impl Proxy {
         // Method and path only for requests the gateway refused or failed (absent fields are
         // not written), so a successful request's line stays short.
         let is_error = error.is_some();
-        tracing::info!(
-            target: ACCESS_LOG,
+        access_log::write(&AccessLine {
             request_id,
-            method = is_error.then(|| parts.method.as_str()),
-            path = is_error.then(|| parts.uri.path()),
+            method: is_error.then(|| parts.method.as_str()),
+            path: is_error.then(|| parts.uri.path()),
             app,
-            command,
-            cache = %ctx.cache.as_str(),
-            status = status.as_u16(),
-            error_code,
-            latency_us = elapsed.as_micros() as u64,
-            error = error.as_deref(),
-            "request"
-        );
+            command: Some(command),
+            cache: Some(ctx.cache.as_str()),
+            status: status.as_u16(),
+            error_code: Some(error_code),
+            latency_us: elapsed.as_micros() as u64,
+            error: error.as_deref(),
+        });
         response
     }
 }

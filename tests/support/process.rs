@@ -79,6 +79,26 @@ pub fn serve_limited(
     extra: Extra<'_>,
     nofile: Option<u32>,
 ) -> Served {
+    spawn(sandbox, key, extra, nofile, &[])
+}
+
+/// As [`serve`], with these environment variables set too (`RUST_LOG`,
+/// `TIM_GATEWAY_LOG_FORMAT`, …).
+pub fn serve_with_env(
+    sandbox: &tim_gateway::sandbox::Sandbox,
+    key: &str,
+    env: &[(&str, &str)],
+) -> Served {
+    spawn(sandbox, key, Extra::default(), None, env)
+}
+
+fn spawn(
+    sandbox: &tim_gateway::sandbox::Sandbox,
+    key: &str,
+    extra: Extra<'_>,
+    nofile: Option<u32>,
+    env: &[(&str, &str)],
+) -> Served {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, sandbox.ca_pem()).unwrap();
@@ -115,6 +135,7 @@ pub fn serve_limited(
         .arg(&config)
         .env("RUST_LOG", "trace")
         .env_remove("TIM_GATEWAY_SECRET_KEY")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -130,8 +151,13 @@ pub fn serve_limited(
             let Ok(line) = line else { break };
             for (which, marker) in [(0, "client listener bound"), (1, "admin listener bound")] {
                 if line.contains(marker) {
-                    if let Some(addr) = line.split("addr=").nth(1) {
-                        let addr = addr.split_whitespace().next().unwrap_or_default();
+                    // Human (`addr=…`) or JSON (`"addr":"…"`) log format.
+                    let addr = line
+                        .split("addr=")
+                        .nth(1)
+                        .and_then(|a| a.split_whitespace().next())
+                        .or_else(|| line.split(r#""addr":""#).nth(1)?.split('"').next());
+                    if let Some(addr) = addr {
                         let _ = addr_tx.send((which, addr.parse::<SocketAddr>()));
                     }
                 }
