@@ -25,13 +25,13 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
 use moka::future::Cache;
-use prometheus::Registry;
+use prometheus::{IntCounter, Registry};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -224,6 +224,8 @@ pub type TierFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A cache tier behind moka, shared with other gateways (fleet mode). Its failures are its
 /// own business: a `get` that cannot answer is a miss, a `put` that cannot store is dropped.
+/// `get` runs on a client's request after a moka miss, so an implementation bounds its own
+/// latency (a timeout well below the request deadline); `put` runs in the background.
 pub trait SecondTier: Send + Sync + std::fmt::Debug {
     /// The answer stored for `key`, if any and not invalidated.
     fn get<'a>(&'a self, key: &'a CacheKey) -> TierFuture<'a, Option<Stored>>;
@@ -249,6 +251,8 @@ pub struct ResponseCache {
     /// Per (app, command), indexed `app * commands + command`: generation and metrics.
     pairs: Box<[Pair]>,
     commands: u32,
+    /// The tier behind moka, if any (fleet mode): asked on a moka miss, offered every fetch,
+    /// told of every invalidation.
     second: Option<Box<dyn SecondTier>>,
 }
 
@@ -292,9 +296,10 @@ impl moka::Expiry<CacheKey, Arc<Cached>> for PolicyExpiry {
 }
 
 impl ResponseCache {
-    /// A cache of at most `max_bytes` for `apps × commands` (app, command) pairs, with its
-    /// housekeeping task (which ends when the cache is dropped). `on_evict` is told why each
-    /// entry left: `size`, `expired`, `explicit` (invalidated) or `replaced`.
+    /// A cache of at most `max_bytes` for the (app, command) pairs of `labels`, with its
+    /// housekeeping task (which ends when the cache is dropped) and an optional `second` tier.
+    /// Its metrics are registered on `registry`; evictions are counted by cause: `size`,
+    /// `expired`, `explicit` (invalidated) or `replaced`.
     ///
     /// # Errors
     /// A metric could not be registered (a bug).
@@ -310,17 +315,19 @@ impl ResponseCache {
             "Cache entries removed, by cause.",
             &["cause"],
         )?;
-        let by_cause =
-            ["size", "expired", "explicit", "replaced"].map(|c| evictions.with_label_values(&[c]));
+        // Each cause's series appears with its first eviction.
+        let by_cause: [OnceLock<IntCounter>; 4] = Default::default();
         let entries = Cache::builder()
             .eviction_listener(move |_key, _value, cause| {
-                by_cause[match cause {
-                    moka::notification::RemovalCause::Size => 0,
-                    moka::notification::RemovalCause::Expired => 1,
-                    moka::notification::RemovalCause::Explicit => 2,
-                    moka::notification::RemovalCause::Replaced => 3,
-                }]
-                .inc();
+                let (i, label) = match cause {
+                    moka::notification::RemovalCause::Size => (0, "size"),
+                    moka::notification::RemovalCause::Expired => (1, "expired"),
+                    moka::notification::RemovalCause::Explicit => (2, "explicit"),
+                    moka::notification::RemovalCause::Replaced => (3, "replaced"),
+                };
+                by_cause[i]
+                    .get_or_init(|| evictions.with_label_values(&[label]))
+                    .inc();
             })
             .max_capacity(max_bytes)
             .weigher(|key: &CacheKey, value: &Arc<Cached>| {
@@ -355,7 +362,7 @@ impl ResponseCache {
 
     fn count_lookup(&self, key: &CacheKey, result: LookupResult) {
         if let Some(metrics) = &self.pair(key.app, key.command).metrics {
-            metrics.lookups[result as usize].inc();
+            metrics.lookup(result);
         }
     }
 
@@ -372,7 +379,7 @@ impl ResponseCache {
     /// Looks `key` up (moka, then the second tier if any), classifies the entry by `policy`
     /// at `now`, and counts the lookup.
     pub async fn lookup(&self, key: &CacheKey, policy: &CachePolicy, now: Instant) -> Lookup {
-        let lookup = self.classify(key, policy, now).await;
+        let lookup = self.peek(key, policy, now).await;
         let result = match &lookup {
             Lookup::Fresh(_) => LookupResult::Hit,
             Lookup::Stale(_) => LookupResult::Stale,
@@ -383,14 +390,18 @@ impl ResponseCache {
     }
 
     /// [`lookup`](Self::lookup) without counting: a flight's re-check before it fetches.
-    pub async fn classify(&self, key: &CacheKey, policy: &CachePolicy, now: Instant) -> Lookup {
+    pub async fn peek(&self, key: &CacheKey, policy: &CachePolicy, now: Instant) -> Lookup {
         let generation = self.generation(key.app, key.command);
         let cached = match self.entries.get(key).await {
             Some(cached) => cached,
-            None => match self.ask_second_tier(key, generation).await {
-                Some(cached) => cached,
-                None => return Lookup::Miss { fallback: None },
-            },
+            // Boxed: the tier's path stays out of the future every cache hit moves.
+            None if self.second.is_some() => {
+                match Box::pin(self.ask_second_tier(key, generation)).await {
+                    Some(cached) => cached,
+                    None => return Lookup::Miss { fallback: None },
+                }
+            }
+            None => return Lookup::Miss { fallback: None },
         };
         if cached.generation != generation {
             // Invalidated: not even a fallback (it predates a write the client may have made).
@@ -411,8 +422,13 @@ impl ResponseCache {
     }
 
     /// Asks the second tier after a moka miss; an answer found there is kept in moka too.
+    /// An answer found there under a generation that moved meanwhile (a write here) is not
+    /// used.
     async fn ask_second_tier(&self, key: &CacheKey, generation: u64) -> Option<Arc<Cached>> {
         let stored = self.second.as_ref()?.get(key).await?;
+        if generation != self.generation(key.app, key.command) {
+            return None;
+        }
         let cached = Arc::new(Cached {
             status: stored.status,
             body: stored.body,
@@ -472,7 +488,7 @@ impl ResponseCache {
     }
 
     async fn store(
-        &self,
+        self: &Arc<Self>,
         key: CacheKey,
         response: &UpstreamResponse,
         generation: u64,
@@ -490,16 +506,28 @@ impl ResponseCache {
             generation,
             policy,
         });
-        if let Some(second) = &self.second {
+        if self.second.is_some() {
+            // Offered in the background: the flight's waiters do not wait on the tier.
             let stored = Stored {
                 status: cached.status,
                 body: cached.body.clone(),
                 age: Duration::ZERO,
                 policy,
             };
-            second.put(&key, stored).await;
+            tokio::spawn(Arc::clone(self).offer_to_second_tier(key.clone(), stored, generation));
         }
         self.entries.insert(key, cached).await;
+    }
+
+    /// Puts a fetched answer in the second tier. A write that invalidated the pair while the
+    /// put was on its way is passed on again afterwards, so the tier cannot keep an answer
+    /// from before it.
+    async fn offer_to_second_tier(self: Arc<Self>, key: CacheKey, stored: Stored, generation: u64) {
+        let Some(second) = &self.second else { return };
+        second.put(&key, stored).await;
+        if generation != self.generation(key.app, key.command) {
+            second.invalidate(key.app, key.command);
+        }
     }
 
     /// Makes every entry and in-flight fetch of (app, command) unusable at once; the memory

@@ -66,7 +66,7 @@ impl Permit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reaction {
     /// Nothing changes for the calls that follow.
-    None,
+    Unchanged,
     /// This command pauses for this long.
     CommandPaused(Duration),
     /// Every command of the app pauses for this long.
@@ -163,7 +163,9 @@ pub struct BackOff {
 /// Every budget of the gateway, its policy and its metrics.
 #[derive(Debug)]
 pub struct Limiter {
+    /// Where the budgets live; shared with the scrape-time collector.
     backend: Arc<Backend>,
+    /// Where Tencent's pause signals start and stop doubling.
     back_off: BackOff,
     /// Command slots per app: the catalogue's commands plus one for pass-through.
     slots: u32,
@@ -339,7 +341,7 @@ impl Limiter {
         match outcome {
             Outcome::Success => {
                 self.backend.record_success(key);
-                Reaction::None
+                Reaction::Unchanged
             }
             Outcome::FrequencyLimited => Reaction::CommandPaused(self.backend.back_off(
                 key,
@@ -366,19 +368,16 @@ impl Limiter {
             Outcome::UserSigExpired
             | Outcome::Retryable
             | Outcome::ConfigError(_)
-            | Outcome::Other => Reaction::None,
+            | Outcome::Other => Reaction::Unchanged,
         }
-    }
-
-    /// How `key`'s budget stands right now.
-    pub fn state(&self, key: BudgetKey) -> BudgetState {
-        self.backend.state(key)
     }
 }
 
 /// Reads every budget's queue, pause and size when `/metrics` is scraped.
 struct BudgetCollector {
+    /// The budgets, shared with the limiter.
     backend: Arc<Backend>,
+    /// Every budget and its (app, command) labels.
     keys: Vec<(BudgetKey, [String; 2])>,
     waiters: IntGaugeVec,
     paused: IntGaugeVec,

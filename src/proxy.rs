@@ -493,7 +493,7 @@ impl Shared {
         // registration (or just before a stale-while-revalidate refresh): use it.
         if let Lookup::Fresh(cached) = self
             .cache
-            .classify(&fill.key, &fill.policy, Instant::now())
+            .peek(&fill.key, &fill.policy, Instant::now())
             .await
         {
             flight.complete_from_cache(&cached);

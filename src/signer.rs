@@ -8,6 +8,9 @@
 //! mutex with a second check, so a crowd of callers re-mints once, not once each. A UserSig
 //! Tencent rejected (70001/70052) is replaced once per rejected generation, however many
 //! requests saw the rejection.
+//!
+//! Metrics owned here, read at scrape time by [`UserSigCollector`]:
+//! `usersig_mints_total{reason}` and `usersig_expiry_timestamp_seconds`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};

@@ -406,12 +406,6 @@ impl Throttle {
         Throttle { budgets, slots }
     }
 
-    /// The budget of `command` (a catalogue index, or `None` for pass-through) in `app`.
-    pub fn budget(&self, app: usize, command: Option<usize>) -> &Budget {
-        let slot = command.unwrap_or(self.slots - 1);
-        &self.budgets[app * self.slots + slot]
-    }
-
     /// The budget in command slot `slot` of `app` (the last slot is pass-through).
     pub fn at(&self, app: u32, slot: u32) -> &Budget {
         &self.budgets[app as usize * self.slots + slot as usize]

@@ -317,8 +317,10 @@ impl UpstreamClient {
         })
     }
 
-    /// A client whose calls go to `upstream` in this process, with the same URL, headers,
-    /// timeout and answer parsing as over HTTPS (tests).
+    /// A client whose calls go to `upstream` in this process (tests): the same signed URL,
+    /// method, `Content-Type`, timeout and answer parsing as over HTTPS. Not applied: the
+    /// TLS and connection layers (no `Host` header is added), the answer size limit and the
+    /// redaction of transport error texts, which only those layers produce.
     pub fn in_process(upstream: Arc<dyn InProcessUpstream>, request_timeout: Duration) -> Self {
         UpstreamClient {
             transport: Transport::InProcess(upstream),

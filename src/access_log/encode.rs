@@ -1,5 +1,7 @@
-//! One access line as bytes, without `fmt`: the human (logfmt) and JSON layouts that
-//! tracing-subscriber 0.3 writes for the same event, byte for byte.
+//! One access line as bytes, without `fmt`. JSON: byte for byte what tracing-subscriber 0.3's
+//! `.json().flatten_event(true)` writes for the same event. Human: tracing's prefix
+//! (timestamp, level, target, message), then the fields as logfmt, a value quoted only when it
+//! needs it (tracing quoted every string: `app="main"` is now `app=main`).
 //!
 //! Promises: a line is one `\n`-terminated line whatever its values hold (every control
 //! character is escaped); the JSON line is valid JSON with the keys in tracing's order

@@ -10,10 +10,11 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
 use super::{CacheLabels, ResponseCache};
 use crate::metrics::{as_gauge, counter_vec};
 
-/// One cached (app, command) pair's handles.
+/// One cached (app, command) pair's handles, each created on first use (a series appears
+/// with its first increment).
 pub(super) struct PairMetrics {
     /// hit, miss, stale.
-    pub(super) lookups: [IntCounter; 3],
+    pub(super) lookups: [OnceLock<IntCounter>; 3],
     pub(super) coalesced: OnceLock<IntCounter>,
     pub(super) refreshes: OnceLock<IntCounter>,
     pub(super) invalidations: OnceLock<IntCounter>,
@@ -23,6 +24,7 @@ pub(super) struct PairMetrics {
 
 /// The families whose series are created on first use.
 pub(super) struct Families {
+    pub(super) lookups: IntCounterVec,
     pub(super) coalesced: IntCounterVec,
     pub(super) refreshes: IntCounterVec,
     pub(super) invalidations: IntCounterVec,
@@ -35,13 +37,13 @@ impl PairMetrics {
         registry: &Registry,
         labels: &CacheLabels,
     ) -> prometheus::Result<Vec<Option<PairMetrics>>> {
-        let lookups = counter_vec(
-            registry,
-            "cache_lookups_total",
-            "Cache lookups of cacheable commands, by result.",
-            &["app", "command", "result"],
-        )?;
         let families = Arc::new(Families {
+            lookups: counter_vec(
+                registry,
+                "cache_lookups_total",
+                "Cache lookups of cacheable commands, by result.",
+                &["app", "command", "result"],
+            )?,
             coalesced: counter_vec(
                 registry,
                 "cache_coalesced_total",
@@ -65,8 +67,7 @@ impl PairMetrics {
         for app in &labels.apps {
             for command in &labels.commands {
                 let metrics = command.map(|command| PairMetrics {
-                    lookups: ["hit", "miss", "stale"]
-                        .map(|result| lookups.with_label_values(&[app.as_str(), command, result])),
+                    lookups: Default::default(),
                     coalesced: OnceLock::new(),
                     refreshes: OnceLock::new(),
                     invalidations: OnceLock::new(),
@@ -79,6 +80,21 @@ impl PairMetrics {
         Ok(pairs)
     }
 
+    /// Counts one lookup.
+    pub(super) fn lookup(&self, result: LookupResult) {
+        let i = result as usize;
+        self.lookups[i]
+            .get_or_init(|| {
+                let [app, command] = &self.labels;
+                let result = ["hit", "miss", "stale"][i];
+                self.families
+                    .lookups
+                    .with_label_values(&[app.as_str(), command.as_str(), result])
+            })
+            .inc();
+    }
+
+    /// Counts one event in `cell`, creating its series in `family` the first time.
     pub(super) fn inc(
         &self,
         cell: &OnceLock<IntCounter>,

@@ -1,3 +1,6 @@
+//! The cache alone: freshness windows, single flight, invalidation, memory bound and the
+//! second tier, under paused time.
+
 use super::*;
 
 fn policy() -> CachePolicy {
@@ -211,11 +214,13 @@ async fn bounded_by_bytes() {
     );
 }
 
-/// A second tier behind moka, in memory: what a fleet-mode tier would see.
+/// A second tier behind moka, in memory: what a fleet-mode tier would see. With `gate` set,
+/// each `put` waits for it to be opened (a slow tier).
 #[derive(Debug, Default)]
 struct MemoryTier {
     stored: Mutex<HashMap<CacheKey, Stored>>,
     invalidated: Mutex<Vec<(u32, u32)>>,
+    gate: Option<tokio::sync::Notify>,
 }
 
 impl SecondTier for Arc<MemoryTier> {
@@ -224,6 +229,9 @@ impl SecondTier for Arc<MemoryTier> {
     }
     fn put<'a>(&'a self, key: &'a CacheKey, stored: Stored) -> TierFuture<'a, ()> {
         Box::pin(async move {
+            if let Some(gate) = &self.gate {
+                gate.notified().await;
+            }
             self.stored.lock().unwrap().insert(key.clone(), stored);
         })
     }
@@ -244,6 +252,7 @@ async fn a_second_tier_backs_moka() {
     let first = new_cache(1 << 20, 1, 2, Some(Box::new(Arc::clone(&tier))));
     let k = key("{}");
     fill(&first, &k, ok(r#"{"ErrorCode":0}"#)).await;
+    tokio::time::sleep(Duration::from_millis(1)).await; // the background put runs
     assert_eq!(
         tier.stored.lock().unwrap().len(),
         1,
@@ -251,7 +260,7 @@ async fn a_second_tier_backs_moka() {
     );
 
     // Another gateway (its own moka, the same tier) finds the answer without a fetch.
-    tokio::time::advance(Duration::from_secs(2)).await;
+    tokio::time::advance(Duration::from_secs(2) - Duration::from_millis(1)).await;
     let other = new_cache(1 << 20, 1, 2, Some(Box::new(Arc::clone(&tier))));
     tier.stored.lock().unwrap().get_mut(&k).unwrap().age = Duration::from_secs(2);
     let Lookup::Fresh(found) = other.lookup(&k, &policy(), Instant::now()).await else {
@@ -266,4 +275,29 @@ async fn a_second_tier_backs_moka() {
         other.lookup(&k, &policy(), Instant::now()).await,
         Lookup::Miss { fallback: None }
     ));
+}
+
+/// A write that invalidates the pair while a fetched answer is still on its way to the second
+/// tier is passed on again once it lands: the tier does not keep the answer from before it.
+#[tokio::test(start_paused = true)]
+async fn an_invalidation_during_a_slow_put_reaches_the_tier_after_it() {
+    let tier = Arc::new(MemoryTier {
+        gate: Some(tokio::sync::Notify::new()),
+        ..MemoryTier::default()
+    });
+    let cache = new_cache(1 << 20, 1, 2, Some(Box::new(Arc::clone(&tier))));
+    let k = key("{}");
+    fill(&cache, &k, ok(r#"{"ErrorCode":0}"#)).await;
+    assert!(matches!(
+        cache.lookup(&k, &policy(), Instant::now()).await,
+        Lookup::Fresh(_)
+    ));
+    cache.invalidate(0, 1); // the write, while the put waits at the gate
+    tier.gate.as_ref().unwrap().notify_one();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert!(
+        tier.stored.lock().unwrap().is_empty(),
+        "the old answer left the tier"
+    );
+    assert_eq!(*tier.invalidated.lock().unwrap(), vec![(0, 1), (0, 1)]);
 }

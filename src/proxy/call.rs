@@ -99,6 +99,9 @@ impl Shared {
             let sent = self.send(&call, target, deadline, &mut drain).await?;
             match self.classify(&call, sent, &mut attempts) {
                 Next::Done(result) => return result,
+                // A re-mint goes again at once, like a first attempt (a free permit still
+                // wins over a drain that began meanwhile).
+                Next::Retry { after, .. } if after.is_zero() => {}
                 Next::Retry { after, otherwise } => {
                     tracing::debug!(app = %self.apps[target.lane.app].name, command = target.command, retries = attempts.retries, ?after, "retrying");
                     tokio::select! {

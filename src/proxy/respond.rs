@@ -20,12 +20,17 @@ use crate::metrics::{counter_vec, gauge, histogram_vec};
 /// The metric families of client requests.
 #[derive(Debug, Clone)]
 pub struct RequestFamilies {
+    /// `requests_total{app, command, cache, status_class}`.
     requests: IntCounterVec,
+    /// `request_duration_seconds{app, command, cache}`.
     duration: HistogramVec,
+    /// `requests_in_flight`: up when a request arrives, down when it is answered or dropped.
     pub(super) in_flight: IntGauge,
 }
 
 impl RequestFamilies {
+    /// Registers the request families on `registry`.
+    ///
     /// # Errors
     /// A metric could not be registered (a bug).
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {

@@ -52,8 +52,11 @@ pub struct Lane {
     pub cache: Option<CachePolicy>,
     /// Catalogue indices of the cached reads a success of this command invalidates.
     pub invalidates: Vec<u32>,
+    /// Which budget its upstream calls take permits from.
     pub budget: BudgetKey,
+    /// Its client requests' metrics.
     pub requests: RequestMetrics,
+    /// Its upstream calls' metrics.
     pub upstream: UpstreamMetrics,
 }
 
@@ -80,13 +83,19 @@ pub enum DrainStage {
 /// State shared by the handler and the fetch tasks it spawns.
 #[derive(Debug)]
 pub struct Shared {
+    /// The configured apps, in config order (a lane's `app` indexes it).
     pub apps: Vec<App>,
+    /// The known commands (a lane's `command` indexes it).
     pub catalogue: Catalogue,
     /// Per app: one lane per catalogue command, then the pass-through lane.
     lanes: Box<[Arc<Lane>]>,
+    /// Answers of cacheable reads, and their single flights.
     pub cache: Arc<ResponseCache>,
+    /// Every upstream budget, and the policy for Tencent's signals.
     pub limiter: Limiter,
+    /// The pooled client to Tencent (or, in tests, to the in-process sandbox).
     pub upstream: UpstreamClient,
+    /// Retries and the whole request's deadline.
     pub retry: RetrySettings,
     /// How far shutdown has come: throttle waiters and calls give up with a clean 503.
     pub drain: tokio::sync::watch::Sender<DrainStage>,
