@@ -70,29 +70,7 @@ pub fn start(extra: Extra<'_>) -> InProc {
 /// As [`start`], with the sandbox's own options.
 pub fn start_with(options: SandboxOptions, extra: Extra<'_>) -> InProc {
     let sandbox = Sandbox::in_process(options).expect("sandbox options are valid");
-    let toml = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-{server}
-
-[upstream]
-{upstream}
-
-[apps.main]
-sdkappid = {SDKAPPID}
-identifier = "{ADMIN}"
-endpoint = "https://sandbox.invalid"
-{app}
-
-{tail}
-"#,
-        server = extra.server,
-        upstream = extra.upstream,
-        app = extra.app,
-        tail = extra.tail,
-    );
+    let toml = super::toml_with_ca("https://sandbox.invalid", "", &extra);
     let env = Env::from_map(HashMap::from([(
         "TIM_GATEWAY_SECRET_KEY".to_owned(),
         extra.key.to_owned(),
@@ -159,15 +137,5 @@ where
 {
     let (parts, body) = proxy.handle(request).await.into_parts();
     let bytes = body.collect().await.expect("a Full body").to_bytes();
-    let json = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-        panic!(
-            "answer is not JSON ({e}): {}",
-            String::from_utf8_lossy(&bytes)
-        )
-    });
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        json,
-    }
+    Answer::parse(parts, &bytes)
 }

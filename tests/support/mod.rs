@@ -90,6 +90,11 @@ impl Default for Extra<'_> {
 
 /// The TOML of a one-app gateway in front of `endpoint`, trusting the CA at `ca_path`.
 pub fn gateway_toml(endpoint: &str, ca_path: &str, extra: &Extra<'_>) -> String {
+    toml_with_ca(endpoint, &format!("ca_file = \"{ca_path}\""), extra)
+}
+
+/// As [`gateway_toml`], with the `[upstream]` CA line given whole (empty: no extra CA).
+pub fn toml_with_ca(endpoint: &str, ca_line: &str, extra: &Extra<'_>) -> String {
     format!(
         r#"
 [server]
@@ -98,7 +103,7 @@ admin_listen = "127.0.0.1:0"
 {server}
 
 [upstream]
-ca_file = "{ca_path}"
+{ca_line}
 {upstream}
 
 [apps.main]
@@ -167,6 +172,21 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// An answer's head and its body, which must be JSON.
+    pub fn parse(parts: http::response::Parts, bytes: &[u8]) -> Answer {
+        let json = serde_json::from_slice(bytes).unwrap_or_else(|e| {
+            panic!(
+                "answer is not JSON ({e}): {}",
+                String::from_utf8_lossy(bytes)
+            )
+        });
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            json,
+        }
+    }
+
     pub fn error_code(&self) -> i64 {
         self.json["ErrorCode"]
             .as_i64()
@@ -226,17 +246,7 @@ pub async fn call_with(
     let response = client.request(request).await.expect("gateway answers");
     let (parts, body) = response.into_parts();
     let bytes = body.collect().await.expect("body").to_bytes();
-    let json = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-        panic!(
-            "answer is not JSON ({e}): {}",
-            String::from_utf8_lossy(&bytes)
-        )
-    });
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        json,
-    }
+    Answer::parse(parts, &bytes)
 }
 
 /// POSTs `body` to `/v4/{command}` on the default app.
