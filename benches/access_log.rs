@@ -7,7 +7,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion};
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 
-use tim_gateway::access_log::{self, AccessLine, Backlog, Encoder, Format, TARGET};
+use tim_gateway::access_log::{self, AccessLine, Backlog, Encoder, Format};
 
 /// A cache hit's line, as `respond` writes it.
 const HIT: AccessLine<'static> = AccessLine {
@@ -29,24 +29,6 @@ fn writer() -> (NonBlocking, WorkerGuard) {
         .buffered_lines_limit(64 * 1024)
         .lossy(true)
         .finish(std::io::sink())
-}
-
-/// The line as the gateway logged it before `access_log`: one tracing event.
-fn tracing_event(line: &AccessLine<'_>) {
-    tracing::info!(
-        target: TARGET,
-        request_id = line.request_id,
-        method = line.method,
-        path = line.path,
-        app = line.app,
-        command = line.command,
-        cache = line.cache.map(tracing::field::display),
-        status = line.status,
-        error_code = line.error_code,
-        latency_us = line.latency_us,
-        error = line.error,
-        "request"
-    );
 }
 
 fn encode(c: &mut Criterion) {
@@ -80,7 +62,7 @@ fn tracing_path(c: &mut Criterion) {
         };
         tracing::dispatcher::with_default(&dispatch, || {
             c.bench_function(&format!("access_line_tracing_{name}"), |b| {
-                b.iter(|| tracing_event(black_box(&HIT)))
+                b.iter(|| access_log::tracing_event(black_box(&HIT)))
             });
         });
     }

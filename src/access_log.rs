@@ -102,21 +102,27 @@ pub fn write(line: &AccessLine<'_>) {
     match SINK.get() {
         Some(sink) if sink.is_enabled => sink.write_at(line, SystemTime::now()),
         Some(_) => {}
-        None => tracing::info!(
-            target: TARGET,
-            request_id = line.request_id,
-            method = line.method,
-            path = line.path,
-            app = line.app,
-            command = line.command,
-            cache = line.cache.map(tracing::field::display),
-            status = line.status,
-            error_code = line.error_code,
-            latency_us = line.latency_us,
-            error = line.error,
-            "request"
-        ),
+        None => tracing_event(line),
     }
+}
+
+/// The line as one `tracing` event with the same fields: the fallback without a sink, and
+/// the baseline `benches/access_log.rs` compares with.
+pub fn tracing_event(line: &AccessLine<'_>) {
+    tracing::info!(
+        target: TARGET,
+        request_id = line.request_id,
+        method = line.method,
+        path = line.path,
+        app = line.app,
+        command = line.command,
+        cache = line.cache.map(tracing::field::display),
+        status = line.status,
+        error_code = line.error_code,
+        latency_us = line.latency_us,
+        error = line.error,
+        "request"
+    );
 }
 
 /// Hands this thread's lines to the writer thread now. Give it to the tokio runtime builder's
