@@ -2,7 +2,7 @@
 # Instructions per cache hit, counted by valgrind's callgrind: repeatable where wall-clock
 # throughput on a shared 2-core VM is not (wrk rounds spread 35-70% there).
 #
-# Usage: [HIT_CONNECTIONS=16] benches/hit-instructions.sh BIN [BIN...]
+# Usage: [HIT_CONNECTIONS=16] [KEEP_PROFILES=DIR] benches/hit-instructions.sh BIN [BIN...]
 #
 # For each binary: a gateway (default config, access log on) in front of the sandbox runs
 # under callgrind; a keep-alive client POSTs `{}` to the cached get_all_robots N times; the
@@ -14,6 +14,7 @@
 # request pays for waking up and going idle, and the access log hands each line to the writer
 # thread on its own. HIT_CONNECTIONS=16 runs that many clients at once, sharing the N requests,
 # so the gateway always has work (as under load) and access lines go in batches.
+# KEEP_PROFILES=DIR keeps each run's callgrind file there (NAME-N.out) for callgrind_annotate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "needs valgrind" >&2; exit 1; }
@@ -58,6 +59,7 @@ PY
   kill -TERM "$gateway"; wait "$gateway" || true
   kill "$sandbox"; wait "$sandbox" 2>/dev/null || true
   awk '/^summary:/ {print $2}' "$work/cg.out"
+  if [ -n "${KEEP_PROFILES:-}" ]; then cp "$work/cg.out" "$KEEP_PROFILES/$(basename "$1")-$2.out"; fi
   rm -rf "$work"
 }
 

@@ -8,7 +8,8 @@
 //! - A connection's read buffer is capped at [`MAX_BUF_BYTES`] (Tencent's requests are small;
 //!   a 390 KB half-sent header is refused with 431 instead of being buffered).
 //! - Headers must arrive within `limits.header_read_timeout` (also the idle keep-alive
-//!   timeout); a write that makes no progress for `limits.write_timeout` (a client that
+//!   timeout), checked every [`TICK`] without a timer per request (module `watch`): a silent
+//!   connection closes between the timeout and one tick later, never earlier; a write that makes no progress for `limits.write_timeout` (a client that
 //!   stopped reading) closes the connection. There is no overall deadline per answer: a
 //!   client that keeps reading, however slowly, keeps its connection.
 //! - Failed accepts (out of file descriptors) are logged at most once per
@@ -22,7 +23,6 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -33,11 +33,16 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tokio::time::{Instant, Sleep};
+
+mod watch;
+
+pub use watch::TICK;
+use watch::{Connections, Graceful, InHandler, Supervised, Watch};
 
 /// Listen backlog. tokio's default of 128 caused 1-second connect stalls under bursts of new
 /// connections (PRODUCT.md, "Performance notes").
@@ -81,7 +86,8 @@ pub struct Limits {
     /// How long requests in flight may finish after shutdown begins.
     pub grace: Duration,
     /// How long a client may take to send its request headers; also the idle keep-alive
-    /// timeout (hyper starts it when it waits for the next request).
+    /// timeout (it starts when the connection waits for its next request). Checked every
+    /// [`TICK`].
     pub header_read_timeout: Duration,
 }
 
@@ -114,16 +120,18 @@ pub async fn run<H: Handler>(
     limits: Limits,
 ) -> bool {
     let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+    // The header timeout is the watch's (module `watch`): no timer per request.
+    http.header_read_timeout(None)
         .max_buf_size(MAX_BUF_BYTES)
         .keep_alive(true);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     // Every connection task holds a clone; `recv` returns `None` once all are gone.
     let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    // Set when the grace period is over: connections still running are dropped.
-    let (kill_tx, kill_rx) = watch::channel(false);
+    let connections = Arc::new(Connections::default());
+    let sweeper = AbortOnDrop(tokio::spawn(sweep(
+        Arc::clone(&connections),
+        limits.header_read_timeout,
+    )));
     let mut accept_errors = AcceptErrorLog::default();
     tokio::pin!(shutdown);
     loop {
@@ -145,13 +153,13 @@ pub async fn run<H: Handler>(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let in_flight = Arc::new(AtomicUsize::new(0));
+        let watch = connections.watch();
         let service = {
             let handler = Arc::clone(&handler);
-            let in_flight = Arc::clone(&in_flight);
+            let watch = Arc::clone(&watch);
             service_fn(move |request| {
                 let handler = Arc::clone(&handler);
-                let guard = InFlight::enter(&in_flight);
+                let guard = InHandler::enter(&watch);
                 async move {
                     let response = handler.handle(request).await;
                     drop(guard);
@@ -159,63 +167,62 @@ pub async fn run<H: Handler>(
                 }
             })
         };
-        let io = TimedWrites::new(stream, limits.write_timeout);
-        let writing = io.is_writing();
-        let connection = http.serve_connection(TokioIo::new(io), service);
-        let mut stop = stop_rx.clone();
-        let mut kill = kill_rx.clone();
+        let io = TimedWrites::new(stream, limits.write_timeout, Arc::clone(&watch));
+        let connection = Supervised::new(http.serve_connection(TokioIo::new(io), service), watch);
         let open = open_tx.clone();
         tokio::spawn(async move {
             let _open = open;
             let _slot = slot;
-            tokio::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => return log_end(result),
-                _ = stop.wait_for(|stopping| *stopping) => {}
-            }
-            // Shutdown: a connection waiting for (the rest of) a request closes now; one
-            // with a request in the handler or an answer being written finishes it first.
-            if in_flight.load(Ordering::Acquire) == 0 && !writing.is_set() {
-                return;
-            }
-            connection.as_mut().graceful_shutdown();
-            tokio::select! {
-                result = connection => log_end(result),
-                // Past the grace period: dropping the connection cancels its handler.
-                _ = kill.wait_for(|killed| *killed) => {}
-            }
+            log_end(connection.await);
         });
     }
-    // Closing the listener first: from here on, new connections are refused.
+    // Closing the listener first: from here on, new connections are refused. Connections
+    // waiting for (the rest of) a request close now; the others finish their request.
     drop(listener);
-    let _ = stop_tx.send(true);
+    connections.order_all(false);
     drop(open_tx);
     let is_drained = tokio::time::timeout(limits.grace, open_rx.recv())
         .await
         .is_ok();
-    let _ = kill_tx.send(true);
+    // Past the grace period: dropping the connections cancels their handlers.
+    connections.order_all(true);
+    drop(sweeper);
     is_drained
+}
+
+/// Advances the listener's clock and closes connections idle past `timeout`, every tick.
+async fn sweep(connections: Arc<Connections>, timeout: Duration) {
+    let mut ticks = tokio::time::interval_at(Instant::now() + watch::TICK, watch::TICK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        connections.sweep(timeout);
+    }
+}
+
+/// Stops a background task when its owner returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<I, S> Graceful for http1::Connection<I, S>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = Full<Bytes>>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http1::Connection::graceful_shutdown(self);
+    }
 }
 
 fn log_end(result: Result<(), hyper::Error>) {
     if let Err(error) = result {
         tracing::debug!(%error, "client connection ended with an error");
-    }
-}
-
-/// Counts a request in the handler for as long as it lives.
-struct InFlight(Arc<AtomicUsize>);
-
-impl InFlight {
-    fn enter(count: &Arc<AtomicUsize>) -> InFlight {
-        count.fetch_add(1, Ordering::AcqRel);
-        InFlight(Arc::clone(count))
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -246,20 +253,6 @@ impl AcceptErrorLog {
     }
 }
 
-/// Whether a connection's last write is still waiting for the client (shared flag).
-#[derive(Debug, Clone, Default)]
-pub struct WritePending(Arc<std::sync::atomic::AtomicBool>);
-
-impl WritePending {
-    pub fn is_set(&self) -> bool {
-        self.0.load(Ordering::Acquire)
-    }
-
-    fn set(&self, value: bool) {
-        self.0.store(value, Ordering::Release);
-    }
-}
-
 /// An I/O stream whose writes fail with `TimedOut` when they make no progress for
 /// `timeout` (a client that stopped reading its answer). The timer exists only while a
 /// write is stalled: a write that completes at once costs nothing extra.
@@ -268,27 +261,24 @@ pub struct TimedWrites<S> {
     timeout: Duration,
     /// Armed when a write first returns `Pending`; cleared by any progress.
     stalled: Option<Pin<Box<Sleep>>>,
-    pending: WritePending,
+    /// The connection's watch: told when a write waits for the client, and of every write
+    /// that makes progress (activity: the idle time starts over).
+    watch: Arc<Watch>,
 }
 
 impl<S> TimedWrites<S> {
-    pub fn new(inner: S, timeout: Duration) -> TimedWrites<S> {
+    pub fn new(inner: S, timeout: Duration, watch: Arc<Watch>) -> TimedWrites<S> {
         TimedWrites {
             inner,
             timeout,
             stalled: None,
-            pending: WritePending::default(),
+            watch,
         }
-    }
-
-    /// A handle that tells whether a write is waiting for the client.
-    pub fn is_writing(&self) -> WritePending {
-        self.pending.clone()
     }
 
     /// Called when the inner write is `Pending`: arms the timer, fails once it fires.
     fn poll_stall(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
-        self.pending.set(true);
+        self.watch.set_writing(true);
         let timeout = self.timeout;
         let timer = self
             .stalled
@@ -308,8 +298,10 @@ impl<S> TimedWrites<S> {
     ) -> Poll<io::Result<T>> {
         match polled {
             Poll::Ready(result) => {
-                self.stalled = None;
-                self.pending.set(false);
+                if self.stalled.take().is_some() {
+                    self.watch.set_writing(false);
+                }
+                self.watch.touch();
                 Poll::Ready(result)
             }
             Poll::Pending => self.poll_stall(cx).map(Err),

@@ -105,21 +105,22 @@ async fn read_answer(stream: &mut TcpStream) -> String {
 #[tokio::test(start_paused = true)]
 async fn stalled_write_times_out_exactly() {
     let (near, _far) = tokio::io::duplex(64 * 1024);
-    let mut io = TimedWrites::new(near, Duration::from_secs(30));
-    let pending = io.is_writing();
+    let watch = Connections::default().watch();
+    let mut io = TimedWrites::new(near, Duration::from_secs(30), Arc::clone(&watch));
     let started = Instant::now();
     let answer = vec![b'x'; 5 * 1024 * 1024];
     let error = io.write_all(&answer).await.unwrap_err();
     assert_eq!(error.kind(), io::ErrorKind::TimedOut);
     assert_eq!(started.elapsed(), Duration::from_secs(30));
-    assert!(pending.is_set());
+    assert!(watch.is_writing());
 }
 
 /// Progress resets the timer: a slow reader that keeps taking data is never cut off.
 #[tokio::test(start_paused = true)]
 async fn progress_resets_the_write_timer() {
     let (near, mut far) = tokio::io::duplex(1024);
-    let mut io = TimedWrites::new(near, Duration::from_secs(30));
+    let watch = Connections::default().watch();
+    let mut io = TimedWrites::new(near, Duration::from_secs(30), Arc::clone(&watch));
     let reader = tokio::spawn(async move {
         let mut buf = [0u8; 1024];
         let mut total = 0;
@@ -131,7 +132,7 @@ async fn progress_resets_the_write_timer() {
         total
     });
     io.write_all(&[b'y'; 8 * 1024]).await.unwrap();
-    assert!(!io.is_writing().is_set());
+    assert!(!watch.is_writing());
     assert_eq!(reader.await.unwrap(), 8 * 1024);
 }
 
@@ -267,8 +268,10 @@ async fn drain_cancels_requests_past_the_grace() {
     assert_eq!(started.elapsed(), Duration::from_secs(2));
 }
 
-/// A connection that sends nothing is closed exactly when the listener's header timeout runs
-/// out (the admin listener's 5 s: silent peers cannot hold its reserve for long).
+/// A connection that sends nothing is closed at the listener's header timeout (the admin
+/// listener's 5 s: silent peers cannot hold its reserve for long). The sweeper looks every
+/// `TICK`: a connection accepted at the start of tick 0 is idle more than 5 whole ticks at the
+/// sweep of tick 6, so it closes at exactly 6 s (between the timeout and one tick later).
 #[tokio::test(start_paused = true)]
 async fn silent_connections_close_at_the_header_timeout() {
     let server = start(
@@ -281,7 +284,52 @@ async fn silent_connections_close_at_the_header_timeout() {
     let mut silent = TcpStream::connect(server.addr).await.unwrap();
     let started = Instant::now();
     let mut buf = [0u8; 256];
-    // hyper may answer 408 before closing; either way the connection ends at the timeout.
-    while silent.read(&mut buf).await.unwrap_or(0) > 0 {}
-    assert_eq!(started.elapsed(), ADMIN_HEADER_READ_TIMEOUT);
+    assert_eq!(
+        silent.read(&mut buf).await.unwrap(),
+        0,
+        "closed without an answer"
+    );
+    assert_eq!(started.elapsed(), ADMIN_HEADER_READ_TIMEOUT + TICK);
+}
+
+/// The idle time of a keep-alive connection starts at its last answer: answered at 2.5 s
+/// (tick 2), it closes at the sweep of tick 8, 5.5 s later.
+#[tokio::test(start_paused = true)]
+async fn idle_keep_alive_closes_after_the_timeout_from_its_last_answer() {
+    let server = start(
+        Limits {
+            header_read_timeout: ADMIN_HEADER_READ_TIMEOUT,
+            ..limits(16)
+        },
+        Duration::ZERO,
+    );
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert!(exchange(&mut stream, GET).await.starts_with("HTTP/1.1 200"));
+    let mut buf = [0u8; 256];
+    assert_eq!(stream.read(&mut buf).await.unwrap(), 0);
+    assert_eq!(started.elapsed(), Duration::from_secs(8));
+}
+
+/// A request in the handler for longer than the header timeout keeps its connection: the
+/// answer arrives at 60.5 s (tick 60), and the idle time starts then: closed at the sweep of
+/// tick 66.
+#[tokio::test(start_paused = true)]
+async fn a_long_request_is_not_an_idle_connection() {
+    let server = start(
+        Limits {
+            header_read_timeout: ADMIN_HEADER_READ_TIMEOUT,
+            ..limits(16)
+        },
+        Duration::from_millis(60_500),
+    );
+    let started = Instant::now();
+    let mut stream = slow_request_in_handler(&server).await;
+    let answer = read_answer(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(started.elapsed(), Duration::from_millis(60_500));
+    let mut buf = [0u8; 256];
+    assert_eq!(stream.read(&mut buf).await.unwrap(), 0);
+    assert_eq!(started.elapsed(), Duration::from_secs(66));
 }
