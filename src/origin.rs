@@ -43,6 +43,10 @@ pub struct HostPolicy {
     allowed_ips: Vec<IpAddr>,
     /// The names of `server.allowed_hosts`, lowercase; `*.domain` entries match any subdomain.
     allowed_names: Vec<String>,
+    /// `Host` values accepted by a byte comparison, before any parsing: the listener's own
+    /// `ip:port` and `localhost:port`, as SDKs and curl send them (a fast path; every other
+    /// value takes the full check).
+    usual_hosts: [Box<str>; 2],
 }
 
 impl HostPolicy {
@@ -58,6 +62,10 @@ impl HostPolicy {
                 .map(|ip| ip.to_canonical())
                 .collect(),
             allowed_names: names.into_iter().map(|n| n.to_ascii_lowercase()).collect(),
+            usual_hosts: [
+                listen.to_string().into_boxed_str(),
+                format!("localhost:{}", listen.port()).into_boxed_str(),
+            ],
         }
     }
 
@@ -71,6 +79,14 @@ impl HostPolicy {
         // One pass over the few headers a request has: cheaper than three hashed lookups.
         for (name, value) in headers {
             if name == header::HOST {
+                if let Some(usual) = self
+                    .usual_hosts
+                    .iter()
+                    .find(|usual| usual.as_bytes() == value.as_bytes())
+                {
+                    host = Some(&**usual);
+                    continue;
+                }
                 let authority = value.to_str().map_err(|_| BrowserError::UnknownHost)?;
                 if !self.is_allowed_host(strip_port(authority).ok_or(BrowserError::UnknownHost)?) {
                     return Err(BrowserError::UnknownHost);

@@ -8,6 +8,7 @@
 //! unchanged, with `X-Cache` and `Age`.
 
 mod call;
+mod read;
 mod respond;
 mod state;
 
@@ -18,7 +19,7 @@ use std::task::Poll;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Body;
 use prometheus::Registry;
 use tokio::time::Instant;
@@ -332,12 +333,10 @@ impl Proxy {
         if declared.is_some_and(|len| len > limit as u64) {
             return Err(GatewayError::BodyTooLarge { limit });
         }
-        let bytes = match Limited::new(body, limit).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-                return Err(GatewayError::BodyTooLarge { limit })
-            }
-            Err(_) => return Err(GatewayError::ClientBody),
+        let bytes = match read::read_limited(body, limit).await {
+            Ok(bytes) => bytes,
+            Err(read::ReadError::TooLarge) => return Err(GatewayError::BodyTooLarge { limit }),
+            Err(read::ReadError::Broken) => return Err(GatewayError::ClientBody),
         };
         let raw = if body::is_blank(&bytes) {
             // Tencent never takes an empty body (reference §1); for a read it means `{}`.
