@@ -13,6 +13,9 @@
 //!   closes the window where a flight finished between a miss and the registration.
 //! - Invalidation is a generation counter per (app, command): bumping it makes every stored
 //!   entry and every in-flight fetch of that pair unusable at once, in O(1).
+//! - A repeat hit on the same worker thread is usually answered from that thread's hot slots
+//!   (module `hot`) without touching moka: only an entry moka still holds, of the current
+//!   generation, fresh; one hit in 16 still goes through moka so its eviction policy sees it.
 //! - An optional [`SecondTier`] sits behind moka (fleet mode shares one on Redis): a moka miss
 //!   asks it, a fetched answer is offered to it, an invalidation is passed on to it. A moka
 //!   hit never touches it. The request path does not know whether there is one.
@@ -35,9 +38,13 @@ use prometheus::{IntCounter, Registry};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+mod hot;
 mod metrics;
+mod policy;
 
 use metrics::{LookupResult, PairMetrics, UsageCollector};
+pub use policy::CachePolicy;
+use policy::PolicyExpiry;
 
 use crate::error::GatewayError;
 use crate::metrics::counter_vec;
@@ -52,24 +59,6 @@ const ENTRY_OVERHEAD_BYTES: usize = 640;
 
 /// How often expired entries are swept out of memory.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
-
-/// How long a command's answers may be served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CachePolicy {
-    /// Served as fresh (HIT) for this long.
-    pub ttl: Duration,
-    /// After `ttl`, served as STALE for this long while one background refresh runs.
-    pub stale_while_revalidate: Duration,
-    /// After `ttl`, served as STALE for this long when fetching a fresh answer fails.
-    pub stale_if_error: Duration,
-}
-
-impl CachePolicy {
-    /// How long moka keeps the entry at most.
-    fn hard_ttl(&self) -> Duration {
-        self.ttl + self.stale_while_revalidate.max(self.stale_if_error)
-    }
-}
 
 /// An (app, command, canonical body) key. `app` and `command` are indices fixed at start.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -245,6 +234,8 @@ pub struct CacheLabels {
 
 /// The cache shared by every request.
 pub struct ResponseCache {
+    /// Tells this cache's entries from other caches' in the per-thread [`hot`] slots.
+    id: u64,
     entries: Cache<CacheKey, Arc<Cached>>,
     /// Keys with a fetch in progress, with the generation each fetch started under.
     flights: Mutex<HashMap<CacheKey, (Arc<FlightSender>, u64)>>,
@@ -269,29 +260,6 @@ impl std::fmt::Debug for ResponseCache {
             .field("entries", &self.entries.entry_count())
             .field("bytes", &self.entries.weighted_size())
             .finish_non_exhaustive()
-    }
-}
-
-struct PolicyExpiry;
-
-impl moka::Expiry<CacheKey, Arc<Cached>> for PolicyExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &CacheKey,
-        value: &Arc<Cached>,
-        _created_at: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(value.policy.hard_ttl())
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &CacheKey,
-        value: &Arc<Cached>,
-        _updated_at: std::time::Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.policy.hard_ttl())
     }
 }
 
@@ -344,7 +312,9 @@ impl ResponseCache {
                 metrics,
             })
             .collect();
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let cache = Arc::new(ResponseCache {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             entries,
             flights: Mutex::new(HashMap::new()),
             pairs,
@@ -392,6 +362,9 @@ impl ResponseCache {
     /// [`lookup`](Self::lookup) without counting: a flight's re-check before it fetches.
     pub async fn peek(&self, key: &CacheKey, policy: &CachePolicy, now: Instant) -> Lookup {
         let generation = self.generation(key.app, key.command);
+        if let Some(cached) = hot::get(self.id, key, generation, policy.ttl, now) {
+            return Lookup::Fresh(cached);
+        }
         let cached = match self.entries.get(key).await {
             Some(cached) => cached,
             // Boxed: the tier's path stays out of the future every cache hit moves.
@@ -409,6 +382,7 @@ impl ResponseCache {
         }
         let age = cached.age(now);
         if age < policy.ttl {
+            hot::put(self.id, key, &cached);
             Lookup::Fresh(cached)
         } else if age < policy.ttl + policy.stale_while_revalidate {
             Lookup::Stale(cached)

@@ -301,3 +301,69 @@ async fn an_invalidation_during_a_slow_put_reaches_the_tier_after_it() {
     );
     assert_eq!(*tier.invalidated.lock().unwrap(), vec![(0, 1), (0, 1)]);
 }
+
+/// The per-thread hot slots (module `hot`) serve nothing moka would not: an entry leaves its
+/// slot when its pair is invalidated and when moka no longer holds it, and large answers are
+/// never kept there. Seen through the entry's reference count: moka holds one, the hot slot
+/// one, each caller one.
+#[tokio::test(start_paused = true)]
+async fn hot_slots_serve_only_what_moka_would() {
+    let cache = new_cache(1 << 20, 1, 2, None);
+    let p = policy();
+    let now = Instant::now();
+    let fresh = |lookup: Lookup| match lookup {
+        Lookup::Fresh(entry) => entry,
+        other => panic!("not fresh: {other:?}"),
+    };
+    let k = key("{}");
+    fill(&cache, &k, ok(r#"{"ErrorCode":0}"#)).await;
+    let first = fresh(cache.lookup(&k, &p, now).await);
+    assert_eq!(
+        Arc::strong_count(&first),
+        3,
+        "moka, the hot slot, this caller"
+    );
+    let second = fresh(cache.lookup(&k, &p, now).await);
+    assert!(Arc::ptr_eq(&first, &second));
+    drop(second);
+
+    // moka drops the entry without an invalidation (as it does under size pressure).
+    cache.entries.invalidate(&k).await;
+    cache.entries.run_pending_tasks().await;
+    assert_eq!(Arc::strong_count(&first), 2, "the hot slot, this caller");
+    drop(first);
+    assert!(matches!(
+        cache.lookup(&k, &p, now).await,
+        Lookup::Miss { fallback: None }
+    ));
+
+    // An invalidation: the slot's entry belongs to an older generation.
+    fill(&cache, &k, ok(r#"{"ErrorCode":0}"#)).await;
+    let kept = fresh(cache.lookup(&k, &p, now).await);
+    assert_eq!(Arc::strong_count(&kept), 3);
+    cache.invalidate(k.app, k.command);
+    assert!(matches!(
+        cache.lookup(&k, &p, now).await,
+        Lookup::Miss { fallback: None }
+    ));
+    assert_eq!(
+        Arc::strong_count(&kept),
+        2,
+        "moka (until it sweeps), this caller"
+    );
+
+    // An answer over hot::MAX_BODY_BYTES stays with moka alone.
+    let large = key(r#"{"large":true}"#);
+    let body = format!(
+        r#"{{"ErrorCode":0,"Pad":"{}"}}"#,
+        "x".repeat(hot::MAX_BODY_BYTES)
+    );
+    let response = UpstreamResponse {
+        status: StatusCode::OK,
+        body: Bytes::from(body),
+        error_code: 0,
+    };
+    fill(&cache, &large, Ok(response)).await;
+    let entry = fresh(cache.lookup(&large, &p, now).await);
+    assert_eq!(Arc::strong_count(&entry), 2, "moka, this caller");
+}
