@@ -343,7 +343,7 @@ impl Driver {
         } else {
             WRITER_APP
         };
-        if tick % 2 == 0 {
+        if tick.is_multiple_of(2) {
             let body = format!(r#"{{"UserID":"@RBT#soak{}"}}"#, half % WRITE_ROBOTS);
             self.send(Class::Write, &format!("{app}{CREATE_ROBOT}"), body.into())
                 .await;
@@ -373,7 +373,7 @@ impl Driver {
             2 => Bytes::from_static(b"{\"k\":\"\xff\xfe\"}"),
             _ => Bytes::from_static(b"[1,2,3]"),
         };
-        let path = if (tick / 4) % 2 == 0 {
+        let path = if (tick / 4).is_multiple_of(2) {
             GET_ALL_ROBOTS
         } else {
             CREATE_ROBOT

@@ -34,6 +34,7 @@ pub mod catalogue;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod fleet;
 pub mod gateway;
 pub mod limiter;
 pub mod metrics;

@@ -368,7 +368,7 @@ mod tests {
             (FIXTURE_ROW3, "admin", 1_400_000_001, 1_600_000_000, 3_600),
         ];
         assert!(FIXTURE_ROW1_B.contains('*'));
-        assert!(!FIXTURE_ROW3.ends_with('_') && FIXTURE_ROW3.len() % 4 == 0);
+        assert!(!FIXTURE_ROW3.ends_with('_') && FIXTURE_ROW3.len().is_multiple_of(4));
         for (sig, identifier, sdkappid, time, expire) in cases {
             let decoded = verify(&key(), sig, sdkappid, identifier, time + 1)
                 .unwrap_or_else(|e| panic!("{identifier}: {e}"));

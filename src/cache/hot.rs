@@ -79,7 +79,7 @@ pub fn get(
             return None;
         }
         slot.hits = slot.hits.wrapping_add(1);
-        if slot.hits % SAMPLE == 0 {
+        if slot.hits.is_multiple_of(SAMPLE) {
             return None;
         }
         Some(Arc::clone(&slot.entry))

@@ -4,6 +4,7 @@
 
 pub mod inproc;
 pub mod process;
+pub mod redis;
 
 use std::collections::HashMap;
 use std::io::Write as _;

@@ -1,0 +1,38 @@
+-- Reserves up to `want` consecutive GCRA slots of one (SDKAppID, command) budget on Redis's
+-- clock (design/fleet.md §4.3): the same recurrence as the local throttle's `Budget::reserve`,
+--   slot = max(now, tat - tau, blocked);  tat = max(tat, slot) + T
+-- so every gateway sharing this Redis draws from one timeline, and no sliding second holds
+-- more than burst + rate slots. Runs on Lua 5.1 (Redis, Valkey) and 5.4 (Dragonfly): integer
+-- microseconds stay below 2^53.
+--
+-- KEYS[1] rate key (the TAT)   KEYS[2] command pause   KEYS[3] app pause   KEYS[4] app lockout
+-- ARGV[1] T_us (emission interval)   ARGV[2] tau_us (burst tolerance)   ARGV[3] max_wait_us
+-- ARGV[4] want (0..64)   ARGV[5] debt (calls made without Redis's accounting, charged first)
+-- Reply: {granted, retry_after_us, blocked_for_us, now_us, offset_1_us, ..., offset_n_us}
+-- where offsets are after Redis's `now` (the caller never compares clocks with Redis).
+local T, tau = tonumber(ARGV[1]), tonumber(ARGV[2])
+local max_wait, want, debt = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or 0)
+if tat < now then tat = now end
+local blocked = math.max(tonumber(redis.call('GET', KEYS[2]) or 0),
+  tonumber(redis.call('GET', KEYS[3]) or 0), tonumber(redis.call('GET', KEYS[4]) or 0))
+tat = tat + debt * T
+local offsets, granted, retry = {}, 0, 0
+for _ = 1, want do
+  local slot = math.max(now, tat - tau, blocked)
+  if slot - now > max_wait then
+    retry = slot - now
+    break
+  end
+  tat = math.max(tat, slot) + T
+  granted = granted + 1
+  offsets[granted] = slot - now
+end
+if granted > 0 or debt > 0 then
+  redis.call('SET', KEYS[1], string.format('%d', tat), 'PX', math.floor((tat - now) / 1000) + 1000)
+end
+local reply = {granted, retry, math.max(blocked - now, 0), string.format('%d', now)}
+for i = 1, granted do reply[4 + i] = offsets[i] end
+return reply
