@@ -10,7 +10,11 @@ use std::time::{Duration, Instant};
 
 pub struct RedisServer {
     child: Child,
-    dir: tempfile::TempDir,
+    socket: PathBuf,
+    /// Holds the socket (unless restarted elsewhere) and nothing else: no persistence.
+    _dir: tempfile::TempDir,
+    /// A directory made again for a restart on an old socket.
+    remove_on_drop: Option<PathBuf>,
 }
 
 impl RedisServer {
@@ -32,6 +36,16 @@ impl RedisServer {
         }
         let dir = tempfile::tempdir().expect("a temporary directory");
         let socket = dir.path().join("redis.sock");
+        // The directory outlives this server when a test restarts one on the same socket.
+        Self::spawn_in(socket, dir)
+    }
+
+    fn spawn(socket: PathBuf) -> Option<RedisServer> {
+        Self::spawn_in(socket, tempfile::tempdir().expect("a temporary directory"))
+    }
+
+    fn spawn_in(socket: PathBuf, dir: tempfile::TempDir) -> Option<RedisServer> {
+        let _ = std::fs::remove_file(&socket);
         let child = Command::new("redis-server")
             .args(["--port", "0", "--unixsocket"])
             .arg(&socket)
@@ -49,7 +63,12 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server starts");
-        let server = RedisServer { child, dir };
+        let server = RedisServer {
+            child,
+            socket: socket.clone(),
+            _dir: dir,
+            remove_on_drop: None,
+        };
         // It listens within milliseconds; the bound keeps a broken install from hanging.
         let started = Instant::now();
         while !socket.exists() {
@@ -63,7 +82,22 @@ impl RedisServer {
     }
 
     pub fn socket(&self) -> PathBuf {
-        self.dir.path().join("redis.sock")
+        self.socket.clone()
+    }
+
+    /// A fresh, empty server on `socket` (a restart that lost every key), in a new directory
+    /// for its own files.
+    pub fn start_at(socket: &std::path::Path) -> RedisServer {
+        // The first server's directory went with it: make it again, and remove it after.
+        let parent = socket
+            .parent()
+            .expect("a socket in a directory")
+            .to_path_buf();
+        std::fs::create_dir_all(&parent).expect("the socket's directory");
+        let mut server =
+            Self::spawn(socket.to_path_buf()).expect("redis-server was there a moment ago");
+        server.remove_on_drop = Some(parent);
+        server
     }
 
     /// The URL the gateway's config takes.
@@ -85,5 +119,8 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = &self.remove_on_drop {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }

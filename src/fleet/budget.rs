@@ -1,0 +1,371 @@
+//! One (SDKAppID, command) budget shared through Redis: local callers wait FIFO for slots that
+//! one reservation call per batch takes from the fleet's single timeline.
+//!
+//! - **Batching on demand** (design/fleet.md §1.4): one call at a time per budget and process,
+//!   asking for as many slots as callers wait (at most [`MAX_BATCH`]), at most [`LOOKAHEAD`]
+//!   ahead; callers that arrive during a call are served by the next one. When the fleet's
+//!   timeline is full that far, callers who can wait for the next free slot queue here, and
+//!   the next call is made when a whole batch has opened: Redis sees one call per batch, not
+//!   per request.
+//! - **Slots as offsets**: the script returns each slot as an offset after Redis's `now`; the
+//!   slot is used at `reply received + offset`, never earlier than Redis granted it. A reply
+//!   that took longer than `max_lateness` is thrown away (its slots count as spent), so a
+//!   sliding second of sends holds at most `burst + rate × (1 + max_lateness)` ≤ `budget`.
+//! - **Failures are the caller's to handle**: a Redis error, a reply slower than
+//!   `command_timeout`, or [`MAX_LATE_IN_A_ROW`] late replies in a row refuse every waiting caller with [`Refusal::RedisUnavailable`]; the
+//!   limiter above decides the fallback. A reservation that timed out may still run in Redis
+//!   later: it is treated as spent (over-charging is the safe side).
+//! - **Re-charge after a failure**: the first call after one charges this process's own slots
+//!   of the last second as `debt`, so a Redis that lost its state (restart, failover) cannot
+//!   re-open a burst on top of calls already made.
+//! - A caller that leaves before its slot gives it to the next caller (or keeps it for the
+//!   next arrival while it is in the future).
+//! - After a reply that ran out of slots, callers whose wait limit is before the fleet's next
+//!   free slot are refused here with `retry_after`, without a Redis call each.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::script::{BudgetKeys, Gcra, Reservation, ReserveScript};
+use crate::throttle::{BudgetSpec, ThrottleError};
+
+/// Most slots asked for in one call.
+pub const MAX_BATCH: usize = 16;
+
+/// How far ahead of Redis's now one call reserves at most (`max_wait` if shorter). Shorter
+/// than callers may wait, so that under load callers queue here and each call takes a whole
+/// batch of slots that opened meanwhile, instead of one call per slot.
+pub const LOOKAHEAD: Duration = Duration::from_millis(250);
+
+/// This many late replies in a row count as Redis being unavailable.
+pub const MAX_LATE_IN_A_ROW: u32 = 3;
+
+/// Why a caller got no slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The fleet's budget refused (saturated, queue full, paused).
+    Throttled(ThrottleError),
+    /// Redis did not answer in time or failed: the limiter falls back.
+    RedisUnavailable,
+}
+
+/// How a fleet budget talks to Redis.
+#[derive(Debug, Clone, Copy)]
+pub struct FleetTiming {
+    /// A reservation slower than this is a failure.
+    pub command_timeout: Duration,
+    /// A reply later than this is thrown away (its slots count as spent).
+    pub max_lateness: Duration,
+}
+
+/// What a waiting caller is sent.
+type Answer = Result<Instant, Refusal>;
+
+struct Waiter {
+    /// The latest slot this caller takes.
+    limit: Instant,
+    answer: oneshot::Sender<Answer>,
+}
+
+#[derive(Default)]
+struct State {
+    waiting: VecDeque<Waiter>,
+    /// Granted slots no caller took (their caller left), earliest first.
+    spare: VecDeque<Instant>,
+    /// Whether a reservation call is running (at most one per budget and process).
+    is_calling: bool,
+    /// This process's slots of the last second, for the re-charge after a failure.
+    recent: VecDeque<Instant>,
+    needs_recharge: bool,
+    /// Replies in a row that came after `max_lateness`.
+    late_in_a_row: u32,
+    /// The fleet's next free slot as of the last reply that ran out, and why: a caller whose
+    /// limit is before it is refused here, without asking Redis (the fleet's timeline only
+    /// moves forward, so this is never too strict for long).
+    next_free: Option<(Instant, ThrottleError)>,
+}
+
+/// One budget of the fleet.
+pub struct FleetBudget<C> {
+    keys: BudgetKeys,
+    gcra: Gcra,
+    spec: BudgetSpec,
+    timing: FleetTiming,
+    script: ReserveScript,
+    connection: C,
+    state: Mutex<State>,
+    /// Reservation calls made, for tests and metrics.
+    calls: std::sync::atomic::AtomicU64,
+    /// Calls charged as debt after failures, for tests and metrics.
+    debt_charged: std::sync::atomic::AtomicU64,
+}
+
+impl<C> std::fmt::Debug for FleetBudget<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetBudget")
+            .field("keys", &self.keys)
+            .field("gcra", &self.gcra)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
+    pub fn new(keys: BudgetKeys, spec: BudgetSpec, timing: FleetTiming, connection: C) -> Self {
+        FleetBudget {
+            gcra: Gcra::for_fleet(&spec, timing.max_lateness, spec.max_wait.min(LOOKAHEAD)),
+            keys,
+            spec,
+            timing,
+            script: ReserveScript::default(),
+            connection,
+            state: Mutex::new(State::default()),
+            calls: std::sync::atomic::AtomicU64::new(0),
+            debt_charged: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Reservation calls made so far.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Calls charged as debt (re-charges after failures) so far, in calls Redis accepted.
+    pub fn debt_charged(&self) -> u64 {
+        self.debt_charged.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for a slot no later than `deadline` (and `max_wait` from now). Returns how long
+    /// the caller waited.
+    ///
+    /// # Errors
+    /// [`Refusal`]: the fleet's budget refused, or Redis is unavailable.
+    pub async fn acquire(self: &Arc<Self>, deadline: Instant) -> Result<Duration, Refusal> {
+        let started = Instant::now();
+        let limit = deadline.max(started).min(started + self.spec.max_wait);
+        let (answer, slot) = oneshot::channel();
+        let spare = {
+            let mut state = self.lock();
+            while state.spare.front().is_some_and(|spare| *spare <= started) {
+                state.spare.pop_front();
+            }
+            match state.spare.front().copied().filter(|spare| *spare <= limit) {
+                Some(spare) => {
+                    state.spare.pop_front();
+                    Some(spare)
+                }
+                None if state.next_free.is_some_and(|(next, _)| next > limit) => {
+                    let (next, refusal) = state.next_free.expect("checked");
+                    let retry_after = next - started;
+                    return Err(Refusal::Throttled(match refusal {
+                        ThrottleError::Paused { .. } => ThrottleError::Paused { retry_after },
+                        _ => ThrottleError::Saturated { retry_after },
+                    }));
+                }
+                None if state.waiting.len() >= self.spec.max_waiters => {
+                    return Err(Refusal::Throttled(ThrottleError::QueueFull {
+                        retry_after: self.spec.max_wait,
+                    }));
+                }
+                None => {
+                    state.waiting.push_back(Waiter { limit, answer });
+                    if !state.is_calling {
+                        state.is_calling = true;
+                        tokio::spawn(Arc::clone(self).pump());
+                    }
+                    None
+                }
+            }
+        };
+        if let Some(spare) = spare {
+            return self.wait_for(spare, started).await;
+        }
+        // The pump always answers every waiter it takes; a dropped sender means it panicked.
+        let slot = slot.await.unwrap_or(Err(Refusal::RedisUnavailable))?;
+        self.wait_for(slot, started).await
+    }
+
+    /// Sleeps until `slot`; a caller that goes away first leaves the slot to the next one.
+    async fn wait_for(&self, slot: Instant, started: Instant) -> Result<Duration, Refusal> {
+        let mut guard = GiveBack {
+            budget: self,
+            slot: Some(slot),
+        };
+        tokio::time::sleep_until(slot).await;
+        guard.slot = None;
+        Ok(Instant::now() - started)
+    }
+
+    /// Reserves for the callers waiting, one call at a time, until none waits.
+    async fn pump(self: Arc<Self>) {
+        loop {
+            let (want, debt) = {
+                let mut state = self.lock();
+                if state.waiting.is_empty() {
+                    state.is_calling = false;
+                    return;
+                }
+                let debt = if state.needs_recharge {
+                    let second_ago = Instant::now() - Duration::from_secs(1);
+                    state.recent.retain(|slot| *slot > second_ago);
+                    state.recent.len() as u32
+                } else {
+                    0
+                };
+                (state.waiting.len().min(MAX_BATCH) as u32, debt)
+            };
+            let outcome = self.call(want, debt).await;
+            let pause = {
+                let mut state = self.lock();
+                match outcome {
+                    Ok((reservation, received)) => {
+                        state.needs_recharge = false;
+                        state.late_in_a_row = 0;
+                        self.debt_charged
+                            .fetch_add(u64::from(debt), std::sync::atomic::Ordering::Relaxed);
+                        self.hand_out(&mut state, &reservation, want as usize, received)
+                    }
+                    // A late reply's slots are spent; ask again, unless Redis keeps being slow.
+                    Err(Late) if state.late_in_a_row + 1 < MAX_LATE_IN_A_ROW => {
+                        state.late_in_a_row += 1;
+                        None
+                    }
+                    Err(Late | Failed) => {
+                        state.late_in_a_row = 0;
+                        state.needs_recharge = true;
+                        for waiter in state.waiting.drain(..) {
+                            let _ = waiter.answer.send(Err(Refusal::RedisUnavailable));
+                        }
+                        None
+                    }
+                }
+            };
+            if let Some(until) = pause {
+                tokio::time::sleep_until(until).await;
+            }
+        }
+    }
+
+    /// One reservation call, bounded by `command_timeout`; late replies are thrown away.
+    async fn call(&self, want: u32, debt: u32) -> Result<(Reservation, Instant), CallError> {
+        let mut connection = self.connection.clone();
+        let sent = Instant::now();
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let reply = tokio::time::timeout(
+            self.timing.command_timeout,
+            self.script
+                .reserve(&mut connection, &self.keys, &self.gcra, want, debt),
+        )
+        .await;
+        let received = Instant::now();
+        match reply {
+            Ok(Ok(reservation)) if received - sent <= self.timing.max_lateness => {
+                Ok((reservation, received))
+            }
+            Ok(Ok(_)) => Err(Late),
+            Ok(Err(_)) | Err(_) => Err(Failed),
+        }
+    }
+
+    /// Gives the granted slots to the waiters, first come first served. When the budget
+    /// granted fewer than asked, the fleet's next free slot is further than the look-ahead:
+    /// waiters whose limit is before it are refused now, the others wait for the next call,
+    /// which is made when a whole batch will have opened (the returned instant).
+    fn hand_out(
+        &self,
+        state: &mut State,
+        reservation: &Reservation,
+        wanted: usize,
+        received: Instant,
+    ) -> Option<Instant> {
+        let second_ago = received
+            .checked_sub(Duration::from_secs(1))
+            .unwrap_or(received);
+        while state.recent.front().is_some_and(|slot| *slot <= second_ago) {
+            state.recent.pop_front();
+        }
+        for slot in reservation.slots.iter().map(|offset| received + *offset) {
+            state.recent.push_back(slot);
+            let Some(waiter) = state.waiting.pop_front() else {
+                state.spare.push_back(slot);
+                continue;
+            };
+            if slot > waiter.limit {
+                let _ = waiter
+                    .answer
+                    .send(Err(Refusal::Throttled(ThrottleError::Saturated {
+                        retry_after: slot - received,
+                    })));
+                state.spare.push_back(slot);
+            } else if let Err(Ok(slot)) = waiter.answer.send(Ok(slot)) {
+                // Its caller left while the call ran.
+                state.spare.push_back(slot);
+            }
+        }
+        state.next_free = None;
+        if reservation.slots.len() >= wanted {
+            return None;
+        }
+        let retry_after = reservation.retry_after.max(reservation.blocked_for);
+        let refusal = if reservation.blocked_for > Duration::ZERO {
+            ThrottleError::Paused { retry_after }
+        } else {
+            ThrottleError::Saturated { retry_after }
+        };
+        let next_free = received + retry_after;
+        state.next_free = Some((next_free, refusal));
+        let mut kept = VecDeque::with_capacity(state.waiting.len());
+        for waiter in state.waiting.drain(..) {
+            if waiter.limit < next_free {
+                let _ = waiter.answer.send(Err(Refusal::Throttled(refusal)));
+            } else {
+                kept.push_back(waiter);
+            }
+        }
+        state.waiting = kept;
+        // The next call can take a whole batch once `batch` more slots are within reach.
+        let batch = state.waiting.len().min(MAX_BATCH) as u32;
+        let interval = Duration::from_micros(self.gcra.interval_us);
+        let reach = Duration::from_micros(self.gcra.max_wait_us);
+        let batch_opens = (next_free + interval * batch.saturating_sub(1))
+            .checked_sub(reach)
+            .unwrap_or(received);
+        Some(batch_opens.max(received))
+    }
+}
+
+/// Why a reservation call gave no slots.
+enum CallError {
+    /// The reply came after `max_lateness`: its slots are spent, the waiters ask again.
+    Late,
+    /// Redis failed or did not answer within `command_timeout`.
+    Failed,
+}
+use CallError::{Failed, Late};
+
+/// A slot a caller sleeps towards; dropped before it (the caller left), it goes back.
+struct GiveBack<'a, C> {
+    budget: &'a FleetBudget<C>,
+    slot: Option<Instant>,
+}
+
+impl<C> Drop for GiveBack<'_, C> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            if slot > Instant::now() {
+                let mut state = self.budget.state.lock().unwrap_or_else(|p| p.into_inner());
+                let at = state.spare.partition_point(|spare| *spare <= slot);
+                state.spare.insert(at, slot);
+            }
+        }
+    }
+}
