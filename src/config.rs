@@ -13,7 +13,8 @@
 //! - [`ConfigError::Invalid`] lists every problem of one run, sorted by key, at most one per key
 //!   (a value of the wrong type is reported once, not again as "invalid").
 //! - No message, `Debug` or `Display` ever carries a secret key: the key is read only from an
-//!   environment variable or a file, and only their *names* are ever printed.
+//!   environment variable or a file, and only their *names* are ever printed. A Redis URL is
+//!   printed with its password as `***`.
 //! - Warnings (allowed but questionable values) never fail a load; they come back in
 //!   [`Loaded::warnings`], with the same shape as problems.
 //!
@@ -23,9 +24,10 @@
 //! so an override reaches only an app whose name is lowercase and has no `__`. Values stay
 //! strings and are converted by the field's type (numbers, booleans `true`/`false`/`1`/`0`),
 //! so `IDENTIFIER=007` stays `"007"`. An empty value clears an optional `region`, `endpoint`,
-//! `ca_file`, `secret_key_file` or `default_app` from the file. Variables with a single `_`
-//! after the prefix, such as `TIM_GATEWAY_SECRET_KEY`, are not configuration keys. The arrays
-//! of tables `[[cache.rules]]` and `[[throttle.quotas]]` come from the file only.
+//! `ca_file`, `secret_key_file`, `default_app` or `fleet.redis_url` (turning fleet mode off)
+//! from the file. Variables with a single `_` after the prefix, such as
+//! `TIM_GATEWAY_SECRET_KEY`, are not configuration keys. The arrays of tables
+//! `[[cache.rules]]` and `[[throttle.quotas]]` come from the file only.
 
 mod check;
 mod model;
@@ -82,7 +84,7 @@ impl Config {
 
 impl fmt::Display for Config {
     /// The effective configuration, one `key = value` per line, for `check-config`. Secret
-    /// keys appear only as where they were read from.
+    /// keys appear only as where they were read from, a Redis password only as `***`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let human = |d| humantime::format_duration(d).to_string();
         let list = |items: &[String]| format!("[{}]", items.join(", "));
@@ -171,6 +173,22 @@ impl fmt::Display for Config {
         }
         line("throttle.backoff_base", &human(t.backoff_base))?;
         line("throttle.backoff_max", &human(t.backoff_max))?;
+        match &self.fleet {
+            None => line(
+                "fleet.redis_url",
+                &"(none: fleet mode off, each gateway keeps its own quota and cache)",
+            )?,
+            Some(fleet) => {
+                // The URL's Display hides its password.
+                line("fleet.redis_url", &fleet.redis_url)?;
+                line("fleet.expected_replicas", &fleet.expected_replicas)?;
+                line("fleet.fallback", &fleet.fallback)?;
+                line("fleet.shared_cache", &fleet.shared_cache)?;
+                line("fleet.key_prefix", &fleet.key_prefix)?;
+                line("fleet.command_timeout", &human(fleet.command_timeout))?;
+                line("fleet.max_lateness", &human(fleet.max_lateness))?;
+            }
+        }
         for app in &self.apps {
             let key = |field: &str| format!("apps.{}.{field}", app.name);
             line(&key("sdkappid"), &app.sdkappid)?;

@@ -1,8 +1,9 @@
 //! The validated configuration's types, its defaults, and the problems a load reports: what
 //! the rest of the crate reads. Nothing here parses or checks; `raw` and `validate` do.
 //!
-//! Promise: no `Debug` or `Display` here prints a secret (app keys, the admin token, the
-//! environment's values); they print where a secret came from, or `<redacted>`.
+//! Promise: no `Debug` or `Display` here prints a secret (app keys, the admin token, a Redis
+//! password, the environment's values); they print where a secret came from, `<redacted>`,
+//! or (in a Redis URL) `***`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -54,6 +55,15 @@ pub const DEFAULT_MAX_WAITERS: usize = 1024;
 pub const DEFAULT_QUOTA: u32 = 200;
 pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_secs(1);
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// One gateway: the share a cut-off gateway keeps is the budget divided by this, so it must be
+/// raised to the real count for more than one (design fleet.md §4.4).
+pub const DEFAULT_EXPECTED_REPLICAS: u32 = 1;
+pub const DEFAULT_FALLBACK: Fallback = Fallback::Share;
+pub const DEFAULT_SHARED_CACHE: bool = true;
+/// Isolates environments (staging, prod) sharing one Redis (design fleet.md §4.2).
+pub const DEFAULT_KEY_PREFIX: &str = "tim";
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(50);
+pub const DEFAULT_MAX_LATENESS: Duration = Duration::from_millis(25);
 
 /// A snapshot of environment variables: the process's, or a map in tests.
 ///
@@ -98,6 +108,9 @@ pub struct Config {
     pub default_app: usize,
     pub cache: CacheConfig,
     pub throttle: ThrottleConfig,
+    /// Fleet mode: `Some` when `fleet.redis_url` is set, `None` (each gateway on its own) when
+    /// not.
+    pub fleet: Option<FleetConfig>,
 }
 
 /// The client-facing and admin listeners.
@@ -277,6 +290,123 @@ pub struct QuotaOverride {
     pub command: String,
     /// Calls per second; 1 ..= 100,000.
     pub per_second: u32,
+}
+
+/// Fleet mode: every gateway sharing one Redis keeps one quota per (SDKAppID, command) and
+/// one cache (design fleet.md §4.4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetConfig {
+    /// Where the shared state lives; printed with its password as `***`.
+    pub redis_url: RedisUrl,
+    /// Upper bound of the gateways sharing the quota, rollout surge included; 1 ..= 1000. A
+    /// gateway cut off from Redis keeps `budget / expected_replicas`.
+    pub expected_replicas: u32,
+    /// What a gateway does while Redis cannot be reached.
+    pub fallback: Fallback,
+    /// Redis as the second cache tier behind the in-process cache.
+    pub shared_cache: bool,
+    /// Starts every Redis key and channel; `[A-Za-z0-9_-]{1,32}`.
+    pub key_prefix: String,
+    /// Reservations and shared-cache reads slower than this count as failures; 1 ms ..= 5 s.
+    pub command_timeout: Duration,
+    /// A reservation whose reply took longer is thrown away; it also scales the fleet rate.
+    /// 1 ms ..= 1 s, at most `command_timeout`.
+    pub max_lateness: Duration,
+}
+
+/// What a gateway does while it cannot reach Redis (design fleet.md §4.5). Failing open is
+/// not offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// After a short fail-closed guard, a local budget of `budget / expected_replicas`.
+    Share,
+    /// No upstream calls without Redis: stale answers where allowed, 429 otherwise.
+    Closed,
+}
+
+impl Fallback {
+    /// The configuration names, in the order they are listed to users.
+    pub const NAMES: [&'static str; 2] = ["share", "closed"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fallback::Share => "share",
+            Fallback::Closed => "closed",
+        }
+    }
+}
+
+impl fmt::Display for Fallback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A checked Redis URL (`redis://`, `rediss://` or `redis+unix://`). `Debug` and `Display`
+/// print it with any password as `***`; only [`RedisUrl::expose`] gives the URL itself, for
+/// the Redis client.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    /// Wraps a URL that `validate` has checked.
+    pub(super) fn new(url: String) -> RedisUrl {
+        RedisUrl(url)
+    }
+
+    /// The URL with its password, for the Redis client only: never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisUrl({:?})", redact_url(&self.0))
+    }
+}
+
+/// `text` with everything that may be a password replaced by `***`, valid URL or not: the part
+/// of the user info after its first `:` (all of it when it has no `:`, a password written
+/// without one), and every query value but `db` and `user` (`redis+unix://` takes `pass=`).
+/// The user info runs to the last `@`, so a password holding an unencoded `/`, `?` or `#` is
+/// hidden too; in `redis+unix:///path` the `@` belongs to the path.
+pub(super) fn redact_url(text: &str) -> String {
+    let (scheme, rest) = text
+        .find("://")
+        .map_or(("", text), |at| text.split_at(at + 3));
+    let is_unix_path = scheme == "redis+unix://" && rest.starts_with('/');
+    let mut out = scheme.to_owned();
+    let rest = match rest.rfind('@') {
+        Some(at) if !is_unix_path => {
+            match rest[..at].split_once(':') {
+                Some((user, _)) => out.push_str(&format!("{user}:***")),
+                None => out.push_str("***"),
+            }
+            &rest[at..]
+        }
+        _ => rest,
+    };
+    let Some((path, query)) = rest.split_once('?') else {
+        out.push_str(rest);
+        return out;
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some(("db" | "user", _)) => pair.to_owned(),
+            Some((name, _)) => format!("{name}=***"),
+            None => "***".to_owned(),
+        })
+        .collect();
+    out.push_str(&format!("{path}?{}", pairs.join("&")));
+    out
 }
 
 /// One Tencent Cloud Chat application (one SDKAppID) the gateway signs for.

@@ -6,13 +6,14 @@
 //! addresses, regions and commands stay strings for `validate`.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::Path;
 
 use serde::de::{self, DeserializeOwned, Visitor};
 use serde::Deserialize;
 
 use super::check::{did_you_mean, env_var_name, redact_key_like, Findings};
-use super::model::{ConfigError, Env, ENV_PREFIX, ENV_SEPARATOR};
+use super::model::{redact_url, ConfigError, Env, ENV_PREFIX, ENV_SEPARATOR};
 
 /// A table of the merged file and environment, as the `config` crate holds it.
 pub(super) type Table = ::config::Map<String, ::config::Value>;
@@ -27,6 +28,7 @@ pub(super) struct RawConfig {
     pub apps: BTreeMap<String, RawApp>,
     pub cache: RawCache,
     pub throttle: RawThrottle,
+    pub fleet: RawFleet,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -130,7 +132,33 @@ pub(super) struct RawQuota {
     pub per_second: Option<u64>,
 }
 
-const SECTIONS: &[&str] = &["server", "upstream", "apps", "cache", "throttle"];
+/// `[fleet]`: without `redis_url`, fleet mode is off. `Debug` hides the URL's password.
+#[derive(Default, Deserialize)]
+pub(super) struct RawFleet {
+    pub redis_url: Option<String>,
+    pub expected_replicas: Option<u64>,
+    pub fallback: Option<String>,
+    pub shared_cache: Option<bool>,
+    pub key_prefix: Option<String>,
+    pub command_timeout: Option<String>,
+    pub max_lateness: Option<String>,
+}
+
+impl fmt::Debug for RawFleet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawFleet")
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("expected_replicas", &self.expected_replicas)
+            .field("fallback", &self.fallback)
+            .field("shared_cache", &self.shared_cache)
+            .field("key_prefix", &self.key_prefix)
+            .field("command_timeout", &self.command_timeout)
+            .field("max_lateness", &self.max_lateness)
+            .finish()
+    }
+}
+
+const SECTIONS: &[&str] = &["server", "upstream", "apps", "cache", "throttle", "fleet"];
 
 /// Merges the file and the environment overrides into one tree.
 ///
@@ -210,6 +238,7 @@ impl RawConfig {
                     let (throttle, quotas) = with_array(findings, "throttle", "quotas", value);
                     raw.throttle = RawThrottle { quotas, ..throttle };
                 }
+                "fleet" => raw.fleet = section(findings, "fleet", value),
                 _ => unknown_key(findings, &key, &key, SECTIONS),
             }
         }

@@ -7,6 +7,7 @@
 
 mod apps;
 mod cache;
+mod fleet;
 mod server;
 mod throttle;
 mod upstream;
@@ -25,6 +26,7 @@ pub(super) fn validate(raw: RawConfig, env: &Env, findings: &mut Findings) -> Op
         apps,
         cache,
         throttle,
+        fleet,
     } = raw;
     // Resolved with the apps, once we know which are valid.
     let default_app = raw_server.default_app.take();
@@ -45,6 +47,7 @@ pub(super) fn validate(raw: RawConfig, env: &Env, findings: &mut Findings) -> Op
     let catalogue = Catalogue::builtin();
     let cache = cache::validate(cache, &catalogue, findings);
     let throttle = throttle::validate(throttle, &catalogue, findings);
+    let fleet = fleet::validate(fleet, findings);
     let (apps, default_app) = apps::validate(apps, default_app, env, findings)?;
     Some(Config {
         server,
@@ -53,5 +56,6 @@ pub(super) fn validate(raw: RawConfig, env: &Env, findings: &mut Findings) -> Op
         default_app,
         cache,
         throttle,
+        fleet,
     })
 }

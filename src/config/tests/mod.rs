@@ -4,6 +4,7 @@
 
 mod apps;
 mod cache;
+mod fleet;
 mod loading;
 mod output;
 mod problems;
