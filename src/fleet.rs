@@ -7,8 +7,10 @@
 //! limiter backend that uses it with the lease-guarded fallback, fleet-wide pauses, the shared
 //! cache, metrics, and the gateway's wiring from `[fleet]`.
 
+mod backend;
 mod budget;
 mod script;
 
+pub use backend::{FleetThrottle, UNAVAILABLE_RETRY};
 pub use budget::{FleetBudget, FleetTiming, Refusal, LOOKAHEAD, MAX_BATCH, MAX_LATE_IN_A_ROW};
-pub use script::{BudgetKeys, Gcra, Reservation, ReserveScript};
+pub use script::{BudgetKeys, Gcra, PauseScript, Reservation, ReserveScript};

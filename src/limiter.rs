@@ -24,6 +24,7 @@ use prometheus::proto::MetricFamily;
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Registry};
 use tokio::time::Instant;
 
+use crate::fleet::{BudgetKeys, FleetBudget, FleetThrottle, FleetTiming};
 use crate::metrics::{counter_vec, histogram_vec, scrape_gauge_vec};
 use crate::outcome::Outcome;
 use crate::throttle::{BudgetSpec, PauseReason, Throttle, ThrottleError, LOCKOUT};
@@ -80,6 +81,8 @@ pub enum Reaction {
 pub enum Backend {
     /// In this process: GCRA per budget ([`crate::throttle`]).
     Local(Throttle),
+    /// Shared by every gateway on one Redis ([`crate::fleet`]).
+    Fleet(FleetThrottle),
 }
 
 /// How a budget stands right now, for the scrape.
@@ -99,6 +102,7 @@ impl Backend {
     ) -> Result<Duration, ThrottleError> {
         match self {
             Backend::Local(throttle) => throttle.at(key.app, key.slot).acquire(wait_until).await,
+            Backend::Fleet(fleet) => fleet.acquire(key.app, key.slot, wait_until).await,
         }
     }
 
@@ -111,6 +115,7 @@ impl Backend {
     ) -> Duration {
         match self {
             Backend::Local(throttle) => throttle.at(key.app, key.slot).back_off(base, max, why),
+            Backend::Fleet(fleet) => fleet.back_off(key.app, key.slot, base, max, why),
         }
     }
 
@@ -123,18 +128,21 @@ impl Backend {
     ) -> Duration {
         match self {
             Backend::Local(throttle) => throttle.back_off_app(key.app, base, max, why),
+            Backend::Fleet(fleet) => fleet.back_off_app(key.app, base, max, why),
         }
     }
 
     fn lock_out_app(&self, key: BudgetKey, lockout: Duration) {
         match self {
             Backend::Local(throttle) => throttle.lock_out_app(key.app, lockout),
+            Backend::Fleet(fleet) => fleet.lock_out_app(key.app, lockout),
         }
     }
 
     fn record_success(&self, key: BudgetKey) {
         match self {
             Backend::Local(throttle) => throttle.at(key.app, key.slot).record_success(),
+            Backend::Fleet(fleet) => fleet.local().at(key.app, key.slot).record_success(),
         }
     }
 
@@ -149,8 +157,24 @@ impl Backend {
                     quota: budget.spec().quota,
                 }
             }
+            Backend::Fleet(fleet) => {
+                let budget = fleet.local().at(key.app, key.slot);
+                BudgetState {
+                    waiters: budget.waiters() + fleet.budget(key.app, key.slot).waiters(),
+                    is_paused: budget.is_paused(),
+                    budget: budget.spec().budget(),
+                    quota: budget.spec().quota,
+                }
+            }
         }
     }
+}
+
+/// What a fleet limiter needs of Redis.
+pub struct FleetRedis {
+    pub connection: redis::aio::ConnectionManager,
+    pub key_prefix: String,
+    pub timing: FleetTiming,
 }
 
 /// The back-off Tencent's frequency signals and UserSig rejections start from and cap at.
@@ -182,7 +206,7 @@ struct KeyMetrics {
     permits_vec: IntCounterVec,
     wait_vec: HistogramVec,
     /// By [`ThrottleError`] variant, created on first use.
-    rejections: [OnceLock<IntCounter>; 5],
+    rejections: [OnceLock<IntCounter>; 6],
     labels: [String; 2],
     rejections_vec: IntCounterVec,
 }
@@ -205,6 +229,52 @@ impl Limiter {
         Limiter::with_backend(
             registry,
             Backend::Local(throttle),
+            app_names,
+            command_names,
+            back_off,
+        )
+    }
+
+    /// A fleet limiter: the same budgets as [`Limiter::local`], each shared through Redis
+    /// under the app's SDKAppID (`sdkappids`, one per app) and the command's name.
+    ///
+    /// # Errors
+    /// A metric could not be registered (a bug).
+    #[allow(clippy::too_many_arguments)]
+    pub fn fleet(
+        registry: &Registry,
+        app_names: &[String],
+        sdkappids: &[u64],
+        command_names: &[&str],
+        command_specs: &[BudgetSpec],
+        other: BudgetSpec,
+        back_off: BackOff,
+        redis: FleetRedis,
+    ) -> prometheus::Result<Self> {
+        let local = Throttle::new(app_names.len(), command_specs, other);
+        let budgets = sdkappids
+            .iter()
+            .flat_map(|&sdkappid| {
+                let redis = &redis;
+                command_names
+                    .iter()
+                    .copied()
+                    .chain([crate::metrics::OTHER_COMMAND])
+                    .zip(command_specs.iter().copied().chain([other]))
+                    .map(move |(command, spec)| {
+                        Arc::new(FleetBudget::new(
+                            BudgetKeys::new(&redis.key_prefix, sdkappid, command),
+                            spec,
+                            redis.timing,
+                            redis.connection.clone(),
+                        ))
+                    })
+            })
+            .collect();
+        let fleet = FleetThrottle::new(local, budgets, redis.connection, redis.timing);
+        Limiter::with_backend(
+            registry,
+            Backend::Fleet(fleet),
             app_names,
             command_names,
             back_off,
@@ -320,6 +390,7 @@ impl Limiter {
                     ThrottleError::Paused { .. } => (2, "paused"),
                     ThrottleError::LockedOut { .. } => (3, "locked_out"),
                     ThrottleError::UserSigRejected { .. } => (4, "usersig_rejected"),
+                    ThrottleError::FleetUnavailable { .. } => (5, "fleet_unavailable"),
                 };
                 handles.rejections[i]
                     .get_or_init(|| {

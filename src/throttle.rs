@@ -68,6 +68,10 @@ pub enum ThrottleError {
     /// Tencent locked the app out after failed UserSig checks (70050).
     #[error("Tencent locked this app out for 60 s (70050); retry after {retry_after:?}")]
     LockedOut { retry_after: Duration },
+    /// Fleet mode: the shared budget on Redis cannot be reached, and calls fail closed rather
+    /// than risk the fleet's quota.
+    #[error("the fleet's shared upstream budget (Redis) cannot be reached, so no call goes out (fleet mode never fails open); retry after {retry_after:?}")]
+    FleetUnavailable { retry_after: Duration },
 }
 
 impl ThrottleError {
@@ -77,7 +81,8 @@ impl ThrottleError {
             | ThrottleError::QueueFull { retry_after }
             | ThrottleError::Paused { retry_after }
             | ThrottleError::UserSigRejected { retry_after }
-            | ThrottleError::LockedOut { retry_after } => retry_after,
+            | ThrottleError::LockedOut { retry_after }
+            | ThrottleError::FleetUnavailable { retry_after } => retry_after,
         }
     }
 }
@@ -274,6 +279,42 @@ impl Budget {
         }
     }
 
+    /// Waits out a pause or lockout of this budget if it ends by `deadline` (and `max_wait`
+    /// from now); refuses at once, as [`Budget::acquire`] would, if it ends later. Fleet mode
+    /// calls it before asking Redis, so a signal this gateway saw holds even when Redis is
+    /// slow to hear of it.
+    ///
+    /// # Errors
+    /// [`ThrottleError::Paused`], [`ThrottleError::UserSigRejected`] or
+    /// [`ThrottleError::LockedOut`] with the time left.
+    pub async fn wait_unblocked(&self, deadline: Instant) -> Result<(), ThrottleError> {
+        let now = Instant::now();
+        let limit = deadline.max(now).min(now + self.spec.max_wait);
+        let until = {
+            let state = self.lock();
+            let until = state.blocked_until();
+            if until <= now {
+                return Ok(());
+            }
+            if until > limit {
+                let retry_after = until - now;
+                return Err(if state.locked_until > limit {
+                    ThrottleError::LockedOut { retry_after }
+                } else {
+                    match state.pause_reason {
+                        PauseReason::FrequencyLimit => ThrottleError::Paused { retry_after },
+                        PauseReason::UserSigRejected => {
+                            ThrottleError::UserSigRejected { retry_after }
+                        }
+                    }
+                });
+            }
+            until
+        };
+        tokio::time::sleep_until(until).await;
+        Ok(())
+    }
+
     /// Takes the earliest slot no later than `limit`: `None` if it is now (granted), else a
     /// reservation to sleep on. Explains a refusal.
     fn reserve(
@@ -404,6 +445,11 @@ impl Throttle {
             })
             .collect();
         Throttle { budgets, slots }
+    }
+
+    /// Budgets per app: its catalogue commands, then its pass-through slot.
+    pub fn slots(&self) -> usize {
+        self.slots
     }
 
     /// The budget in command slot `slot` of `app` (the last slot is pass-through).

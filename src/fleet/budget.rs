@@ -129,6 +129,19 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
         }
     }
 
+    pub fn keys(&self) -> &BudgetKeys {
+        &self.keys
+    }
+
+    pub fn gcra(&self) -> &Gcra {
+        &self.gcra
+    }
+
+    /// Callers waiting for a reservation call.
+    pub fn waiters(&self) -> usize {
+        self.lock().waiting.len()
+    }
+
     /// Reservation calls made so far.
     pub fn calls(&self) -> u64 {
         self.calls.load(std::sync::atomic::Ordering::Relaxed)
@@ -207,12 +220,26 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
     /// Reserves for the callers waiting, one call at a time, until none waits.
     async fn pump(self: Arc<Self>) {
         loop {
-            let (want, debt) = {
+            let (want, debt, reach) = {
                 let mut state = self.lock();
-                if state.waiting.is_empty() {
+                let now = Instant::now();
+                // Callers whose limit passed while the call ran or the pump paced are refused.
+                while state.waiting.front().is_some_and(|w| w.limit < now) {
+                    let waiter = state.waiting.pop_front().expect("checked");
+                    let retry_after = state.next_free.map_or(Duration::ZERO, |(n, _)| n - now);
+                    let _ = waiter
+                        .answer
+                        .send(Err(Refusal::Throttled(ThrottleError::Saturated {
+                            retry_after,
+                        })));
+                }
+                let Some(first) = state.waiting.front() else {
                     state.is_calling = false;
                     return;
-                }
+                };
+                // Only slots the first caller (the one with the earliest limit) can still use:
+                // a slot reserved in Redis but given to nobody is capacity lost to the fleet.
+                let reach = (first.limit - now).min(Duration::from_micros(self.gcra.max_wait_us));
                 let debt = if state.needs_recharge {
                     let second_ago = Instant::now() - Duration::from_secs(1);
                     state.recent.retain(|slot| *slot > second_ago);
@@ -220,9 +247,9 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
                 } else {
                     0
                 };
-                (state.waiting.len().min(MAX_BATCH) as u32, debt)
+                (state.waiting.len().min(MAX_BATCH) as u32, debt, reach)
             };
-            let outcome = self.call(want, debt).await;
+            let outcome = self.call(want, debt, reach).await;
             let pause = {
                 let mut state = self.lock();
                 match outcome {
@@ -255,15 +282,24 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
     }
 
     /// One reservation call, bounded by `command_timeout`; late replies are thrown away.
-    async fn call(&self, want: u32, debt: u32) -> Result<(Reservation, Instant), CallError> {
+    async fn call(
+        &self,
+        want: u32,
+        debt: u32,
+        reach: Duration,
+    ) -> Result<(Reservation, Instant), CallError> {
         let mut connection = self.connection.clone();
+        let gcra = Gcra {
+            max_wait_us: u64::try_from(reach.as_micros()).unwrap_or(u64::MAX),
+            ..self.gcra
+        };
         let sent = Instant::now();
         self.calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let reply = tokio::time::timeout(
             self.timing.command_timeout,
             self.script
-                .reserve(&mut connection, &self.keys, &self.gcra, want, debt),
+                .reserve(&mut connection, &self.keys, &gcra, want, debt),
         )
         .await;
         let received = Instant::now();

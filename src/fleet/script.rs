@@ -145,3 +145,36 @@ impl ReserveScript {
             .await
     }
 }
+
+/// `pause.lua`: a pause or lockout for the whole fleet, pushing the affected budgets' TATs past
+/// it so that no burst follows.
+#[derive(Debug, Clone)]
+pub struct PauseScript(redis::Script);
+
+impl Default for PauseScript {
+    fn default() -> Self {
+        PauseScript(redis::Script::new(include_str!("pause.lua")))
+    }
+}
+
+impl PauseScript {
+    /// Sets `pause_key` to Redis's now + `pause` (unless a later pause holds) and moves each
+    /// `(rate key, tolerance µs)` past it. Returns the blocked-until in force, µs.
+    ///
+    /// # Errors
+    /// Redis could not be reached or refused the script.
+    pub async fn pause<C: ConnectionLike>(
+        &self,
+        connection: &mut C,
+        pause_key: &str,
+        rates: &[(String, u64)],
+        pause: Duration,
+    ) -> RedisResult<u64> {
+        let mut invocation = self.0.key(pause_key);
+        invocation.arg(u64::try_from(pause.as_micros()).unwrap_or(u64::MAX));
+        for (rate, tolerance_us) in rates {
+            invocation.key(rate).arg(*tolerance_us);
+        }
+        invocation.invoke_async(connection).await
+    }
+}

@@ -133,17 +133,33 @@ impl Shared {
         let command_names: Vec<&'static str> = catalogue.iter().map(|(_, s)| s.name).collect();
         let (command_specs, other_spec) = budget_specs(&catalogue, config);
         let t = &config.throttle;
-        let limiter = Limiter::local(
-            registry,
-            &app_names,
-            &command_names,
-            &command_specs,
-            other_spec,
-            BackOff {
-                base: t.backoff_base,
-                max: t.backoff_max,
-            },
-        )?;
+        let back_off = BackOff {
+            base: t.backoff_base,
+            max: t.backoff_max,
+        };
+        let limiter = match &config.fleet {
+            None => Limiter::local(
+                registry,
+                &app_names,
+                &command_names,
+                &command_specs,
+                other_spec,
+                back_off,
+            )?,
+            Some(fleet) => {
+                let sdkappids: Vec<u64> = config.apps.iter().map(|app| app.sdkappid).collect();
+                Limiter::fleet(
+                    registry,
+                    &app_names,
+                    &sdkappids,
+                    &command_names,
+                    &command_specs,
+                    other_spec,
+                    back_off,
+                    fleet_redis(fleet),
+                )?
+            }
+        };
         let runtime = command_runtime(&catalogue, config);
         let cache = ResponseCache::new(
             config.cache.max_bytes,
@@ -289,4 +305,25 @@ fn budget_specs(catalogue: &Catalogue, config: &Config) -> (Vec<BudgetSpec>, Bud
         })
         .collect();
     (specs, spec(t.default_quota))
+}
+
+/// The fleet's Redis connection: made lazily (a gateway starts, and fails closed, while Redis
+/// is down) and reconnected in the background; commands are bounded by `command_timeout`.
+fn fleet_redis(fleet: &crate::config::FleetConfig) -> crate::limiter::FleetRedis {
+    const VALIDATED: &str = "the config validated the Redis URL";
+    let client = redis::Client::open(fleet.redis_url.expose()).expect(VALIDATED);
+    let settings = redis::aio::ConnectionManagerConfig::new()
+        .set_response_timeout(Some(fleet.command_timeout))
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_max_delay(Duration::from_secs(1));
+    let connection =
+        redis::aio::ConnectionManager::new_lazy_with_config(client, settings).expect(VALIDATED);
+    crate::limiter::FleetRedis {
+        connection,
+        key_prefix: fleet.key_prefix.clone(),
+        timing: crate::fleet::FleetTiming {
+            command_timeout: fleet.command_timeout,
+            max_lateness: fleet.max_lateness,
+        },
+    }
 }

@@ -141,6 +141,13 @@ fn redis_url(url: &str, findings: &mut Findings) -> Option<RedisUrl> {
             format!("{shown:?} is not a Redis URL; give {SCHEMES}"),
         );
     };
+    // The client's own parser has the last word: what it refuses would fail at start. Its
+    // message is not quoted (it could hold the password).
+    let checked = checked.and_then(|()| {
+        redis::Client::open(url)
+            .map(drop)
+            .map_err(|_| "the Redis client cannot read it".to_owned())
+    });
     match checked {
         Ok(()) => Some(RedisUrl::new(url.to_owned())),
         Err(reason) => findings.refuse(

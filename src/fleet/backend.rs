@@ -1,0 +1,166 @@
+//! The limiter's fleet backend: every budget is a [`FleetBudget`] on Redis, with this
+//! gateway's own [`Throttle`] beside it for the signals it saw itself.
+//!
+//! - A permit needs both: no pause or lockout known here (`Budget::wait_unblocked`), then a
+//!   slot of the fleet's timeline.
+//! - Tencent's signals pause the budget here at once and, through `pause.lua`, in Redis, where
+//!   every gateway's next reservation honours them (design/fleet.md §4.3).
+//! - When Redis cannot be reached, calls fail closed: [`ThrottleError::FleetUnavailable`]
+//!   (429 with `Retry-After`; a cacheable read falls back to a stale answer). The
+//!   lease-guarded share of design/fleet.md §4.5 is not built yet.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use tokio::time::Instant;
+
+use super::budget::{FleetBudget, FleetTiming, Refusal};
+use super::script::PauseScript;
+use crate::throttle::{PauseReason, Throttle, ThrottleError};
+
+/// `Retry-After` while Redis cannot be reached.
+pub const UNAVAILABLE_RETRY: Duration = Duration::from_secs(1);
+
+/// Every budget of the gateway, shared with the fleet.
+pub struct FleetThrottle {
+    local: Throttle,
+    /// Indexed like `local`: `app * slots + slot`.
+    budgets: Vec<Arc<FleetBudget<ConnectionManager>>>,
+    slots: usize,
+    connection: ConnectionManager,
+    pause: PauseScript,
+    timing: FleetTiming,
+}
+
+impl std::fmt::Debug for FleetThrottle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetThrottle")
+            .field("budgets", &self.budgets.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FleetThrottle {
+    /// `budgets` are laid out like `local`'s: every app's command slots in order.
+    pub fn new(
+        local: Throttle,
+        budgets: Vec<Arc<FleetBudget<ConnectionManager>>>,
+        connection: ConnectionManager,
+        timing: FleetTiming,
+    ) -> Self {
+        let slots = local.slots();
+        assert_eq!(budgets.len() % slots, 0, "a fleet budget per local budget");
+        FleetThrottle {
+            local,
+            budgets,
+            slots,
+            connection,
+            pause: PauseScript::default(),
+            timing,
+        }
+    }
+
+    pub fn local(&self) -> &Throttle {
+        &self.local
+    }
+
+    pub fn budget(&self, app: u32, slot: u32) -> &Arc<FleetBudget<ConnectionManager>> {
+        &self.budgets[app as usize * self.slots + slot as usize]
+    }
+
+    fn app_budgets(&self, app: u32) -> &[Arc<FleetBudget<ConnectionManager>>] {
+        let app = app as usize;
+        &self.budgets[app * self.slots..(app + 1) * self.slots]
+    }
+
+    /// A pause this gateway knows of, then a slot of the fleet's timeline.
+    ///
+    /// # Errors
+    /// The local pause, the fleet's refusal, or [`ThrottleError::FleetUnavailable`].
+    pub async fn acquire(
+        &self,
+        app: u32,
+        slot: u32,
+        wait_until: Instant,
+    ) -> Result<Duration, ThrottleError> {
+        let started = Instant::now();
+        self.local.at(app, slot).wait_unblocked(wait_until).await?;
+        match self.budget(app, slot).acquire(wait_until).await {
+            Ok(_) => Ok(Instant::now() - started),
+            Err(Refusal::Throttled(refused)) => Err(refused),
+            Err(Refusal::RedisUnavailable) => Err(ThrottleError::FleetUnavailable {
+                retry_after: UNAVAILABLE_RETRY,
+            }),
+        }
+    }
+
+    /// 60007/60018/60019: this command pauses here now and, through Redis, fleet-wide.
+    pub fn back_off(
+        &self,
+        app: u32,
+        slot: u32,
+        base: Duration,
+        max: Duration,
+        why: PauseReason,
+    ) -> Duration {
+        let pause = self.local.at(app, slot).back_off(base, max, why);
+        let budget = self.budget(app, slot);
+        let keys = budget.keys();
+        self.tell_fleet(
+            keys.command_pause.clone(),
+            vec![(keys.rate.clone(), budget.gcra().tolerance_us)],
+            pause,
+        );
+        pause
+    }
+
+    /// 60011 or a UserSig rejection: every command of the app pauses, here and fleet-wide.
+    pub fn back_off_app(
+        &self,
+        app: u32,
+        base: Duration,
+        max: Duration,
+        why: PauseReason,
+    ) -> Duration {
+        let pause = self.local.back_off_app(app, base, max, why);
+        let budgets = self.app_budgets(app);
+        self.tell_fleet(budgets[0].keys().app_pause.clone(), rates(budgets), pause);
+        pause
+    }
+
+    /// 70050: no calls for the app, here and fleet-wide.
+    pub fn lock_out_app(&self, app: u32, lockout: Duration) {
+        self.local.lock_out_app(app, lockout);
+        let budgets = self.app_budgets(app);
+        self.tell_fleet(budgets[0].keys().lockout.clone(), rates(budgets), lockout);
+    }
+
+    /// Writes a pause to Redis in the background, bounded by `command_timeout`. If Redis
+    /// cannot hear of it, this gateway still holds it; the others learn from Tencent.
+    fn tell_fleet(&self, pause_key: String, rates: Vec<(String, u64)>, pause: Duration) {
+        let mut connection = self.connection.clone();
+        let script = self.pause.clone();
+        let timeout = self.timing.command_timeout;
+        tokio::spawn(async move {
+            let told = tokio::time::timeout(
+                timeout,
+                script.pause(&mut connection, &pause_key, &rates, pause),
+            )
+            .await;
+            if !matches!(told, Ok(Ok(_))) {
+                tracing::warn!(
+                    key = %pause_key,
+                    "could not tell the fleet of a pause through Redis; this gateway holds it"
+                );
+            }
+        });
+    }
+}
+
+fn rates(budgets: &[Arc<FleetBudget<ConnectionManager>>]) -> Vec<(String, u64)> {
+    budgets
+        .iter()
+        .map(|budget| (budget.keys().rate.clone(), budget.gcra().tolerance_us))
+        .collect()
+}
