@@ -160,3 +160,87 @@ async fn a_lost_redis_is_refused_then_recharged() {
     );
     drop(restarted);
 }
+
+/// A limiter in fleet mode on `redis`: one app, one command (and the pass-through slot).
+fn fleet_limiter(redis: &RedisServer, back_off: Duration) -> tim_gateway::limiter::Limiter {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let connection =
+        ConnectionManager::new_lazy_with_config(client, redis::aio::ConnectionManagerConfig::new())
+            .unwrap();
+    tim_gateway::limiter::Limiter::fleet(
+        &prometheus::Registry::new(),
+        &["main".to_owned()],
+        &[1_400_000_000],
+        &["openim_robot_http_svc/create_robot"],
+        &[spec()],
+        spec(),
+        tim_gateway::limiter::BackOff {
+            base: back_off,
+            max: back_off * 8,
+        },
+        tim_gateway::limiter::FleetRedis {
+            connection,
+            key_prefix: "tim".into(),
+            timing: timing(),
+        },
+    )
+    .unwrap()
+}
+
+/// Tencent's 60007 seen by gateway A pauses the command on gateway B too: B's next caller is
+/// refused as paused (not saturated) for what is left of A's back-off, and B's first call
+/// after the pause comes no sooner than its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frequency_limit_seen_by_one_gateway_pauses_the_fleet() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let back_off = Duration::from_millis(600);
+    let (a, b) = (
+        fleet_limiter(&redis, back_off),
+        fleet_limiter(&redis, back_off),
+    );
+    let key = a.key(0, Some(0));
+    let paused_at = Instant::now();
+    assert_eq!(
+        a.observe(key, tim_gateway::outcome::Outcome::FrequencyLimited),
+        tim_gateway::limiter::Reaction::CommandPaused(back_off)
+    );
+    // The pause reaches Redis in the background; B learns of it from there alone.
+    let mut connection = redis.connect().await;
+    let pause_key = keys().command_pause;
+    for attempt in 0.. {
+        assert!(attempt < 200, "the pause never reached Redis");
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(&pause_key)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        if exists {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    match b
+        .acquire(key, Instant::now() + Duration::from_millis(50))
+        .await
+    {
+        Err(tim_gateway::throttle::ThrottleError::Paused { retry_after }) => {
+            assert!(
+                retry_after > Duration::ZERO && retry_after <= back_off,
+                "{retry_after:?}"
+            );
+        }
+        other => panic!("expected a pause, got {other:?}"),
+    }
+    let permit = b
+        .acquire(key, Instant::now() + Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(
+        paused_at.elapsed() >= back_off,
+        "a call {:?} into a {back_off:?} pause",
+        paused_at.elapsed()
+    );
+    drop(permit);
+}
