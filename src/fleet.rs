@@ -9,8 +9,10 @@
 
 mod backend;
 mod budget;
+mod metrics;
 mod script;
 
 pub use backend::{FleetThrottle, UNAVAILABLE_RETRY};
 pub use budget::{FleetBudget, FleetTiming, Refusal, LOOKAHEAD, MAX_BATCH, MAX_LATE_IN_A_ROW};
+pub use metrics::FleetMetrics;
 pub use script::{BudgetKeys, Gcra, PauseScript, Reservation, ReserveScript};

@@ -24,7 +24,7 @@ use prometheus::proto::MetricFamily;
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Registry};
 use tokio::time::Instant;
 
-use crate::fleet::{BudgetKeys, FleetBudget, FleetThrottle, FleetTiming};
+use crate::fleet::{BudgetKeys, FleetBudget, FleetMetrics, FleetThrottle, FleetTiming};
 use crate::metrics::{counter_vec, histogram_vec, scrape_gauge_vec};
 use crate::outcome::Outcome;
 use crate::throttle::{BudgetSpec, PauseReason, Throttle, ThrottleError, LOCKOUT};
@@ -252,10 +252,11 @@ impl Limiter {
         redis: FleetRedis,
     ) -> prometheus::Result<Self> {
         let local = Throttle::new(app_names.len(), command_specs, other);
+        let metrics = Arc::new(FleetMetrics::register(registry)?);
         let budgets = sdkappids
             .iter()
             .flat_map(|&sdkappid| {
-                let redis = &redis;
+                let (redis, metrics) = (&redis, &metrics);
                 command_names
                     .iter()
                     .copied()
@@ -267,11 +268,12 @@ impl Limiter {
                             spec,
                             redis.timing,
                             redis.connection.clone(),
+                            Arc::clone(metrics),
                         ))
                     })
             })
             .collect();
-        let fleet = FleetThrottle::new(local, budgets, redis.connection, redis.timing);
+        let fleet = FleetThrottle::new(local, budgets, redis.connection, redis.timing, metrics);
         Limiter::with_backend(
             registry,
             Backend::Fleet(fleet),

@@ -11,16 +11,34 @@ use tokio::time::Instant;
 
 use support::process::{serve_with, Served};
 use support::redis::RedisServer;
-use support::{post, start_sandbox, Extra, ACCOUNT_CHECK, KEY};
+use support::{client, post, start_sandbox, Extra, ACCOUNT_CHECK, KEY};
+
+/// The value of the `/metrics` sample `series` (name and labels exactly as exposed).
+async fn sample(admin: std::net::SocketAddr, series: &str) -> f64 {
+    let response = client()
+        .get(format!("http://{admin}/metrics").parse().unwrap())
+        .await
+        .expect("metrics answer");
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let text = String::from_utf8_lossy(&body).into_owned();
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+        .parse()
+        .unwrap()
+}
 
 /// One test at a time: each runs three gateways flat out, and a 2-core machine running two
 /// such tests at once could not offer either its load.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Three gateway processes in fleet mode on `redis`, in front of `sandbox`.
+/// Three gateway processes in fleet mode on `redis`, in front of `sandbox`, default config.
 fn fleet_of_three(sandbox: &tim_gateway::sandbox::Sandbox, redis: &RedisServer) -> Vec<Served> {
     let tail = format!(
-        "[throttle]\nmax_wait = \"100ms\"\n\n[fleet]\nredis_url = \"{}\"\nexpected_replicas = 3\n",
+        "[fleet]\nredis_url = \"{}\"\nexpected_replicas = 3\n",
         redis.url()
     );
     (0..3)
@@ -40,37 +58,38 @@ fn fleet_of_three(sandbox: &tim_gateway::sandbox::Sandbox, redis: &RedisServer) 
 /// Answers seen by clients: 200 with ErrorCode 0, 429, 200 with a Tencent error, other.
 type Counts = Arc<[AtomicU64; 4]>;
 
-/// 12 clients per gateway post account_check until `end`, retrying 20 ms after a 429.
-fn drive(gateways: &[Served], end: Instant) -> (Counts, Vec<tokio::task::JoinHandle<()>>) {
+/// Open-loop load until `end`: every 6 ms each gateway is sent one more account_check,
+/// whatever became of the earlier ones (167/s per gateway, 500/s in all: 5.3 times the
+/// budget of 95/s). Returns the answers' counts once every request has been answered.
+async fn drive(gateways: &[Served], end: Instant) -> Counts {
     let counts: Counts = Arc::new([(); 4].map(|()| AtomicU64::new(0)));
-    let mut clients = Vec::new();
-    for gateway in gateways {
-        for _ in 0..12 {
+    let mut requests = Vec::new();
+    let mut ticks = tokio::time::interval(Duration::from_millis(6));
+    while Instant::now() < end {
+        ticks.tick().await;
+        for gateway in gateways {
             let addr = gateway.addr;
             let counts = Arc::clone(&counts);
-            clients.push(tokio::spawn(async move {
-                while Instant::now() < end {
-                    let answer =
-                        post(addr, ACCOUNT_CHECK, r#"{"CheckItem":[{"UserID":"a"}]}"#).await;
-                    let i = match (answer.status.as_u16(), answer.error_code()) {
-                        (200, 0) => 0,
-                        (429, _) => 1,
-                        (200, _) => 2,
-                        _ => 3,
-                    };
-                    counts[i].fetch_add(1, Ordering::Relaxed);
-                    if i == 1 {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
+            requests.push(tokio::spawn(async move {
+                let answer = post(addr, ACCOUNT_CHECK, r#"{"CheckItem":[{"UserID":"a"}]}"#).await;
+                let i = match (answer.status.as_u16(), answer.error_code()) {
+                    (200, 0) => 0,
+                    (429, _) => 1,
+                    (200, _) => 2,
+                    _ => 3,
+                };
+                counts[i].fetch_add(1, Ordering::Relaxed);
             }));
         }
     }
-    (counts, clients)
+    for request in requests {
+        request.await.unwrap();
+    }
+    counts
 }
 
 /// Three gateways, together offered more than five times the budget for 4 s (account_check:
-/// an uncached read whose quota is 100/s; clients retry 20 ms after a 429): the sandbox never
+/// an uncached read whose quota is 100/s; see `drive`): the sandbox never
 /// sees more than the budget (95 of Tencent's 100) in any sliding second, is kept busy at no
 /// less than 85% of the fleet's rate (floor((95 − 4) / 1.025) = 88/s), and never answers
 /// 60007; clients see only 200 and 429.
@@ -83,10 +102,7 @@ async fn three_gateways_keep_one_quota() {
     let sandbox = start_sandbox().await;
     let gateways = fleet_of_three(&sandbox, &redis);
     let end = Instant::now() + Duration::from_secs(4);
-    let (counts, clients) = drive(&gateways, end);
-    for client in clients {
-        client.await.unwrap();
-    }
+    let counts = drive(&gateways, end).await;
     let [ok, throttled, tencent_error, other] =
         counts.each_ref().map(|c| c.load(Ordering::Relaxed));
     let busiest = sandbox.max_calls_in_window(ACCOUNT_CHECK);
@@ -95,6 +111,29 @@ async fn three_gateways_keep_one_quota() {
         "{ok} ok, {throttled} throttled, {tencent_error} Tencent errors, {other} other; \
          {calls} calls upstream, busiest second {busiest}"
     );
+    let mut reservations = 0.0;
+    for gateway in &gateways {
+        reservations += sample(gateway.admin, "tim_gateway_throttle_batch_size_count").await;
+    }
+    let mut empty = 0.0;
+    let mut granted = 0.0;
+    for gateway in &gateways {
+        empty += sample(
+            gateway.admin,
+            r#"tim_gateway_throttle_batch_size_bucket{le="0"}"#,
+        )
+        .await;
+        granted += sample(gateway.admin, "tim_gateway_throttle_batch_size_sum").await;
+    }
+    let mut late = 0.0;
+    for gateway in &gateways {
+        late += sample(
+            gateway.admin,
+            r#"tim_gateway_redis_errors_total{kind="late",op="reserve"}"#,
+        )
+        .await;
+    }
+    eprintln!("{reservations} reservation calls, {empty} granted nothing, {granted} slots granted, {late} late");
     assert_eq!((tencent_error, other), (0, 0), "only 200 and 429");
     assert!(
         ok + throttled >= 5 * 95 * 4,
@@ -104,11 +143,27 @@ async fn three_gateways_keep_one_quota() {
     assert!(busiest <= 95, "{busiest} calls in one second");
     assert!(calls as f64 >= 0.85 * 88.0 * 4.0, "{calls} calls in 4 s");
     assert_eq!(calls, ok, "every call upstream answered one client");
+    // Batching: the three gateways made far fewer reservation calls than calls upstream.
+    for gateway in &gateways {
+        assert_eq!(
+            sample(
+                gateway.admin,
+                r#"tim_gateway_redis_errors_total{kind="error",op="reserve"}"#
+            )
+            .await,
+            0.0
+        );
+    }
+    eprintln!("{reservations} reservation calls");
+    assert!(
+        reservations > 0.0 && reservations * 2.0 <= calls as f64,
+        "{reservations} reservations"
+    );
 }
 
 /// Redis killed in the middle of the load: the gateways fail closed. Clients still get only
 /// 200 and 429 (never a 5xx), no sliding second goes over the budget, and once the slots
-/// reserved before the kill are used (the look-ahead is 100 ms; a second is allowed for calls
+/// reserved before the kill are used (the look-ahead is 250 ms; a second is allowed for calls
 /// already on their way) no call reaches the upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_redis_fails_closed() {
@@ -119,13 +174,14 @@ async fn a_lost_redis_fails_closed() {
     let sandbox = start_sandbox().await;
     let gateways = fleet_of_three(&sandbox, &redis);
     let end = Instant::now() + Duration::from_secs(4);
-    let (counts, clients) = drive(&gateways, end);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let killed = Instant::now();
-    drop(redis);
-    for client in clients {
-        client.await.unwrap();
-    }
+    let killer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let killed = Instant::now();
+        drop(redis);
+        killed
+    });
+    let counts = drive(&gateways, end).await;
+    let killed = killer.await.unwrap();
     let [ok, throttled, tencent_error, other] =
         counts.each_ref().map(|c| c.load(Ordering::Relaxed));
     let requests = sandbox.requests(ACCOUNT_CHECK);
@@ -144,4 +200,18 @@ async fn a_lost_redis_fails_closed() {
     assert!(sandbox.max_calls_in_window(ACCOUNT_CHECK) <= 95);
     assert_eq!(late, 0, "calls went out long after Redis was gone");
     assert!(ok > 0 && throttled > 0);
+    // Each gateway counted its failed reservations.
+    for gateway in &gateways {
+        let failed = sample(
+            gateway.admin,
+            r#"tim_gateway_redis_errors_total{kind="error",op="reserve"}"#,
+        )
+        .await
+            + sample(
+                gateway.admin,
+                r#"tim_gateway_redis_errors_total{kind="timeout",op="reserve"}"#,
+            )
+            .await;
+        assert!(failed > 0.0, "no failed reservation counted");
+    }
 }

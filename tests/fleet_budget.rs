@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use tim_gateway::fleet::{BudgetKeys, FleetBudget, FleetTiming, Refusal};
+use tim_gateway::fleet::{BudgetKeys, FleetBudget, FleetMetrics, FleetTiming, Refusal};
 use tim_gateway::throttle::BudgetSpec;
 use tokio::time::Instant;
 
@@ -40,7 +40,13 @@ fn keys() -> BudgetKeys {
 async fn budget(redis: &RedisServer) -> Arc<FleetBudget<ConnectionManager>> {
     let client = redis::Client::open(redis.url()).unwrap();
     let connection = ConnectionManager::new(client).await.unwrap();
-    Arc::new(FleetBudget::new(keys(), spec(), timing(), connection))
+    Arc::new(FleetBudget::new(
+        keys(),
+        spec(),
+        timing(),
+        connection,
+        Arc::new(FleetMetrics::unregistered()),
+    ))
 }
 
 /// Most instants in any window [t, t + 1 s), by two pointers over sorted instants.

@@ -64,6 +64,7 @@ async fn a_batch_is_the_burst_then_one_slot_per_interval() {
             &keys("a/batch"),
             &gcra(Duration::from_secs(1)),
             16,
+            1,
             0,
         )
         .await
@@ -91,7 +92,7 @@ async fn slots_past_the_wait_limit_are_refused_with_retry_after() {
         max_wait_us: 2_000_000,
     };
     let got = script
-        .reserve(&mut connection, &keys("a/wait"), &slow, 5, 0)
+        .reserve(&mut connection, &keys("a/wait"), &slow, 5, 1, 0)
         .await
         .unwrap();
     assert_eq!(got.slots, micros(&[0, 1_000_000, 2_000_000]));
@@ -99,12 +100,48 @@ async fn slots_past_the_wait_limit_are_refused_with_retry_after() {
     // A refused slot reserves nothing: asking again finds the same next slot, 3 s after the
     // first call's `now`.
     let again = script
-        .reserve(&mut connection, &keys("a/wait"), &slow, 1, 0)
+        .reserve(&mut connection, &keys("a/wait"), &slow, 1, 1, 0)
         .await
         .unwrap();
     assert!(again.slots.is_empty());
     let moved = Duration::from_micros(again.now_us - got.now_us);
     assert_eq!(again.retry_after, Duration::from_secs(3) - moved);
+}
+
+/// All or nothing: with 3 slots within the wait limit, a call that needs at least 4 takes
+/// none and says where the first free slot is; one that needs 3 takes them.
+#[tokio::test]
+async fn a_batch_smaller_than_needed_takes_nothing() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let mut connection = redis.connect().await;
+    let script = ReserveScript::default();
+    let slow = Gcra {
+        interval_us: 1_000_000,
+        tolerance_us: 0,
+        max_wait_us: 2_000_000,
+    };
+    let budget = keys("a/least");
+    let none = script
+        .reserve(&mut connection, &budget, &slow, 4, 4, 0)
+        .await
+        .unwrap();
+    assert!(none.slots.is_empty());
+    assert_eq!(
+        none.retry_after,
+        Duration::ZERO,
+        "the first free slot is now"
+    );
+    let three = script
+        .reserve(&mut connection, &budget, &slow, 4, 3, 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        three.slots,
+        micros(&[0, 1_000_000, 2_000_000]),
+        "nothing was reserved by the call that took nothing"
+    );
 }
 
 /// Calls made without Redis's accounting (after a reconnect) are charged before any grant.
@@ -120,6 +157,7 @@ async fn debt_is_charged_before_the_next_slot() {
             &mut connection,
             &keys("a/debt"),
             &gcra(Duration::from_secs(1)),
+            1,
             1,
             20,
         )
@@ -159,6 +197,7 @@ async fn pauses_and_lockouts_hold_slots_back() {
                 &mut connection,
                 &budget,
                 &gcra(Duration::from_secs(1)),
+                1,
                 1,
                 0,
             )
@@ -200,7 +239,7 @@ async fn callers_on_many_connections_share_one_timeline() {
             let mut started = None;
             loop {
                 let got = script
-                    .reserve(&mut connection, &budget, &g, 16, 0)
+                    .reserve(&mut connection, &budget, &g, 16, 1, 0)
                     .await
                     .unwrap();
                 let start = *started.get_or_insert(got.now_us);

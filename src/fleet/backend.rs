@@ -16,6 +16,7 @@ use redis::aio::ConnectionManager;
 use tokio::time::Instant;
 
 use super::budget::{FleetBudget, FleetTiming, Refusal};
+use super::metrics::{Failure, FleetMetrics, Op};
 use super::script::PauseScript;
 use crate::throttle::{PauseReason, Throttle, ThrottleError};
 
@@ -31,6 +32,7 @@ pub struct FleetThrottle {
     connection: ConnectionManager,
     pause: PauseScript,
     timing: FleetTiming,
+    metrics: Arc<FleetMetrics>,
 }
 
 impl std::fmt::Debug for FleetThrottle {
@@ -48,6 +50,7 @@ impl FleetThrottle {
         budgets: Vec<Arc<FleetBudget<ConnectionManager>>>,
         connection: ConnectionManager,
         timing: FleetTiming,
+        metrics: Arc<FleetMetrics>,
     ) -> Self {
         let slots = local.slots();
         assert_eq!(budgets.len() % slots, 0, "a fleet budget per local budget");
@@ -58,6 +61,7 @@ impl FleetThrottle {
             connection,
             pause: PauseScript::default(),
             timing,
+            metrics,
         }
     }
 
@@ -142,12 +146,19 @@ impl FleetThrottle {
         let mut connection = self.connection.clone();
         let script = self.pause.clone();
         let timeout = self.timing.command_timeout;
+        let metrics = Arc::clone(&self.metrics);
         tokio::spawn(async move {
+            let sent = Instant::now();
             let told = tokio::time::timeout(
                 timeout,
                 script.pause(&mut connection, &pause_key, &rates, pause),
             )
             .await;
+            match &told {
+                Ok(Ok(_)) => metrics.answered(Op::Pause, sent.elapsed()),
+                Ok(Err(_)) => metrics.failed(Op::Pause, Failure::Error),
+                Err(_) => metrics.failed(Op::Pause, Failure::Timeout),
+            }
             if !matches!(told, Ok(Ok(_))) {
                 tracing::warn!(
                     key = %pause_key,

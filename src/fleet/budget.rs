@@ -3,7 +3,7 @@
 //!
 //! - **Batching on demand** (design/fleet.md §1.4): one call at a time per budget and process,
 //!   asking for as many slots as callers wait (at most [`MAX_BATCH`]), at most [`LOOKAHEAD`]
-//!   ahead; callers that arrive during a call are served by the next one. When the fleet's
+//!   ahead, all or nothing (so gateways competing for a full timeline take whole batches); callers that arrive during a call are served by the next one. When the fleet's
 //!   timeline is full that far, callers who can wait for the next free slot queue here, and
 //!   the next call is made when a whole batch has opened: Redis sees one call per batch, not
 //!   per request.
@@ -31,15 +31,16 @@ use redis::aio::ConnectionLike;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::metrics::{Failure, FleetMetrics, Op};
 use super::script::{BudgetKeys, Gcra, Reservation, ReserveScript};
 use crate::throttle::{BudgetSpec, ThrottleError};
 
 /// Most slots asked for in one call.
 pub const MAX_BATCH: usize = 16;
 
-/// How far ahead of Redis's now one call reserves at most (`max_wait` if shorter). Shorter
-/// than callers may wait, so that under load callers queue here and each call takes a whole
-/// batch of slots that opened meanwhile, instead of one call per slot.
+/// How far ahead of Redis's now one call reserves at most (half of `max_wait` if that is
+/// shorter). Shorter than callers may wait, so that under load callers queue here and each
+/// call takes a whole batch of slots that opened meanwhile, instead of one call per slot.
 pub const LOOKAHEAD: Duration = Duration::from_millis(250);
 
 /// This many late replies in a row count as Redis being unavailable.
@@ -98,6 +99,7 @@ pub struct FleetBudget<C> {
     timing: FleetTiming,
     script: ReserveScript,
     connection: C,
+    metrics: Arc<FleetMetrics>,
     state: Mutex<State>,
     /// Reservation calls made, for tests and metrics.
     calls: std::sync::atomic::AtomicU64,
@@ -115,14 +117,25 @@ impl<C> std::fmt::Debug for FleetBudget<C> {
 }
 
 impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
-    pub fn new(keys: BudgetKeys, spec: BudgetSpec, timing: FleetTiming, connection: C) -> Self {
+    pub fn new(
+        keys: BudgetKeys,
+        spec: BudgetSpec,
+        timing: FleetTiming,
+        connection: C,
+        metrics: Arc<FleetMetrics>,
+    ) -> Self {
         FleetBudget {
-            gcra: Gcra::for_fleet(&spec, timing.max_lateness, spec.max_wait.min(LOOKAHEAD)),
+            gcra: Gcra::for_fleet(
+                &spec,
+                timing.max_lateness,
+                (spec.max_wait / 2).min(LOOKAHEAD),
+            ),
             keys,
             spec,
             timing,
             script: ReserveScript::default(),
             connection,
+            metrics,
             state: Mutex::new(State::default()),
             calls: std::sync::atomic::AtomicU64::new(0),
             debt_charged: std::sync::atomic::AtomicU64::new(0),
@@ -258,7 +271,9 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
                         state.late_in_a_row = 0;
                         self.debt_charged
                             .fetch_add(u64::from(debt), std::sync::atomic::Ordering::Relaxed);
-                        self.hand_out(&mut state, &reservation, want as usize, received)
+                        self.metrics.charged(debt);
+                        self.metrics.granted(reservation.slots.len());
+                        self.hand_out(&mut state, &reservation, want as usize, reach, received)
                     }
                     // A late reply's slots are spent; ask again, unless Redis keeps being slow.
                     Err(Late) if state.late_in_a_row + 1 < MAX_LATE_IN_A_ROW => {
@@ -298,17 +313,35 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let reply = tokio::time::timeout(
             self.timing.command_timeout,
-            self.script
-                .reserve(&mut connection, &self.keys, &gcra, want, debt),
+            self.script.reserve(
+                &mut connection,
+                &self.keys,
+                &gcra,
+                want,
+                want.div_ceil(4),
+                debt,
+            ),
         )
         .await;
         let received = Instant::now();
         match reply {
-            Ok(Ok(reservation)) if received - sent <= self.timing.max_lateness => {
-                Ok((reservation, received))
+            Ok(Ok(reservation)) => {
+                self.metrics.answered(Op::Reserve, received - sent);
+                if received - sent <= self.timing.max_lateness {
+                    Ok((reservation, received))
+                } else {
+                    self.metrics.failed(Op::Reserve, Failure::Late);
+                    Err(Late)
+                }
             }
-            Ok(Ok(_)) => Err(Late),
-            Ok(Err(_)) | Err(_) => Err(Failed),
+            Ok(Err(_)) => {
+                self.metrics.failed(Op::Reserve, Failure::Error);
+                Err(Failed)
+            }
+            Err(_) => {
+                self.metrics.failed(Op::Reserve, Failure::Timeout);
+                Err(Failed)
+            }
         }
     }
 
@@ -321,6 +354,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
         state: &mut State,
         reservation: &Reservation,
         wanted: usize,
+        reach: Duration,
         received: Instant,
     ) -> Option<Instant> {
         let second_ago = received
@@ -368,10 +402,10 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
             }
         }
         state.waiting = kept;
-        // The next call can take a whole batch once `batch` more slots are within reach.
+        // The next call can take a whole batch once `batch` more slots are within the reach
+        // this call had (the next one's is no shorter: its first caller's limit is no sooner).
         let batch = state.waiting.len().min(MAX_BATCH) as u32;
         let interval = Duration::from_micros(self.gcra.interval_us);
-        let reach = Duration::from_micros(self.gcra.max_wait_us);
         let batch_opens = (next_free + interval * batch.saturating_sub(1))
             .checked_sub(reach)
             .unwrap_or(received);

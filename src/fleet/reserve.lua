@@ -8,10 +8,13 @@
 -- KEYS[1] rate key (the TAT)   KEYS[2] command pause   KEYS[3] app pause   KEYS[4] app lockout
 -- ARGV[1] T_us (emission interval)   ARGV[2] tau_us (burst tolerance)   ARGV[3] max_wait_us
 -- ARGV[4] want (0..64)   ARGV[5] debt (calls made without Redis's accounting, charged first)
+-- ARGV[6] least (1..want): grant nothing unless at least this many slots are within max_wait,
+--         so gateways competing for a full timeline take whole batches, not fragments
 -- Reply: {granted, retry_after_us, blocked_for_us, now_us, offset_1_us, ..., offset_n_us}
 -- where offsets are after Redis's `now` (the caller never compares clocks with Redis).
 local T, tau = tonumber(ARGV[1]), tonumber(ARGV[2])
 local max_wait, want, debt = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local least = tonumber(ARGV[6])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or 0)
@@ -19,6 +22,7 @@ if tat < now then tat = now end
 local blocked = math.max(tonumber(redis.call('GET', KEYS[2]) or 0),
   tonumber(redis.call('GET', KEYS[3]) or 0), tonumber(redis.call('GET', KEYS[4]) or 0))
 tat = tat + debt * T
+local saved_tat = tat
 local offsets, granted, retry = {}, 0, 0
 for _ = 1, want do
   local slot = math.max(now, tat - tau, blocked)
@@ -29,6 +33,12 @@ for _ = 1, want do
   tat = math.max(tat, slot) + T
   granted = granted + 1
   offsets[granted] = slot - now
+end
+if granted > 0 and granted < least then
+  -- Not a whole batch yet: take nothing; the next free slot is the first of these.
+  retry = offsets[1]
+  granted = 0
+  tat = saved_tat
 end
 if granted > 0 or debt > 0 then
   redis.call('SET', KEYS[1], string.format('%d', tat), 'PX', math.floor((tat - now) / 1000) + 1000)

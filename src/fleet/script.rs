@@ -118,8 +118,9 @@ impl Default for ReserveScript {
 }
 
 impl ReserveScript {
-    /// Reserves up to `want` slots, after charging `debt` calls made without Redis's
-    /// accounting (after a reconnect: Redis may have lost the budget's state).
+    /// Reserves up to `want` slots, but none unless at least `least` are within the wait
+    /// limit, after charging `debt` calls made without Redis's accounting (after a reconnect:
+    /// Redis may have lost the budget's state).
     ///
     /// # Errors
     /// Redis could not be reached or refused the script (the caller falls back).
@@ -129,6 +130,7 @@ impl ReserveScript {
         keys: &BudgetKeys,
         gcra: &Gcra,
         want: u32,
+        least: u32,
         debt: u32,
     ) -> RedisResult<Reservation> {
         self.0
@@ -141,6 +143,7 @@ impl ReserveScript {
             .arg(gcra.max_wait_us)
             .arg(want)
             .arg(debt)
+            .arg(least.clamp(1, want.max(1)))
             .invoke_async(connection)
             .await
     }
