@@ -311,6 +311,12 @@ fn budget_specs(catalogue: &Catalogue, config: &Config) -> (Vec<BudgetSpec>, Bud
 /// is down) and reconnected in the background; commands are bounded by `command_timeout`.
 fn fleet_redis(fleet: &crate::config::FleetConfig) -> crate::limiter::FleetRedis {
     const VALIDATED: &str = "the config validated the Redis URL";
+    if fleet.fallback == crate::config::Fallback::Share {
+        tracing::warn!(
+            "fleet.fallback = \"share\" is not built yet: while Redis cannot be reached this \
+             gateway fails closed (no upstream calls; 429, or a stale answer for cached reads)"
+        );
+    }
     let client = redis::Client::open(fleet.redis_url.expose()).expect(VALIDATED);
     let settings = redis::aio::ConnectionManagerConfig::new()
         .set_response_timeout(Some(fleet.command_timeout))
