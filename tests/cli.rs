@@ -305,15 +305,8 @@ async fn rust_log_turns_the_access_log_off() {
 
 /// The first line of `/metrics` that starts with `prefix`, or "" if none does.
 async fn metric_line(admin: SocketAddr, prefix: &str) -> String {
-    let response = client()
-        .get(format!("http://{admin}/metrics").parse().unwrap())
+    support::metrics_text(admin)
         .await
-        .expect("metrics answer");
-    let body = http_body_util::BodyExt::collect(response.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
-    String::from_utf8_lossy(&body)
         .lines()
         .find(|l| l.starts_with(prefix) && l.contains(ACCOUNT_CHECK))
         .unwrap_or_default()

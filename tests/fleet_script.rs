@@ -25,6 +25,17 @@ fn gcra(max_wait: Duration) -> Gcra {
 
 const T: u64 = 5682;
 
+/// A private Redis, a connection to it and the script; `None` without `redis-server`.
+async fn setup() -> Option<(
+    RedisServer,
+    redis::aio::MultiplexedConnection,
+    ReserveScript,
+)> {
+    let redis = RedisServer::start()?;
+    let connection = redis.connect().await;
+    Some((redis, connection, ReserveScript::default()))
+}
+
 fn keys(command: &str) -> BudgetKeys {
     BudgetKeys::new("tim", 1_400_000_000, command)
 }
@@ -53,11 +64,9 @@ fn the_fleet_rate_leaves_room_for_late_replies() {
 /// One call grants a batch of consecutive slots: the burst at once, then one every T.
 #[tokio::test]
 async fn a_batch_is_the_burst_then_one_slot_per_interval() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((_redis, mut connection, script)) = setup().await else {
         return;
     };
-    let mut connection = redis.connect().await;
-    let script = ReserveScript::default();
     let got = script
         .reserve(
             &mut connection,
@@ -81,11 +90,9 @@ async fn a_batch_is_the_burst_then_one_slot_per_interval() {
 /// however slow the machine is.
 #[tokio::test]
 async fn slots_past_the_wait_limit_are_refused_with_retry_after() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((_redis, mut connection, script)) = setup().await else {
         return;
     };
-    let mut connection = redis.connect().await;
-    let script = ReserveScript::default();
     let slow = Gcra {
         interval_us: 1_000_000,
         tolerance_us: 0,
@@ -112,11 +119,9 @@ async fn slots_past_the_wait_limit_are_refused_with_retry_after() {
 /// none and says where the first free slot is; one that needs 3 takes them.
 #[tokio::test]
 async fn a_batch_smaller_than_needed_takes_nothing() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((_redis, mut connection, script)) = setup().await else {
         return;
     };
-    let mut connection = redis.connect().await;
-    let script = ReserveScript::default();
     let slow = Gcra {
         interval_us: 1_000_000,
         tolerance_us: 0,
@@ -147,11 +152,9 @@ async fn a_batch_smaller_than_needed_takes_nothing() {
 /// Calls made without Redis's accounting (after a reconnect) are charged before any grant.
 #[tokio::test]
 async fn debt_is_charged_before_the_next_slot() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((_redis, mut connection, script)) = setup().await else {
         return;
     };
-    let mut connection = redis.connect().await;
-    let script = ReserveScript::default();
     let got = script
         .reserve(
             &mut connection,
@@ -171,11 +174,9 @@ async fn debt_is_charged_before_the_next_slot() {
 /// they end, and the reply says for how long.
 #[tokio::test]
 async fn pauses_and_lockouts_hold_slots_back() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((_redis, mut connection, script)) = setup().await else {
         return;
     };
-    let mut connection = redis.connect().await;
-    let script = ReserveScript::default();
     let budget = keys("a/pause");
     for (i, key) in [&budget.command_pause, &budget.app_pause, &budget.lockout]
         .into_iter()

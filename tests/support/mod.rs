@@ -255,6 +255,16 @@ pub async fn post(addr: SocketAddr, command: &str, body: &str) -> Answer {
     call(addr, Method::POST, &format!("/v4/{command}"), body).await
 }
 
+/// The text of `GET /metrics` on an admin listener.
+pub async fn metrics_text(admin: SocketAddr) -> String {
+    let response = client()
+        .get(format!("http://{admin}/metrics").parse().unwrap())
+        .await
+        .expect("metrics answer");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
 /// Polls `condition` every 10 ms until it holds; fails the test after 10 s (a condition that
 /// never comes true is a failure, not a hang).
 pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
