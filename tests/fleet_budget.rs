@@ -250,3 +250,81 @@ async fn a_frequency_limit_seen_by_one_gateway_pauses_the_fleet() {
     );
     drop(permit);
 }
+
+/// `SCRIPT FLUSH` (as after a Redis restart or failover): the next reservation loads the
+/// script again by itself; no caller notices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flushed_script_cache_is_reloaded() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let gateway = budget(&redis).await;
+    gateway
+        .acquire(Instant::now() + Duration::from_secs(1))
+        .await
+        .unwrap();
+    let mut connection = redis.connect().await;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    gateway
+        .acquire(Instant::now() + Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(gateway.calls(), 2);
+}
+
+/// A Redis that stops answering (`CLIENT PAUSE`, like a stopped process): reservations time
+/// out after `command_timeout` and callers are refused as `RedisUnavailable`, not held; when
+/// it answers again, reservations work again and re-charge what this gateway sent meanwhile
+/// (nothing: it failed closed) plus its grants of the last second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_redis_is_a_timeout_then_recovers() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let gateway = budget(&redis).await;
+    gateway
+        .acquire(Instant::now() + Duration::from_secs(1))
+        .await
+        .unwrap();
+    let mut admin = redis.connect().await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(300)
+        .arg("ALL")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let asked = Instant::now();
+    let refused = gateway
+        .acquire(Instant::now() + Duration::from_secs(1))
+        .await;
+    assert_eq!(refused, Err(Refusal::RedisUnavailable));
+    assert!(
+        asked.elapsed() < Duration::from_millis(300),
+        "held for {:?}",
+        asked.elapsed()
+    );
+    // After the pause the same connection answers again.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        assert!(attempts <= 100, "no recovery");
+        match gateway
+            .acquire(Instant::now() + Duration::from_secs(1))
+            .await
+        {
+            Ok(_) => break,
+            Err(Refusal::RedisUnavailable) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        gateway.debt_charged(),
+        1,
+        "the one grant of the last second"
+    );
+}
