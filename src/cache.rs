@@ -14,7 +14,7 @@
 //! - Invalidation is a generation counter per (app, command): bumping it makes every stored
 //!   entry and every in-flight fetch of that pair unusable at once, in O(1).
 //! - A repeat hit on the same worker thread is usually answered from that thread's hot slots
-//!   (module `hot`) without touching moka: only an entry moka still holds, of the current
+//!   (module `hot`) without touching moka: only an entry moka has not let go, of the current
 //!   generation, fresh; one hit in 16 still goes through moka so its eviction policy sees it.
 //! - An optional [`SecondTier`] sits behind moka (fleet mode shares one on Redis): a moka miss
 //!   asks it, a fetched answer is offered to it, an invalidation is passed on to it. A moka
@@ -27,7 +27,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -78,6 +78,8 @@ pub struct Cached {
     /// The (app, command) generation it was fetched under; stale once that moves on.
     generation: u64,
     policy: CachePolicy,
+    /// Set when moka lets it go (evicted, expired, invalidated or replaced).
+    is_evicted: AtomicBool,
 }
 
 impl Cached {
@@ -286,7 +288,9 @@ impl ResponseCache {
         // Each cause's series appears with its first eviction.
         let by_cause: [OnceLock<IntCounter>; 4] = Default::default();
         let entries = Cache::builder()
-            .eviction_listener(move |_key, _value, cause| {
+            .eviction_listener(move |_key, value: Arc<Cached>, cause| {
+                // The hot slots may hold it still: they must not serve it any more.
+                value.is_evicted.store(true, Ordering::Release);
                 let (i, label) = match cause {
                     moka::notification::RemovalCause::Size => (0, "size"),
                     moka::notification::RemovalCause::Expired => (1, "expired"),
@@ -409,6 +413,7 @@ impl ResponseCache {
             fetched_at: Instant::now().checked_sub(stored.age)?,
             generation,
             policy: stored.policy,
+            is_evicted: AtomicBool::new(false),
         });
         self.entries.insert(key.clone(), Arc::clone(&cached)).await;
         Some(cached)
@@ -479,6 +484,7 @@ impl ResponseCache {
             fetched_at: Instant::now(),
             generation,
             policy,
+            is_evicted: AtomicBool::new(false),
         });
         if self.second.is_some() {
             // Offered in the background: the flight's waiters do not wait on the tier.

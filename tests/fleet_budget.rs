@@ -328,3 +328,50 @@ async fn a_paused_redis_is_a_timeout_then_recovers() {
         "the one grant of the last second"
     );
 }
+
+/// A caller that may not wait (`deadline` now, as a refresh with a stale answer in hand
+/// asks) still takes a slot that is due at once: on an idle budget it is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_may_not_wait_takes_a_slot_due_now() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let gateway = budget(&redis).await;
+    assert_eq!(gateway.acquire(Instant::now()).await.map(|_| ()), Ok(()));
+}
+
+/// A budget so slow that few slots fit in the look-ahead (quota 10: budget 9, burst 1, fleet
+/// rate 7/s, one slot per 143 ms) still serves a crowd of callers, one slot per interval,
+/// instead of waiting for a batch that can never fit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_budget_serves_a_crowd() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let client = redis::Client::open(redis.url()).unwrap();
+    let connection = ConnectionManager::new(client).await.unwrap();
+    let slow = BudgetSpec {
+        quota: 10,
+        ..spec()
+    };
+    let gateway = Arc::new(FleetBudget::new(
+        keys(),
+        slow,
+        timing(),
+        connection,
+        Arc::new(FleetMetrics::unregistered()),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let callers: Vec<_> = (0..12)
+        .map(|_| {
+            let gateway = Arc::clone(&gateway);
+            tokio::spawn(async move { gateway.acquire(deadline).await.is_ok() })
+        })
+        .collect();
+    let mut served = 0;
+    for caller in callers {
+        served += usize::from(caller.await.unwrap());
+    }
+    // A second of slots at 7/s, the first at once: 7 or 8 (the 8th lands on the deadline).
+    assert!((7..=8).contains(&served), "{served} served");
+}

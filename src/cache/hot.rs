@@ -7,14 +7,15 @@
 //! served only when all of these hold, so nothing is served that moka's own lookup would not:
 //! - same cache (tests build several) and an equal key;
 //! - its generation is the pair's current one (no invalidation since it was stored);
-//! - moka still holds it (`Arc::strong_count`): an entry moka evicted is not kept alive here;
+//! - moka has not let it go (moka's eviction listener marks an entry evicted, expired,
+//!   invalidated or replaced; from then on no slot serves it);
 //! - it is fresh at `now`. Stale and missing entries take moka's path.
 //!
 //! Every [`SAMPLE`]th hit of a slot takes moka's path anyway, so that moka's eviction policy
 //! keeps seeing the key's reads (a fixed fraction of them, the same for every key).
 //!
 //! Memory: only answers up to [`MAX_BODY_BYTES`] are kept, in [`SLOTS`] slots per thread. An
-//! entry moka evicted is released when its slot is next looked at, so at most
+//! entry moka let go is released when its slot is next looked at, so at most
 //! `SLOTS × MAX_BODY_BYTES` (1 MiB) per worker thread can outlive moka's bound.
 
 use std::cell::RefCell;
@@ -72,7 +73,10 @@ pub fn get(
             return None;
         }
         let is_current = slot.entry.generation == generation
-            && Arc::strong_count(&slot.entry) > 1
+            && !slot
+                .entry
+                .is_evicted
+                .load(std::sync::atomic::Ordering::Acquire)
             && slot.entry.age(now) < ttl;
         if !is_current {
             *held = None;

@@ -91,7 +91,12 @@ impl FleetThrottle {
         let started = Instant::now();
         self.local.at(app, slot).wait_unblocked(wait_until).await?;
         match self.budget(app, slot).acquire(wait_until).await {
-            Ok(_) => Ok(Instant::now() - started),
+            Ok(_) => {
+                // A pause this gateway heard of while the caller slept towards its slot holds
+                // it too (the fleet slot is spent either way).
+                self.local.at(app, slot).wait_unblocked(wait_until).await?;
+                Ok(Instant::now() - started)
+            }
             Err(Refusal::Throttled(refused)) => Err(refused),
             Err(Refusal::RedisUnavailable) => Err(ThrottleError::FleetUnavailable {
                 retry_after: UNAVAILABLE_RETRY,

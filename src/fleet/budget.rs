@@ -15,8 +15,8 @@
 //!   `command_timeout`, or [`MAX_LATE_IN_A_ROW`] late replies in a row refuse every waiting caller with [`Refusal::RedisUnavailable`]; the
 //!   limiter above decides the fallback. A reservation that timed out may still run in Redis
 //!   later: it is treated as spent (over-charging is the safe side).
-//! - **Re-charge after a failure**: the first call after one charges this process's own slots
-//!   of the last second as `debt`, so a Redis that lost its state (restart, failover) cannot
+//! - **Re-charge after a failure**: the first call after any failed Redis command of the
+//!   process (on any budget) charges this budget's own slots of the last second as `debt`, so a Redis that lost its state (restart, failover) cannot
 //!   re-open a burst on top of calls already made.
 //! - A caller that leaves before its slot gives it to the next caller (or keeps it for the
 //!   next arrival while it is in the future).
@@ -68,9 +68,33 @@ pub struct FleetTiming {
 type Answer = Result<Instant, Refusal>;
 
 struct Waiter {
-    /// The latest slot this caller takes.
-    limit: Instant,
+    /// The latest slot this caller takes; `None`: only a slot due at once (it may not wait,
+    /// or the queue was full), judged on Redis's clock (offset 0).
+    limit: Option<Instant>,
     answer: oneshot::Sender<Answer>,
+}
+
+impl Waiter {
+    /// Whether it takes a slot `offset` after Redis's now, mapped to `slot` here.
+    fn takes(&self, offset: Duration, slot: Instant) -> bool {
+        match self.limit {
+            None => offset.is_zero(),
+            Some(limit) => slot <= limit,
+        }
+    }
+
+    /// Whether its limit is before `at` (one that may not wait always is).
+    fn gives_up_before(&self, at: Instant) -> bool {
+        self.limit.is_none_or(|limit| limit < at)
+    }
+}
+
+impl State {
+    /// Keeps a slot nobody took, in order: the earliest is handed out first.
+    fn keep_spare(&mut self, slot: Instant) {
+        let at = self.spare.partition_point(|spare| *spare <= slot);
+        self.spare.insert(at, slot);
+    }
 }
 
 #[derive(Default)]
@@ -83,6 +107,9 @@ struct State {
     /// This process's slots of the last second, for the re-charge after a failure.
     recent: VecDeque<Instant>,
     needs_recharge: bool,
+    /// The process's failed Redis commands when this budget last charged its debt: any
+    /// failure since (on any budget) means Redis may have lost this budget's state too.
+    seen_failures: u64,
     /// Replies in a row that came after `max_lateness`.
     late_in_a_row: u32,
     /// The fleet's next free slot as of the last reply that ran out, and why: a caller whose
@@ -178,7 +205,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
         let started = Instant::now();
         let limit = deadline.max(started).min(started + self.spec.max_wait);
         let (answer, slot) = oneshot::channel();
-        let spare = {
+        let (spare, may_wait) = {
             let mut state = self.lock();
             while state.spare.front().is_some_and(|spare| *spare <= started) {
                 state.spare.pop_front();
@@ -186,7 +213,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
             match state.spare.front().copied().filter(|spare| *spare <= limit) {
                 Some(spare) => {
                     state.spare.pop_front();
-                    Some(spare)
+                    (Some(spare), false)
                 }
                 None if state.next_free.is_some_and(|(next, _)| next > limit) => {
                     let (next, refusal) = state.next_free.expect("checked");
@@ -196,26 +223,41 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
                         _ => ThrottleError::Saturated { retry_after },
                     }));
                 }
-                None if state.waiting.len() >= self.spec.max_waiters => {
-                    return Err(Refusal::Throttled(ThrottleError::QueueFull {
-                        retry_after: self.spec.max_wait,
-                    }));
-                }
                 None => {
-                    state.waiting.push_back(Waiter { limit, answer });
+                    // As in the local throttle, a caller that may not wait, or would join a
+                    // full queue, still takes a slot that is due at once, and only that.
+                    let may_wait = limit > started && state.waiting.len() < self.spec.max_waiters;
+                    state.waiting.push_back(Waiter {
+                        limit: may_wait.then_some(limit),
+                        answer,
+                    });
                     if !state.is_calling {
                         state.is_calling = true;
                         tokio::spawn(Arc::clone(self).pump());
                     }
-                    None
+                    (None, may_wait)
                 }
             }
         };
         if let Some(spare) = spare {
             return self.wait_for(spare, started).await;
         }
+        // Answered by the pump, or refused at the caller's own limit if the pump has not
+        // answered by then (the pump then finds the caller gone and keeps its slot).
+        let answer = if may_wait {
+            tokio::select! {
+                answer = slot => answer,
+                () = tokio::time::sleep_until(limit) => {
+                    let next = self.lock().next_free.map_or(limit, |(next, _)| next);
+                    let retry_after = next.saturating_duration_since(limit);
+                    Ok(Err(Refusal::Throttled(ThrottleError::Saturated { retry_after })))
+                }
+            }
+        } else {
+            slot.await
+        };
         // The pump always answers every waiter it takes; a dropped sender means it panicked.
-        let slot = slot.await.unwrap_or(Err(Refusal::RedisUnavailable))?;
+        let slot = answer.unwrap_or(Err(Refusal::RedisUnavailable))?;
         self.wait_for(slot, started).await
     }
 
@@ -233,11 +275,15 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
     /// Reserves for the callers waiting, one call at a time, until none waits.
     async fn pump(self: Arc<Self>) {
         loop {
-            let (want, debt, reach) = {
+            let (want, debt, reach, failures) = {
                 let mut state = self.lock();
                 let now = Instant::now();
                 // Callers whose limit passed while the call ran or the pump paced are refused.
-                while state.waiting.front().is_some_and(|w| w.limit < now) {
+                while state
+                    .waiting
+                    .front()
+                    .is_some_and(|w| w.limit.is_some_and(|limit| limit < now))
+                {
                     let waiter = state.waiting.pop_front().expect("checked");
                     let retry_after = state.next_free.map_or(Duration::ZERO, |(n, _)| n - now);
                     let _ = waiter
@@ -252,7 +298,12 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
                 };
                 // Only slots the first caller (the one with the earliest limit) can still use:
                 // a slot reserved in Redis but given to nobody is capacity lost to the fleet.
-                let reach = (first.limit - now).min(Duration::from_micros(self.gcra.max_wait_us));
+                let reach = first.limit.map_or(Duration::ZERO, |limit| limit - now);
+                let reach = reach.min(Duration::from_micros(self.gcra.max_wait_us));
+                let failures = self.metrics.failures();
+                if failures != state.seen_failures {
+                    state.needs_recharge = true;
+                }
                 let debt = if state.needs_recharge {
                     let second_ago = Instant::now() - Duration::from_secs(1);
                     state.recent.retain(|slot| *slot > second_ago);
@@ -260,7 +311,12 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
                 } else {
                     0
                 };
-                (state.waiting.len().min(MAX_BATCH) as u32, debt, reach)
+                (
+                    state.waiting.len().min(MAX_BATCH) as u32,
+                    debt,
+                    reach,
+                    failures,
+                )
             };
             let outcome = self.call(want, debt, reach).await;
             let pause = {
@@ -268,6 +324,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
                 match outcome {
                     Ok((reservation, received)) => {
                         state.needs_recharge = false;
+                        state.seen_failures = failures;
                         state.late_in_a_row = 0;
                         self.debt_charged
                             .fetch_add(u64::from(debt), std::sync::atomic::Ordering::Relaxed);
@@ -296,6 +353,22 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
         }
     }
 
+    /// The fewest slots a call for `want` takes (it takes none rather than fewer): a quarter
+    /// of the batch, so that gateways competing for a full timeline take batches rather than
+    /// fragments; one for a budget so slow that fewer than 4 slots fit in the look-ahead.
+    fn least(&self, want: u32) -> u32 {
+        if self.is_slow() {
+            1
+        } else {
+            want.div_ceil(4)
+        }
+    }
+
+    /// Fewer than 4 slots fit in the look-ahead: batches cannot form, calls go slot by slot.
+    fn is_slow(&self) -> bool {
+        self.gcra.max_wait_us / self.gcra.interval_us.max(1) + 1 < 4
+    }
+
     /// One reservation call, bounded by `command_timeout`; late replies are thrown away.
     async fn call(
         &self,
@@ -318,7 +391,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
                 &self.keys,
                 &gcra,
                 want,
-                want.div_ceil(4),
+                self.least(want),
                 debt,
             ),
         )
@@ -363,22 +436,22 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
         while state.recent.front().is_some_and(|slot| *slot <= second_ago) {
             state.recent.pop_front();
         }
-        for slot in reservation.slots.iter().map(|offset| received + *offset) {
+        for &offset in &reservation.slots {
+            let slot = received + offset;
             state.recent.push_back(slot);
             let Some(waiter) = state.waiting.pop_front() else {
-                state.spare.push_back(slot);
+                state.keep_spare(slot);
                 continue;
             };
-            if slot > waiter.limit {
-                let _ = waiter
-                    .answer
-                    .send(Err(Refusal::Throttled(ThrottleError::Saturated {
-                        retry_after: slot - received,
-                    })));
-                state.spare.push_back(slot);
+            if !waiter.takes(offset, slot) {
+                let refused = Refusal::Throttled(ThrottleError::Saturated {
+                    retry_after: offset,
+                });
+                let _ = waiter.answer.send(Err(refused));
+                state.keep_spare(slot);
             } else if let Err(Ok(slot)) = waiter.answer.send(Ok(slot)) {
                 // Its caller left while the call ran.
-                state.spare.push_back(slot);
+                state.keep_spare(slot);
             }
         }
         state.next_free = None;
@@ -395,7 +468,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
         state.next_free = Some((next_free, refusal));
         let mut kept = VecDeque::with_capacity(state.waiting.len());
         for waiter in state.waiting.drain(..) {
-            if waiter.limit < next_free {
+            if waiter.gives_up_before(next_free) {
                 let _ = waiter.answer.send(Err(Refusal::Throttled(refusal)));
             } else {
                 kept.push_back(waiter);
@@ -404,7 +477,11 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
         state.waiting = kept;
         // The next call can take a whole batch once `batch` more slots are within the reach
         // this call had (the next one's is no shorter: its first caller's limit is no sooner).
-        let batch = state.waiting.len().min(MAX_BATCH) as u32;
+        let batch = if self.is_slow() {
+            1
+        } else {
+            state.waiting.len().min(MAX_BATCH) as u32
+        };
         let interval = Duration::from_micros(self.gcra.interval_us);
         let batch_opens = (next_free + interval * batch.saturating_sub(1))
             .checked_sub(reach)
@@ -433,8 +510,7 @@ impl<C> Drop for GiveBack<'_, C> {
         if let Some(slot) = self.slot.take() {
             if slot > Instant::now() {
                 let mut state = self.budget.state.lock().unwrap_or_else(|p| p.into_inner());
-                let at = state.spare.partition_point(|spare| *spare <= slot);
-                state.spare.insert(at, slot);
+                state.keep_spare(slot);
             }
         }
     }

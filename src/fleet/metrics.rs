@@ -34,12 +34,17 @@ const OPS: [&str; 2] = ["reserve", "pause"];
 const FAILURES: [&str; 3] = ["timeout", "error", "late"];
 
 /// The fleet's metric handles, shared by every fleet budget of the gateway.
+///
+/// It also counts every failed Redis command of the process: a Redis that restarted or failed
+/// over lost every budget's state, not only the state of the budget whose call failed, so
+/// every budget re-charges after any failure.
 #[derive(Debug)]
 pub struct FleetMetrics {
     duration: [Histogram; 2],
     errors: [[IntCounter; 3]; 2],
     batch: Histogram,
     debt: IntCounter,
+    failures: std::sync::atomic::AtomicU64,
 }
 
 impl FleetMetrics {
@@ -78,6 +83,7 @@ impl FleetMetrics {
             errors: OPS.map(|op| FAILURES.map(|kind| errors.with_label_values(&[op, kind]))),
             batch,
             debt,
+            failures: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -92,6 +98,15 @@ impl FleetMetrics {
 
     pub(super) fn failed(&self, op: Op, failure: Failure) {
         self.errors[op as usize][failure as usize].inc();
+        if failure != Failure::Late {
+            self.failures
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+
+    /// Failed Redis commands (timeouts and errors) of the whole process so far.
+    pub(super) fn failures(&self) -> u64 {
+        self.failures.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub(super) fn granted(&self, slots: usize) {

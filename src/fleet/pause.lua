@@ -17,7 +17,8 @@ else
   untl = current
 end
 for i = 2, #KEYS do
-  local tat = math.max(tonumber(redis.call('GET', KEYS[i]) or 0), untl) + tonumber(ARGV[i])
+  -- max(tat, until + tau): repeated signals for one pause do not push it further each time.
+  local tat = math.max(tonumber(redis.call('GET', KEYS[i]) or 0), untl + tonumber(ARGV[i]))
   redis.call('SET', KEYS[i], string.format('%d', tat), 'PX', math.floor((tat - now) / 1000) + 1000)
 end
 return string.format('%d', untl)

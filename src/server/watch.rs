@@ -64,7 +64,7 @@ pub struct Watch {
 impl Watch {
     /// Records activity now: the idle time starts over.
     pub fn touch(&self) {
-        self.active_at.store(self.clock.now(), Ordering::Relaxed);
+        self.active_at.store(self.clock.now(), Ordering::Release);
     }
 
     pub fn set_writing(&self, writing: bool) {
@@ -137,11 +137,20 @@ impl Connections {
             let Some(watch) = weak.upgrade() else {
                 return false;
             };
-            // Stamped at tick s means active somewhere in [s, s + 1): idle at least
-            // now - s - 1 ticks.
-            let idle = now.wrapping_sub(watch.active_at.load(Ordering::Relaxed));
-            if idle > limit && watch.is_idle() && watch.order.load(Ordering::Acquire) == RUN {
-                watch.order(EXPIRED);
+            // Idle first, then the stamp: a handler stamps before it leaves, so a connection
+            // seen idle here shows that stamp. Stamped at tick s means active somewhere in
+            // [s, s + 1): idle at least now - s - 1 ticks.
+            let is_idle = watch.is_idle();
+            let idle = now.wrapping_sub(watch.active_at.load(Ordering::Acquire));
+            // Only from RUN: a drain's STOP or KILL is never overwritten.
+            if is_idle
+                && idle > limit
+                && watch
+                    .order
+                    .compare_exchange(RUN, EXPIRED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                watch.waker.wake();
             }
             true
         });
@@ -197,8 +206,9 @@ impl<C: Graceful> Future for Supervised<C> {
         this.watch.waker.register(cx.waker());
         match this.watch.order.load(Ordering::Acquire) {
             RUN => Poll::Pending,
-            EXPIRED if this.watch.in_flight.load(Ordering::Acquire) == 0 => Poll::Ready(Ok(())),
-            // The request's headers arrived in time after all.
+            // Still idle (no request, no answer being written): close.
+            EXPIRED if this.watch.is_idle() => Poll::Ready(Ok(())),
+            // A request arrived in time after all, or its answer is being written.
             EXPIRED => {
                 let _ = this.watch.order.compare_exchange(
                     EXPIRED,
