@@ -49,6 +49,28 @@ async fn budget(redis: &RedisServer) -> Arc<FleetBudget<ConnectionManager>> {
     ))
 }
 
+/// A slot of `gateway` for a caller that may wait up to a second.
+async fn within_a_second(
+    gateway: &Arc<FleetBudget<ConnectionManager>>,
+) -> Result<Duration, Refusal> {
+    gateway
+        .acquire(Instant::now() + Duration::from_secs(1))
+        .await
+}
+
+/// A slot, once Redis answers again (the connection manager reconnects in the background;
+/// until then calls fail): at most 100 attempts, 20 ms apart.
+async fn once_redis_answers(gateway: &Arc<FleetBudget<ConnectionManager>>) -> Duration {
+    for _ in 0..100 {
+        match within_a_second(gateway).await {
+            Ok(waited) => return waited,
+            Err(Refusal::RedisUnavailable) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    panic!("Redis did not answer again within 100 attempts");
+}
+
 /// Most instants in any window [t, t + 1 s), by two pointers over sorted instants.
 fn busiest_second(mut at: Vec<Instant>) -> usize {
     at.sort_unstable();
@@ -130,33 +152,16 @@ async fn a_lost_redis_is_refused_then_recharged() {
     };
     let gateway = budget(&redis).await;
     for _ in 0..20 {
-        gateway
-            .acquire(Instant::now() + Duration::from_secs(1))
-            .await
-            .unwrap();
+        within_a_second(&gateway).await.unwrap();
     }
     let socket = redis.socket();
     drop(redis);
-    let refused = gateway
-        .acquire(Instant::now() + Duration::from_secs(1))
-        .await;
+    let refused = within_a_second(&gateway).await;
     assert_eq!(refused, Err(Refusal::RedisUnavailable));
 
     let restarted = RedisServer::start_at(&socket);
     // The connection manager reconnects in the background; until then calls still fail.
-    let mut attempts = 0;
-    let waited = loop {
-        attempts += 1;
-        assert!(attempts <= 100, "no reconnect after {attempts} attempts");
-        match gateway
-            .acquire(Instant::now() + Duration::from_secs(1))
-            .await
-        {
-            Ok(waited) => break waited,
-            Err(Refusal::RedisUnavailable) => tokio::time::sleep(Duration::from_millis(20)).await,
-            Err(other) => panic!("{other:?}"),
-        }
-    };
+    let waited = once_redis_answers(&gateway).await;
     assert_eq!(gateway.debt_charged(), 20);
     // Without the debt the empty Redis would grant at once; with it the slot is 20 − 8 (the
     // burst tolerance) = 12 intervals after Redis's now, and the caller waited at least that.
@@ -259,20 +264,14 @@ async fn a_flushed_script_cache_is_reloaded() {
         return;
     };
     let gateway = budget(&redis).await;
-    gateway
-        .acquire(Instant::now() + Duration::from_secs(1))
-        .await
-        .unwrap();
+    within_a_second(&gateway).await.unwrap();
     let mut connection = redis.connect().await;
     let _: () = redis::cmd("SCRIPT")
         .arg("FLUSH")
         .query_async(&mut connection)
         .await
         .unwrap();
-    gateway
-        .acquire(Instant::now() + Duration::from_secs(1))
-        .await
-        .unwrap();
+    within_a_second(&gateway).await.unwrap();
     assert_eq!(gateway.calls(), 2);
 }
 
@@ -286,10 +285,7 @@ async fn a_paused_redis_is_a_timeout_then_recovers() {
         return;
     };
     let gateway = budget(&redis).await;
-    gateway
-        .acquire(Instant::now() + Duration::from_secs(1))
-        .await
-        .unwrap();
+    within_a_second(&gateway).await.unwrap();
     let mut admin = redis.connect().await;
     let _: () = redis::cmd("CLIENT")
         .arg("PAUSE")
@@ -299,9 +295,7 @@ async fn a_paused_redis_is_a_timeout_then_recovers() {
         .await
         .unwrap();
     let asked = Instant::now();
-    let refused = gateway
-        .acquire(Instant::now() + Duration::from_secs(1))
-        .await;
+    let refused = within_a_second(&gateway).await;
     assert_eq!(refused, Err(Refusal::RedisUnavailable));
     assert!(
         asked.elapsed() < Duration::from_millis(300),
@@ -309,19 +303,7 @@ async fn a_paused_redis_is_a_timeout_then_recovers() {
         asked.elapsed()
     );
     // After the pause the same connection answers again.
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        assert!(attempts <= 100, "no recovery");
-        match gateway
-            .acquire(Instant::now() + Duration::from_secs(1))
-            .await
-        {
-            Ok(_) => break,
-            Err(Refusal::RedisUnavailable) => tokio::time::sleep(Duration::from_millis(20)).await,
-            Err(other) => panic!("{other:?}"),
-        }
-    }
+    once_redis_answers(&gateway).await;
     assert_eq!(
         gateway.debt_charged(),
         1,
