@@ -194,6 +194,15 @@ impl Catalogue {
 mod tests {
     use super::*;
 
+    /// Routing skips the byte check for commands the catalogue knows (`parse_path_known`),
+    /// so every name in it must pass that check.
+    #[test]
+    fn every_name_passes_the_path_check() {
+        for (_, spec) in Catalogue::builtin().iter() {
+            assert!(crate::route::is_command(spec.name), "{}", spec.name);
+        }
+    }
+
     /// The robot commands are known with Tencent's 200/s quota, and only get_all_robots caches.
     #[test]
     fn robot_commands_are_catalogued() {

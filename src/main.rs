@@ -8,6 +8,11 @@ use tim_gateway::access_log;
 use tim_gateway::cli::{self, Cli, Exit, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of glibc's malloc: a request allocates a few small blocks (its header map,
+/// body, access line), and glibc's malloc and free cost about 1,500 instructions of a cache hit.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Messages (a log line, or a batch of access lines) buffered between request threads and the
 /// thread that writes them to stderr. When stderr cannot keep up (a stalled log pipe), further
 /// messages are dropped rather than blocking requests; access lines stop earlier, at

@@ -38,7 +38,7 @@ use crate::error::GatewayError;
 use crate::metrics::{UNKNOWN_APP, UNKNOWN_COMMAND};
 use crate::origin::HostPolicy;
 use crate::outcome::Outcome;
-use crate::route::parse_path;
+use crate::route::parse_path_known;
 use crate::upstream::{UpstreamClient, UpstreamResponse};
 
 /// What the cache did for a request: the `X-Cache` header.
@@ -285,12 +285,14 @@ impl Proxy {
     /// In this phase the path names an app and a command. An early return means no such route,
     /// app or command (404), or a method the command does not take (405).
     fn route<'a>(&'a self, method: &Method, path: &'a str) -> Result<Target<'a>, GatewayError> {
-        let parsed = parse_path(path).ok_or(GatewayError::NoRoute)?;
+        let catalogue = &self.shared.catalogue;
+        let (parsed, known) = parse_path_known(path, |command| catalogue.lookup(command))
+            .ok_or(GatewayError::NoRoute)?;
         let app = match parsed.app {
             Some(name) => *self.app_index.get(name).ok_or(GatewayError::UnknownApp)?,
             None => self.default_app,
         };
-        let command = match self.shared.catalogue.lookup(parsed.command) {
+        let command = match known {
             Some(id) => Some(id.index()),
             None if self.allow_unknown_commands => None,
             None => return Err(GatewayError::UnknownCommand(parsed.command.to_owned())),

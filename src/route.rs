@@ -24,6 +24,16 @@ fn is_app_segment(segment: &str) -> bool {
 
 /// Parses the path part of a client request (no query). `None` if it has neither shape.
 pub fn parse_path(path: &str) -> Option<ParsedPath<'_>> {
+    parse_path_known(path, |_| None::<()>).map(|(parsed, _)| parsed)
+}
+
+/// [`parse_path`] that first asks `lookup` (the catalogue) about the command: a command it
+/// knows is valid by construction, so only unknown ones pay the byte-by-byte check. Returns
+/// what `lookup` found with the parsed path.
+pub fn parse_path_known<T>(
+    path: &str,
+    lookup: impl FnOnce(&str) -> Option<T>,
+) -> Option<(ParsedPath<'_>, Option<T>)> {
     let (app, rest) = match path.strip_prefix("/apps/") {
         Some(rest) => {
             let (app, rest) = rest.split_once('/')?;
@@ -35,7 +45,8 @@ pub fn parse_path(path: &str) -> Option<ParsedPath<'_>> {
         None => (None, path.strip_prefix('/')?),
     };
     let command = rest.strip_prefix("v4/")?;
-    is_command(command).then_some(ParsedPath { app, command })
+    let known = lookup(command);
+    (known.is_some() || is_command(command)).then_some((ParsedPath { app, command }, known))
 }
 
 /// Bytes allowed in a command's segments (Tencent's alphabet), as a table: one load per byte.
@@ -51,7 +62,7 @@ const SEGMENT_BYTE: [bool; 256] = {
 };
 
 /// Whether `command` is `service/name`, both name segments, in one pass over its bytes.
-fn is_command(command: &str) -> bool {
+pub fn is_command(command: &str) -> bool {
     let bytes = command.as_bytes();
     let Some(slash) = bytes.iter().position(|&b| !SEGMENT_BYTE[usize::from(b)]) else {
         return false;
