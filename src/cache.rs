@@ -25,8 +25,6 @@
 //! scrape time `cache_entries` and `cache_bytes`.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
@@ -41,10 +39,12 @@ use tokio::time::Instant;
 mod hot;
 mod metrics;
 mod policy;
+mod tier;
 
 use metrics::{LookupResult, PairMetrics, UsageCollector};
 pub use policy::CachePolicy;
 use policy::PolicyExpiry;
+pub use tier::{Claim, FillTicket, SecondTier, Stored, TierFuture};
 
 use crate::error::GatewayError;
 use crate::metrics::counter_vec;
@@ -123,6 +123,8 @@ pub struct Flight {
     /// The generation when the flight started: a result from before an invalidation is
     /// shared with its waiters but not stored.
     generation: u64,
+    /// What the second tier said when it let this flight fetch (`claim_shared`).
+    ticket: Option<FillTicket>,
     is_completed: bool,
 }
 
@@ -152,12 +154,19 @@ impl Flight {
     /// Stores a successful answer (if still current), removes the flight, then wakes the
     /// waiters, in that order so that no newcomer finds neither the entry nor the flight.
     pub async fn complete(mut self, result: FlightResult, policy: CachePolicy) {
+        let mut stored = None;
         if let Ok(response) = &result {
             if response.error_code == 0 && response.status == StatusCode::OK {
-                self.cache
+                stored = self
+                    .cache
                     .store(self.key.clone(), response, self.generation, policy)
                     .await;
             }
+        }
+        if let Some(ticket) = self.ticket.take() {
+            // Offered in the background: the flight's waiters do not wait on the tier.
+            let cache = Arc::clone(&self.cache);
+            tokio::spawn(cache.offer(self.key.clone(), stored, ticket, self.generation));
         }
         self.finish(Some(result));
     }
@@ -196,34 +205,9 @@ impl Flight {
 
 impl Drop for Flight {
     fn drop(&mut self) {
+        self.give_back_ticket();
         self.finish(None);
     }
-}
-
-/// An answer as a [`SecondTier`] keeps it.
-#[derive(Debug, Clone)]
-pub struct Stored {
-    pub status: StatusCode,
-    pub body: Bytes,
-    /// How old the answer already is.
-    pub age: Duration,
-    pub policy: CachePolicy,
-}
-
-/// A future a [`SecondTier`] returns.
-pub type TierFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// A cache tier behind moka, shared with other gateways (fleet mode). Its failures are its
-/// own business: a `get` that cannot answer is a miss, a `put` that cannot store is dropped.
-/// `get` runs on a client's request after a moka miss, so an implementation bounds its own
-/// latency (a timeout well below the request deadline); `put` runs in the background.
-pub trait SecondTier: Send + Sync + std::fmt::Debug {
-    /// The answer stored for `key`, if any and not invalidated.
-    fn get<'a>(&'a self, key: &'a CacheKey) -> TierFuture<'a, Option<Stored>>;
-    /// Offers a freshly fetched answer.
-    fn put<'a>(&'a self, key: &'a CacheKey, stored: Stored) -> TierFuture<'a, ()>;
-    /// Every answer of (app, command) is outdated.
-    fn invalidate(&self, app: u32, command: u32);
 }
 
 /// What the cache serves: which apps and commands, for its metrics' labels.
@@ -326,6 +310,9 @@ impl ResponseCache {
             second,
         });
         registry.register(Box::new(UsageCollector::new(Arc::downgrade(&cache))?))?;
+        if let Some(second) = &cache.second {
+            second.attach(Arc::downgrade(&cache));
+        }
         tokio::spawn(housekeeping(Arc::downgrade(&cache)));
         Ok(cache)
     }
@@ -369,16 +356,8 @@ impl ResponseCache {
         if let Some(cached) = hot::get(self.id, key, generation, policy.ttl, now) {
             return Lookup::Fresh(cached);
         }
-        let cached = match self.entries.get(key).await {
-            Some(cached) => cached,
-            // Boxed: the tier's path stays out of the future every cache hit moves.
-            None if self.second.is_some() => {
-                match Box::pin(self.ask_second_tier(key, generation)).await {
-                    Some(cached) => cached,
-                    None => return Lookup::Miss { fallback: None },
-                }
-            }
-            None => return Lookup::Miss { fallback: None },
+        let Some(cached) = self.entries.get(key).await else {
+            return Lookup::Miss { fallback: None };
         };
         if cached.generation != generation {
             // Invalidated: not even a fallback (it predates a write the client may have made).
@@ -397,26 +376,6 @@ impl ResponseCache {
         } else {
             Lookup::Miss { fallback: None }
         }
-    }
-
-    /// Asks the second tier after a moka miss; an answer found there is kept in moka too.
-    /// An answer found there under a generation that moved meanwhile (a write here) is not
-    /// used.
-    async fn ask_second_tier(&self, key: &CacheKey, generation: u64) -> Option<Arc<Cached>> {
-        let stored = self.second.as_ref()?.get(key).await?;
-        if generation != self.generation(key.app, key.command) {
-            return None;
-        }
-        let cached = Arc::new(Cached {
-            status: stored.status,
-            body: stored.body,
-            fetched_at: Instant::now().checked_sub(stored.age)?,
-            generation,
-            policy: stored.policy,
-            is_evicted: AtomicBool::new(false),
-        });
-        self.entries.insert(key.clone(), Arc::clone(&cached)).await;
-        Some(cached)
     }
 
     /// Joins the flight for `key`, or registers a new one and makes the caller its leader.
@@ -450,6 +409,7 @@ impl ResponseCache {
             cache: Arc::clone(self),
             sender,
             generation,
+            ticket: None,
             is_completed: false,
         })
     }
@@ -466,15 +426,17 @@ impl ResponseCache {
         Some(flight)
     }
 
+    /// Keeps a fetched answer in moka if its pair was not invalidated meanwhile, and returns
+    /// it as the second tier would keep it.
     async fn store(
         self: &Arc<Self>,
         key: CacheKey,
         response: &UpstreamResponse,
         generation: u64,
         policy: CachePolicy,
-    ) {
+    ) -> Option<Stored> {
         if generation != self.generation(key.app, key.command) {
-            return;
+            return None;
         }
         // Copied, not sliced: the answer may be a slice of the connection's whole read
         // buffer, which would stay alive with the entry (issue 7, F13).
@@ -486,39 +448,52 @@ impl ResponseCache {
             policy,
             is_evicted: AtomicBool::new(false),
         });
-        if self.second.is_some() {
-            // Offered in the background: the flight's waiters do not wait on the tier.
-            let stored = Stored {
-                status: cached.status,
-                body: cached.body.clone(),
-                age: Duration::ZERO,
-                policy,
-            };
-            tokio::spawn(Arc::clone(self).offer_to_second_tier(key.clone(), stored, generation));
-        }
+        let stored = self.second.is_some().then(|| Stored {
+            status: cached.status,
+            body: cached.body.clone(),
+            age: Duration::ZERO,
+            policy,
+        });
         self.entries.insert(key, cached).await;
+        stored
     }
 
-    /// Puts a fetched answer in the second tier. A write that invalidated the pair while the
-    /// put was on its way is passed on again afterwards, so the tier cannot keep an answer
-    /// from before it.
-    async fn offer_to_second_tier(self: Arc<Self>, key: CacheKey, stored: Stored, generation: u64) {
-        let Some(second) = &self.second else { return };
-        second.put(&key, stored).await;
-        if generation != self.generation(key.app, key.command) {
-            second.invalidate(key.app, key.command);
-        }
+    /// Makes every entry and in-flight fetch of (app, command) unusable at once, here and (in
+    /// the background) in the second tier; the memory is reclaimed in the background. The
+    /// returned future ends when the second tier has passed the invalidation on to the other
+    /// gateways (or given up); dropping it changes nothing.
+    pub fn invalidate(&self, app: u32, command: u32) -> TierFuture<'static, ()> {
+        self.invalidate_where(Some(app), Some(command))
     }
 
-    /// Makes every entry and in-flight fetch of (app, command) unusable at once; the memory
-    /// is reclaimed in the background.
-    pub fn invalidate(&self, app: u32, command: u32) {
-        self.invalidate_where(Some(app), Some(command));
+    /// Invalidates every entry of `app` (all commands), or of every app, as
+    /// [`invalidate`](Self::invalidate) does. Counted per cached (app, command) pair it reaches.
+    pub fn invalidate_where(
+        &self,
+        app: Option<u32>,
+        command: Option<u32>,
+    ) -> TierFuture<'static, ()> {
+        let mut passed_on = Vec::new();
+        self.invalidate_here(app, command, |a, c| {
+            if let Some(second) = &self.second {
+                passed_on.push(second.invalidate(a, c));
+            }
+        });
+        Box::pin(async move {
+            for done in passed_on {
+                done.await;
+            }
+        })
     }
 
-    /// Invalidates every entry of `app` (all commands), or of every app.
-    /// Counted per cached (app, command) pair it reaches.
-    pub fn invalidate_where(&self, app: Option<u32>, command: Option<u32>) {
+    /// Invalidates in this gateway only: what another gateway's write, heard through the
+    /// second tier, does here. `each` is called for every pair reached.
+    pub fn invalidate_here(
+        &self,
+        app: Option<u32>,
+        command: Option<u32>,
+        mut each: impl FnMut(u32, u32),
+    ) {
         let apps = self.pairs.len() as u32 / self.commands.max(1);
         for a in 0..apps {
             for c in 0..self.commands {
@@ -528,9 +503,7 @@ impl ResponseCache {
                     if let Some(metrics) = &pair.metrics {
                         metrics.inc(&metrics.invalidations, |f| &f.invalidations);
                     }
-                    if let Some(second) = &self.second {
-                        second.invalidate(a, c);
-                    }
+                    each(a, c);
                 }
             }
         }

@@ -1,11 +1,11 @@
 //! Fleet mode (issue 9, `design/fleet.md`): the gateways sharing one Redis keep one Tencent
 //! quota per (SDKAppID, command), on Redis's clock.
 //!
-//! Built so far: the key layout and the reservation script ([`ReserveScript`]), and one budget
-//! shared through Redis ([`FleetBudget`]: FIFO waiters, batched reservations, late replies
-//! thrown away, re-charge after a failure), tested against a real `redis-server`. Next: the
-//! limiter backend that uses it with the lease-guarded fallback, fleet-wide pauses, the shared
-//! cache, metrics, and the gateway's wiring from `[fleet]`.
+//! Built: the key layout and the reservation script ([`ReserveScript`]); one budget shared
+//! through Redis ([`FleetBudget`]: FIFO waiters, batched reservations, late replies thrown
+//! away, re-charge after a failure); the limiter backend with fleet-wide pauses
+//! ([`FleetThrottle`], failing closed while Redis cannot be reached). The shared cache on the
+//! same Redis is module `shared_cache`. Not yet: the lease-guarded `share` fallback and fleet membership.
 
 mod backend;
 mod budget;
@@ -14,5 +14,5 @@ mod script;
 
 pub use backend::{FleetThrottle, UNAVAILABLE_RETRY};
 pub use budget::{FleetBudget, FleetTiming, Refusal, LOOKAHEAD, MAX_BATCH, MAX_LATE_IN_A_ROW};
-pub use metrics::FleetMetrics;
+pub use metrics::{Failure, FleetMetrics, Op};
 pub use script::{BudgetKeys, Gcra, PauseScript, Reservation, ReserveScript};

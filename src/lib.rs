@@ -45,6 +45,7 @@ pub mod region;
 pub mod route;
 pub mod sandbox;
 pub mod server;
+pub mod shared_cache;
 pub mod shutdown;
 pub mod signer;
 pub mod throttle;

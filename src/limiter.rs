@@ -171,8 +171,11 @@ impl Backend {
 }
 
 /// What a fleet limiter needs of Redis.
+#[derive(Clone)]
 pub struct FleetRedis {
     pub connection: redis::aio::ConnectionManager,
+    /// Registered once per gateway, shared with the shared cache.
+    pub metrics: Arc<FleetMetrics>,
     pub key_prefix: String,
     pub timing: FleetTiming,
 }
@@ -252,7 +255,7 @@ impl Limiter {
         redis: FleetRedis,
     ) -> prometheus::Result<Self> {
         let local = Throttle::new(app_names.len(), command_specs, other);
-        let metrics = Arc::new(FleetMetrics::register(registry)?);
+        let metrics = Arc::clone(&redis.metrics);
         let budgets = sdkappids
             .iter()
             .flat_map(|&sdkappid| {

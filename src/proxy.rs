@@ -154,7 +154,8 @@ impl Proxy {
             ),
             None => None,
         };
-        self.shared.cache.invalidate_where(app, command);
+        // Other gateways are told in the background (fleet mode's shared cache).
+        drop(self.shared.cache.invalidate_where(app, command));
         Ok(())
     }
 
@@ -266,7 +267,7 @@ impl Proxy {
             is_armed: true,
         };
         let result = self.shared.call(target, body, deadline, true).await;
-        invalidation.is_armed = match &result {
+        let is_changed = match &result {
             // Tencent's answer says whether the write happened.
             Ok(response) => response.error_code == 0,
             // Never sent: nothing changed upstream.
@@ -278,7 +279,13 @@ impl Proxy {
             // Sent, outcome unknown (timeout, dropped connection): assume it happened.
             Err(_) => true,
         };
-        drop(invalidation);
+        invalidation.is_armed = false;
+        if is_changed {
+            // This gateway's entries go at once (before the first poll); the answer waits
+            // until the other gateways sharing the cache have been told, so a read through
+            // any of them after this answer sees the write (bounded by the tier's timeout).
+            self.shared.invalidate_after_write(target).await;
+        }
         Reply::from(result)
     }
 
@@ -470,7 +477,8 @@ struct InvalidateOnDrop<'a> {
 impl Drop for InvalidateOnDrop<'_> {
     fn drop(&mut self) {
         if self.is_armed {
-            self.shared.invalidate_after_write(self.target);
+            // Other gateways are told in the background.
+            drop(self.shared.invalidate_after_write(self.target));
         }
     }
 }
@@ -489,7 +497,7 @@ struct Fill {
 
 impl Shared {
     /// Fetches for `fill` and completes its flight: stores a success, wakes every waiter.
-    async fn run_fill(self: Arc<Self>, flight: crate::cache::Flight, fill: Fill) {
+    async fn run_fill(self: Arc<Self>, mut flight: crate::cache::Flight, fill: Fill) {
         // Another flight may have stored a fresh answer between our lookup and our
         // registration (or just before a stale-while-revalidate refresh): use it.
         if let Lookup::Fresh(cached) = self
@@ -497,6 +505,11 @@ impl Shared {
             .peek(&fill.key, &fill.policy, Instant::now())
             .await
         {
+            flight.complete_from_cache(&cached);
+            return;
+        }
+        // Fleet mode: another gateway may have it, or be fetching it.
+        if let Some(cached) = flight.claim_shared(&fill.policy, fill.deadline).await {
             flight.complete_from_cache(&cached);
             return;
         }

@@ -191,6 +191,7 @@ fn fleet_limiter(redis: &RedisServer, back_off: Duration) -> tim_gateway::limite
         },
         tim_gateway::limiter::FleetRedis {
             connection,
+            metrics: std::sync::Arc::new(tim_gateway::fleet::FleetMetrics::unregistered()),
             key_prefix: "tim".into(),
             timing: timing(),
         },

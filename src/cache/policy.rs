@@ -18,7 +18,7 @@ pub struct CachePolicy {
 
 impl CachePolicy {
     /// How long moka keeps the entry at most.
-    fn hard_ttl(&self) -> Duration {
+    pub fn hard_ttl(&self) -> Duration {
         self.ttl + self.stale_while_revalidate.max(self.stale_if_error)
     }
 }

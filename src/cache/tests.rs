@@ -130,7 +130,7 @@ async fn invalidation_covers_entries_and_flights() {
     let Join::Leader(in_flight) = cache.join(&key(r#"{"a":1}"#)) else {
         panic!()
     };
-    cache.invalidate(0, 1);
+    drop(cache.invalidate(0, 1));
     assert!(matches!(
         cache.lookup(&k, &policy(), Instant::now()).await,
         Lookup::Miss { fallback: None }
@@ -146,7 +146,7 @@ async fn invalidation_covers_entries_and_flights() {
             .await,
         Lookup::Miss { fallback: None }
     ));
-    cache.invalidate_where(None, None);
+    drop(cache.invalidate_where(None, None));
     assert!(matches!(
         cache.lookup(&other_app, &policy(), Instant::now()).await,
         Lookup::Miss { .. }
@@ -163,7 +163,7 @@ async fn newcomers_do_not_join_flights_older_than_an_invalidation() {
         panic!()
     };
     let old_waiter = old.waiter();
-    cache.invalidate(0, 1);
+    drop(cache.invalidate(0, 1));
     let Join::Leader(new) = cache.join(&k) else {
         panic!("a new flight after the write")
     };
@@ -224,34 +224,66 @@ struct MemoryTier {
 }
 
 impl SecondTier for Arc<MemoryTier> {
-    fn get<'a>(&'a self, key: &'a CacheKey) -> TierFuture<'a, Option<Stored>> {
-        Box::pin(async move { self.stored.lock().unwrap().get(key).cloned() })
+    fn claim<'a>(
+        &'a self,
+        key: &'a CacheKey,
+        policy: &'a CachePolicy,
+        _deadline: Instant,
+    ) -> TierFuture<'a, Claim> {
+        Box::pin(async move {
+            match self.stored.lock().unwrap().get(key) {
+                Some(stored) if stored.age < policy.ttl => Claim::Found(stored.clone()),
+                _ => Claim::Fetch(FillTicket::default()),
+            }
+        })
     }
-    fn put<'a>(&'a self, key: &'a CacheKey, stored: Stored) -> TierFuture<'a, ()> {
+    fn put<'a>(
+        &'a self,
+        key: &'a CacheKey,
+        stored: Option<Stored>,
+        _ticket: FillTicket,
+    ) -> TierFuture<'a, ()> {
         Box::pin(async move {
             if let Some(gate) = &self.gate {
                 gate.notified().await;
             }
-            self.stored.lock().unwrap().insert(key.clone(), stored);
+            if let Some(stored) = stored {
+                self.stored.lock().unwrap().insert(key.clone(), stored);
+            }
         })
     }
-    fn invalidate(&self, app: u32, command: u32) {
+    fn invalidate(&self, app: u32, command: u32) -> TierFuture<'static, ()> {
         self.invalidated.lock().unwrap().push((app, command));
         self.stored
             .lock()
             .unwrap()
             .retain(|k, _| (k.app, k.command) != (app, command));
+        Box::pin(std::future::ready(()))
     }
 }
 
-/// The second tier is filled by a fetch, answers a moka miss with the age it had, and hears
-/// invalidations; a fresh answer found there is served as fresh.
+/// A flight's leader as the proxy runs it: the tier first, then the fetch if it must.
+async fn lead(cache: &Arc<ResponseCache>, key: &CacheKey, result: FlightResult) -> bool {
+    let Join::Leader(mut flight) = cache.join(key) else {
+        panic!("no flight should be running")
+    };
+    if let Some(cached) = flight.claim_shared(&policy(), Instant::now()).await {
+        flight.complete_from_cache(&cached);
+        return false;
+    }
+    flight.complete(result, policy()).await;
+    true
+}
+
+/// The second tier is filled by a fetch, answers another gateway's flight (not its lookups)
+/// with the age it had, and hears invalidations; a fresh answer found there is kept in moka
+/// and served as fresh.
 #[tokio::test(start_paused = true)]
 async fn a_second_tier_backs_moka() {
     let tier = Arc::new(MemoryTier::default());
     let first = new_cache(1 << 20, 1, 2, Some(Box::new(Arc::clone(&tier))));
     let k = key("{}");
-    fill(&first, &k, ok(r#"{"ErrorCode":0}"#)).await;
+    assert!(lead(&first, &k, ok(r#"{"ErrorCode":0}"#)).await, "fetched");
     tokio::time::sleep(Duration::from_millis(1)).await; // the background put runs
     assert_eq!(
         tier.stored.lock().unwrap().len(),
@@ -259,17 +291,26 @@ async fn a_second_tier_backs_moka() {
         "the fetch reached the tier"
     );
 
-    // Another gateway (its own moka, the same tier) finds the answer without a fetch.
+    // Another gateway (its own moka, the same tier): a lookup is a miss (moka only), its
+    // flight finds the answer without a fetch.
     tokio::time::advance(Duration::from_secs(2) - Duration::from_millis(1)).await;
     let other = new_cache(1 << 20, 1, 2, Some(Box::new(Arc::clone(&tier))));
     tier.stored.lock().unwrap().get_mut(&k).unwrap().age = Duration::from_secs(2);
+    assert!(matches!(
+        other.lookup(&k, &policy(), Instant::now()).await,
+        Lookup::Miss { fallback: None }
+    ));
+    assert!(
+        !lead(&other, &k, ok(r#"{"ErrorCode":1}"#)).await,
+        "not fetched"
+    );
     let Lookup::Fresh(found) = other.lookup(&k, &policy(), Instant::now()).await else {
-        panic!("a tier hit within ttl is fresh");
+        panic!("a tier hit within ttl is kept in moka as fresh");
     };
     assert_eq!(found.age(Instant::now()), Duration::from_secs(2));
     assert_eq!(&found.body[..], br#"{"ErrorCode":0}"#);
 
-    other.invalidate(0, 1);
+    drop(other.invalidate(0, 1));
     assert_eq!(*tier.invalidated.lock().unwrap(), vec![(0, 1)]);
     assert!(matches!(
         other.lookup(&k, &policy(), Instant::now()).await,
@@ -287,12 +328,12 @@ async fn an_invalidation_during_a_slow_put_reaches_the_tier_after_it() {
     });
     let cache = new_cache(1 << 20, 1, 2, Some(Box::new(Arc::clone(&tier))));
     let k = key("{}");
-    fill(&cache, &k, ok(r#"{"ErrorCode":0}"#)).await;
+    assert!(lead(&cache, &k, ok(r#"{"ErrorCode":0}"#)).await);
     assert!(matches!(
         cache.lookup(&k, &policy(), Instant::now()).await,
         Lookup::Fresh(_)
     ));
-    cache.invalidate(0, 1); // the write, while the put waits at the gate
+    drop(cache.invalidate(0, 1)); // the write, while the put waits at the gate
     tier.gate.as_ref().unwrap().notify_one();
     tokio::time::sleep(Duration::from_millis(1)).await;
     assert!(
@@ -341,7 +382,7 @@ async fn hot_slots_serve_only_what_moka_would() {
     fill(&cache, &k, ok(r#"{"ErrorCode":0}"#)).await;
     let kept = fresh(cache.lookup(&k, &p, now).await);
     assert_eq!(Arc::strong_count(&kept), 3);
-    cache.invalidate(k.app, k.command);
+    drop(cache.invalidate(k.app, k.command));
     assert!(matches!(
         cache.lookup(&k, &p, now).await,
         Lookup::Miss { fallback: None }

@@ -2,7 +2,8 @@
 //! reservation batches are, and how many calls were re-charged after failures.
 //!
 //! Metrics owned here: `redis_command_duration_seconds{op}`, `redis_errors_total{op, kind}`,
-//! `throttle_batch_size`, `throttle_debt_charged_total`. `op` is `reserve` or `pause`; `kind`
+//! `throttle_batch_size`, `throttle_debt_charged_total`. `op` is `reserve`, `pause`, or the shared
+//! cache's `cache_claim`, `cache_store`, `invalidate`; `kind`
 //! is `timeout`, `error` or `late` (a reservation reply after `fleet.max_lateness`, thrown
 //! away). Every series is created at start, so alerts need no `offset` tricks.
 
@@ -17,6 +18,12 @@ use crate::metrics::{counter_vec, histogram_vec};
 pub enum Op {
     Reserve = 0,
     Pause = 1,
+    /// The shared cache's `claim.lua`.
+    CacheClaim = 2,
+    /// The shared cache's `store.lua`.
+    CacheStore = 3,
+    /// The shared cache's `invalidate.lua`.
+    Invalidate = 4,
 }
 
 /// How a Redis command failed.
@@ -30,7 +37,13 @@ pub enum Failure {
     Late = 2,
 }
 
-const OPS: [&str; 2] = ["reserve", "pause"];
+const OPS: [&str; 5] = [
+    "reserve",
+    "pause",
+    "cache_claim",
+    "cache_store",
+    "invalidate",
+];
 const FAILURES: [&str; 3] = ["timeout", "error", "late"];
 
 /// The fleet's metric handles, shared by every fleet budget of the gateway.
@@ -40,8 +53,8 @@ const FAILURES: [&str; 3] = ["timeout", "error", "late"];
 /// every budget re-charges after any failure.
 #[derive(Debug)]
 pub struct FleetMetrics {
-    duration: [Histogram; 2],
-    errors: [[IntCounter; 3]; 2],
+    duration: [Histogram; 5],
+    errors: [[IntCounter; 3]; 5],
     batch: Histogram,
     debt: IntCounter,
     failures: std::sync::atomic::AtomicU64,
@@ -92,11 +105,11 @@ impl FleetMetrics {
         FleetMetrics::register(&Registry::new()).expect("fixed, valid metric names")
     }
 
-    pub(super) fn answered(&self, op: Op, took: Duration) {
+    pub fn answered(&self, op: Op, took: Duration) {
         self.duration[op as usize].observe(took.as_secs_f64());
     }
 
-    pub(super) fn failed(&self, op: Op, failure: Failure) {
+    pub fn failed(&self, op: Op, failure: Failure) {
         self.errors[op as usize][failure as usize].inc();
         if failure != Failure::Late {
             self.failures

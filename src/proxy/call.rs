@@ -292,10 +292,14 @@ impl Shared {
     }
 
     /// After a successful write, drops the cached reads it affects.
-    pub(super) fn invalidate_after_write(&self, target: &Target<'_>) {
+    pub(super) fn invalidate_after_write(
+        &self,
+        target: &Target<'_>,
+    ) -> crate::cache::TierFuture<'static, ()> {
         let lane = target.lane;
+        let mut passed_on = Vec::with_capacity(lane.invalidates.len());
         for &read in &lane.invalidates {
-            self.cache.invalidate(lane.app as u32, read);
+            passed_on.push(self.cache.invalidate(lane.app as u32, read));
             tracing::debug!(
                 app = %self.apps[lane.app].name,
                 write = target.command,
@@ -303,6 +307,11 @@ impl Shared {
                 "invalidated cached reads"
             );
         }
+        Box::pin(async move {
+            for done in passed_on {
+                done.await;
+            }
+        })
     }
 }
 

@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::limiter::{BackOff, BudgetKey, Limiter};
 use crate::metrics::OTHER_COMMAND;
 use crate::region::Origins;
+use crate::shared_cache::{RedisTier, SharedCacheConfig};
 use crate::signer::{Signer, UserSigCollector};
 use crate::throttle::BudgetSpec;
 use crate::upstream::{UpstreamClient, UpstreamFamilies, UpstreamMetrics};
@@ -137,7 +138,11 @@ impl Shared {
             base: t.backoff_base,
             max: t.backoff_max,
         };
-        let limiter = match &config.fleet {
+        let fleet_redis = match &config.fleet {
+            Some(fleet) => Some(fleet_redis(fleet, registry)?),
+            None => None,
+        };
+        let limiter = match &fleet_redis {
             None => Limiter::local(
                 registry,
                 &app_names,
@@ -146,7 +151,7 @@ impl Shared {
                 other_spec,
                 back_off,
             )?,
-            Some(fleet) => {
+            Some((redis, _)) => {
                 let sdkappids: Vec<u64> = config.apps.iter().map(|app| app.sdkappid).collect();
                 Limiter::fleet(
                     registry,
@@ -156,7 +161,7 @@ impl Shared {
                     &command_specs,
                     other_spec,
                     back_off,
-                    fleet_redis(fleet),
+                    redis.clone(),
                 )?
             }
         };
@@ -172,7 +177,23 @@ impl Shared {
                     .collect(),
             },
             registry,
-            None,
+            match (&fleet_redis, &config.fleet) {
+                (Some((redis, client)), Some(fleet)) if fleet.shared_cache => {
+                    Some(Box::new(RedisTier::new(
+                        SharedCacheConfig {
+                            connection: redis.connection.clone(),
+                            client: client.clone(),
+                            key_prefix: redis.key_prefix.clone(),
+                            sdkappids: config.apps.iter().map(|app| app.sdkappid).collect(),
+                            commands: command_names.clone(),
+                            command_timeout: fleet.command_timeout,
+                            metrics: Arc::clone(&redis.metrics),
+                        },
+                        registry,
+                    )?) as Box<dyn crate::cache::SecondTier>)
+                }
+                _ => None,
+            },
         )?;
         registry.register(Box::new(UserSigCollector::new(
             apps.iter()
@@ -309,7 +330,11 @@ fn budget_specs(catalogue: &Catalogue, config: &Config) -> (Vec<BudgetSpec>, Bud
 
 /// The fleet's Redis connection: made lazily (a gateway starts, and fails closed, while Redis
 /// is down) and reconnected in the background; commands are bounded by `command_timeout`.
-fn fleet_redis(fleet: &crate::config::FleetConfig) -> crate::limiter::FleetRedis {
+/// With it, the client (the shared cache's subscription needs a connection of its own).
+fn fleet_redis(
+    fleet: &crate::config::FleetConfig,
+    registry: &Registry,
+) -> prometheus::Result<(crate::limiter::FleetRedis, redis::Client)> {
     const VALIDATED: &str = "the config validated the Redis URL";
     if fleet.fallback == crate::config::Fallback::Share {
         tracing::warn!(
@@ -322,14 +347,16 @@ fn fleet_redis(fleet: &crate::config::FleetConfig) -> crate::limiter::FleetRedis
         .set_response_timeout(Some(fleet.command_timeout))
         .set_connection_timeout(Some(Duration::from_secs(1)))
         .set_max_delay(Duration::from_secs(1));
-    let connection =
-        redis::aio::ConnectionManager::new_lazy_with_config(client, settings).expect(VALIDATED);
-    crate::limiter::FleetRedis {
+    let connection = redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), settings)
+        .expect(VALIDATED);
+    let redis = crate::limiter::FleetRedis {
         connection,
+        metrics: Arc::new(crate::fleet::FleetMetrics::register(registry)?),
         key_prefix: fleet.key_prefix.clone(),
         timing: crate::fleet::FleetTiming {
             command_timeout: fleet.command_timeout,
             max_lateness: fleet.max_lateness,
         },
-    }
+    };
+    Ok((redis, client))
 }

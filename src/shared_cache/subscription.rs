@@ -1,0 +1,145 @@
+//! The tier's subscription to its apps' `inval` and `fill` channels, and the re-sending of
+//! invalidations Redis did not take.
+
+use std::sync::atomic::Ordering;
+use std::sync::Weak;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+
+use super::{lock, Inner, HEARTBEAT, REPUBLISH_EVERY};
+
+impl Inner {
+    /// An `inval` message from another gateway: `<command> <gateway id>`.
+    pub(super) fn on_invalidation(&self, channel: &str, payload: &[u8]) {
+        let Some(cache) = self.cache.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        let Ok(payload) = std::str::from_utf8(payload) else {
+            return;
+        };
+        let Some((name, sender)) = payload.split_once(' ') else {
+            return;
+        };
+        if sender.parse::<u64>() == Ok(self.id) {
+            return; // our own: already done here
+        }
+        let Some(command) = self.commands.iter().position(|c| *c == name) else {
+            return;
+        };
+        self.metrics.received.inc();
+        for (app, &sdkappid) in self.sdkappids.iter().enumerate() {
+            if channel == format!("{}:inval", self.app_tag(sdkappid)) {
+                cache.invalidate_here(Some(app as u32), Some(command as u32), |_, _| {});
+            }
+        }
+    }
+
+    pub(super) fn on_fill(&self, payload: &[u8]) {
+        let Ok(notice) = std::str::from_utf8(payload) else {
+            return;
+        };
+        if let Some(notify) = lock(&self.waiting).get(notice) {
+            notify.notify_one();
+        }
+    }
+
+    pub(super) fn wake_every_waiter(&self) {
+        for notify in lock(&self.waiting).values() {
+            notify.notify_one();
+        }
+    }
+
+    pub(super) fn channels(&self) -> Vec<String> {
+        let mut sdkappids = self.sdkappids.clone();
+        sdkappids.sort_unstable();
+        sdkappids.dedup();
+        sdkappids
+            .into_iter()
+            .flat_map(|sdkappid| {
+                let tag = self.app_tag(sdkappid);
+                [format!("{tag}:inval"), format!("{tag}:fill")]
+            })
+            .collect()
+    }
+}
+
+/// Keeps this gateway subscribed to its apps' `inval` and `fill` channels, for as long as the
+/// tier lives. Every (re)subscription drops every cached answer here: messages published
+/// while it was not subscribed are lost.
+pub(super) async fn listen(inner: Weak<Inner>) {
+    let mut is_first = true;
+    loop {
+        let Some(me) = inner.upgrade() else { return };
+        if let Ok(Ok(pubsub)) =
+            tokio::time::timeout(Duration::from_secs(1), me.client.get_async_pubsub()).await
+        {
+            let (mut sink, mut stream) = pubsub.split();
+            let mut subscribed = true;
+            for channel in me.channels() {
+                let done = tokio::time::timeout(Duration::from_secs(1), sink.subscribe(&channel));
+                if !matches!(done.await, Ok(Ok(()))) {
+                    subscribed = false;
+                    break;
+                }
+            }
+            if subscribed {
+                if !is_first {
+                    if let Some(cache) = me.cache.get().and_then(Weak::upgrade) {
+                        cache.invalidate_here(None, None, |_, _| {});
+                    }
+                    tracing::info!(
+                        "shared cache: subscribed again to Redis; answers cached here while \
+                         it was not were dropped"
+                    );
+                }
+                is_first = false;
+                me.metrics.subscribed.set(1);
+                me.wake_every_waiter();
+                drop(me);
+                let mut heartbeat = tokio::time::interval(HEARTBEAT);
+                loop {
+                    tokio::select! {
+                        message = stream.next() => {
+                            let Some(message) = message else { break };
+                            let Some(me) = inner.upgrade() else { return };
+                            let channel = message.get_channel_name();
+                            if channel.ends_with(":fill") {
+                                me.on_fill(message.get_payload_bytes());
+                            } else {
+                                me.on_invalidation(channel, message.get_payload_bytes());
+                            }
+                        }
+                        _ = heartbeat.tick() => {
+                            let ping = sink.ping::<redis::Value>();
+                            if !matches!(tokio::time::timeout(HEARTBEAT, ping).await, Ok(Ok(_))) {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let Some(me) = inner.upgrade() else { return };
+                me.metrics.subscribed.set(0);
+                // Messages may be lost from now on: answers cached here count as outdated
+                // from the moment the subscription is back (see above).
+                tracing::warn!("shared cache: lost the Redis subscription; reconnecting");
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Re-sends pending invalidations every second until none is left.
+pub(super) async fn republish(inner: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(REPUBLISH_EVERY).await;
+        let Some(me) = inner.upgrade() else { return };
+        if me.republish_pending().await {
+            me.is_republishing.store(false, Ordering::Release);
+            // One added after the last pass but before the flag fell is picked up here.
+            if lock(&me.pending).is_empty() || me.is_republishing.swap(true, Ordering::AcqRel) {
+                return;
+            }
+        }
+    }
+}

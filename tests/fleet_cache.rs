@@ -1,0 +1,193 @@
+//! Fleet mode's shared cache end to end: three `tim-gateway serve` processes sharing one
+//! `redis-server` in front of one sandbox, which counts every call.
+
+mod support;
+
+use std::time::Duration;
+
+use support::process::{serve_with, Served};
+use support::redis::RedisServer;
+use support::{metrics_text, post, start_sandbox, Extra, CREATE_ROBOT, GET_ALL_ROBOTS, KEY};
+
+/// One test at a time: each starts three gateways on a 2-core machine.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Three gateways in fleet mode on `redis` (shared cache on), in front of `sandbox`.
+fn fleet_of_three(sandbox: &tim_gateway::sandbox::Sandbox, redis: &RedisServer) -> Vec<Served> {
+    let tail = format!(
+        "[fleet]\nredis_url = \"{}\"\nexpected_replicas = 3\n",
+        redis.url()
+    );
+    (0..3)
+        .map(|_| {
+            serve_with(
+                sandbox,
+                KEY,
+                Extra {
+                    tail: &tail,
+                    ..Extra::default()
+                },
+            )
+        })
+        .collect()
+}
+
+/// The value of the `/metrics` sample `series` (name and labels exactly as exposed).
+async fn sample(admin: std::net::SocketAddr, series: &str) -> f64 {
+    let text = metrics_text(admin).await;
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// Waits until every gateway hears the fleet's invalidations (its subscription is up).
+async fn until_subscribed(gateways: &[Served]) {
+    for gateway in gateways {
+        for _ in 0..100 {
+            if sample(gateway.admin, "tim_gateway_cache_shared_subscribed").await == 1.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            sample(gateway.admin, "tim_gateway_cache_shared_subscribed").await,
+            1.0
+        );
+    }
+}
+
+/// 3 gateways × 300 concurrent cold requests for one key (the upstream takes 200 ms to
+/// answer, so they all overlap): one upstream call in all, and all 900 answers identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_fetch_per_cold_key_across_the_fleet() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let sandbox = start_sandbox().await;
+    let gateways = fleet_of_three(&sandbox, &redis);
+    until_subscribed(&gateways).await;
+    sandbox.set_latency(Duration::from_millis(200));
+    let mut requests = Vec::new();
+    for _ in 0..300 {
+        for gateway in &gateways {
+            let addr = gateway.addr;
+            requests.push(tokio::spawn(async move {
+                post(addr, GET_ALL_ROBOTS, "{}").await
+            }));
+        }
+    }
+    let mut bodies = std::collections::BTreeSet::new();
+    for request in requests {
+        let answer = request.await.unwrap();
+        assert_eq!((answer.status.as_u16(), answer.error_code()), (200, 0));
+        bodies.insert(answer.json.to_string());
+    }
+    assert_eq!(bodies.len(), 1, "all 900 answers identical: {bodies:?}");
+    assert_eq!(sandbox.calls(GET_ALL_ROBOTS), 1, "one upstream call");
+    let mut hits = 0.0;
+    for gateway in &gateways {
+        hits += sample(
+            gateway.admin,
+            r#"tim_gateway_cache_shared_lookups_total{result="hit"}"#,
+        )
+        .await;
+    }
+    assert_eq!(
+        hits, 2.0,
+        "the two other gateways' flights were served from Redis"
+    );
+}
+
+/// A `create_robot` through gateway A shows up in gateway B's and C's next `get_all_robots`,
+/// although both had the old list cached; the list each then caches is the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_one_gateway_is_seen_through_every_other() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let sandbox = start_sandbox().await;
+    let gateways = fleet_of_three(&sandbox, &redis);
+    until_subscribed(&gateways).await;
+    for gateway in &gateways {
+        let before = post(gateway.addr, GET_ALL_ROBOTS, "{}").await;
+        assert_eq!(before.json["Robot_Account"], serde_json::json!([]));
+        let again = post(gateway.addr, GET_ALL_ROBOTS, "{}").await;
+        assert_eq!(again.x_cache(), "HIT");
+    }
+    let created = post(gateways[0].addr, CREATE_ROBOT, r#"{"UserID":"@RBT#fleet"}"#).await;
+    assert_eq!(created.error_code(), 0);
+    for gateway in &gateways[1..] {
+        let after = post(gateway.addr, GET_ALL_ROBOTS, "{}").await;
+        assert_eq!(
+            after.json["Robot_Account"],
+            serde_json::json!(["@RBT#fleet"])
+        );
+        let again = post(gateway.addr, GET_ALL_ROBOTS, "{}").await;
+        assert_eq!(again.x_cache(), "HIT");
+        assert_eq!(
+            again.json["Robot_Account"],
+            serde_json::json!(["@RBT#fleet"])
+        );
+    }
+    let received = sample(
+        gateways[1].admin,
+        "tim_gateway_cache_invalidations_received_total",
+    )
+    .await;
+    assert_eq!(received, 1.0);
+    let published = sample(
+        gateways[0].admin,
+        "tim_gateway_cache_invalidations_published_total",
+    )
+    .await;
+    assert_eq!(published, 1.0);
+}
+
+/// Redis gone: a gateway keeps serving what it has cached (a moka hit never touches Redis)
+/// and fails closed for the rest (429 with Retry-After, never a 5xx). When Redis is back,
+/// empty, every gateway subscribes again and drops what it cached meanwhile (an invalidation
+/// published while it was not subscribed is lost), so its next read is fetched again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_subscription_drops_what_was_cached() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let sandbox = start_sandbox().await;
+    let gateways = fleet_of_three(&sandbox, &redis);
+    until_subscribed(&gateways).await;
+    let (a, b) = (&gateways[0], &gateways[1]);
+    assert_eq!(post(b.addr, GET_ALL_ROBOTS, "{}").await.x_cache(), "MISS");
+    assert_eq!(post(b.addr, GET_ALL_ROBOTS, "{}").await.x_cache(), "HIT");
+    let socket = redis.socket();
+    drop(redis);
+    assert_eq!(post(b.addr, GET_ALL_ROBOTS, "{}").await.x_cache(), "HIT");
+    let cold = post(a.addr, GET_ALL_ROBOTS, r#"{"other":1}"#).await;
+    assert_eq!(cold.status.as_u16(), 429, "no upstream call without Redis");
+    assert!(cold.headers.contains_key("retry-after"));
+    let _restarted = RedisServer::start_at(&socket);
+    until_subscribed(&gateways).await;
+    // The throttle is back once a cold read at C reaches the upstream.
+    let c = &gateways[2];
+    let mut probes = 0;
+    while post(c.addr, GET_ALL_ROBOTS, &format!(r#"{{"probe":{probes}}}"#))
+        .await
+        .status
+        != 200
+    {
+        probes += 1;
+        assert!(probes < 50, "the fleet did not recover within 5 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = post(b.addr, GET_ALL_ROBOTS, "{}").await;
+    assert_eq!(
+        after.x_cache(),
+        "MISS",
+        "B dropped its copy on subscribing again"
+    );
+    assert_eq!(after.status.as_u16(), 200);
+}
