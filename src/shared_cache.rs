@@ -62,6 +62,10 @@ pub const MAX_SHARED_BYTES: usize = 1 << 20;
 const POLL_DELAYS_MS: [u64; 4] = [25, 50, 100, 200];
 /// The subscription's heartbeat: a PING unanswered within this is a broken subscription.
 const HEARTBEAT: Duration = Duration::from_secs(1);
+/// A fetch's outcome goes to Redis in the background, where nobody's answer waits on it (only
+/// other gateways' flights, which otherwise wait out the lock): a slow Redis gets longer than
+/// `fleet.command_timeout` for it.
+const STORE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often invalidations that could not be published are tried again.
 const REPUBLISH_EVERY: Duration = Duration::from_secs(1);
 
@@ -221,6 +225,23 @@ impl Inner {
         })
     }
 
+    /// Loads the scripts, so that the first request after a (re)connect does not pay for a
+    /// NOSCRIPT round trip (redis-rs would load them then anyway).
+    async fn load_scripts(&self) {
+        let mut connection = self.connection.clone();
+        for script in [
+            &self.scripts.claim,
+            &self.scripts.store,
+            &self.scripts.invalidate,
+        ] {
+            let load =
+                tokio::time::timeout(Duration::from_secs(1), script.load_async(&mut connection));
+            if !matches!(load.await, Ok(Ok(_))) {
+                return;
+            }
+        }
+    }
+
     fn app_tag(&self, sdkappid: u64) -> String {
         format!("{}:{{{sdkappid}}}", self.prefix)
     }
@@ -314,7 +335,7 @@ impl Inner {
         let hard_ttl = stored.as_ref().map_or(0, |s| millis(s.policy.hard_ttl()));
         let sent = Instant::now();
         let reply = tokio::time::timeout(
-            self.timeout,
+            STORE_TIMEOUT,
             self.scripts
                 .store
                 .key(&keys.entry)

@@ -86,6 +86,15 @@ async fn one_fetch_per_cold_key_across_the_fleet() {
         bodies.insert(answer.json.to_string());
     }
     assert_eq!(bodies.len(), 1, "all 900 answers identical: {bodies:?}");
+    // Shown when the test fails: how each gateway's flight went.
+    for gateway in &gateways {
+        let text = metrics_text(gateway.admin).await;
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("tim_gateway_cache_shared"))
+            .collect();
+        eprintln!("{lines:#?}");
+    }
     assert_eq!(sandbox.calls(GET_ALL_ROBOTS), 1, "one upstream call");
     let mut hits = 0.0;
     for gateway in &gateways {
@@ -190,4 +199,52 @@ async fn a_lost_subscription_drops_what_was_cached() {
         "B dropped its copy on subscribing again"
     );
     assert_eq!(after.status.as_u16(), 200);
+}
+
+/// Cached answers may fill at most half of Redis's `maxmemory` (the budgets share it, and a
+/// full `noeviction` Redis would fail the fleet closed): past that, an answer is not kept in
+/// Redis (counted `refused`), the next gateway fetches for itself, and the budgets still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_answers_leave_room_for_the_budgets() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let sandbox = start_sandbox().await;
+    let gateways = fleet_of_three(&sandbox, &redis);
+    until_subscribed(&gateways).await;
+    let mut connection = redis.connect().await;
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let used: u64 = info
+        .lines()
+        .find_map(|line| line.strip_prefix("used_memory:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Half of it is below what Redis already uses: no room for any answer.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(used + 512 * 1024)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let (a, b) = (&gateways[0], &gateways[1]);
+    assert_eq!(post(a.addr, GET_ALL_ROBOTS, "{}").await.x_cache(), "MISS");
+    let refused = r#"tim_gateway_cache_shared_stores_total{result="refused"}"#;
+    for _ in 0..50 {
+        if sample(a.admin, refused).await == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sample(a.admin, refused).await, 1.0);
+    let at_b = post(b.addr, GET_ALL_ROBOTS, "{}").await;
+    assert_eq!((at_b.x_cache(), at_b.error_code()), ("MISS", 0));
+    assert_eq!(sandbox.calls(GET_ALL_ROBOTS), 2, "B fetched for itself");
 }

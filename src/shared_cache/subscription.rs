@@ -94,6 +94,7 @@ pub(super) async fn listen(inner: Weak<Inner>) {
                     );
                 }
                 is_first = false;
+                me.load_scripts().await;
                 me.metrics.subscribed.set(1);
                 me.wake_every_waiter();
                 drop(me);
