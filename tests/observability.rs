@@ -266,11 +266,18 @@ async fn dashboard_and_alerts_use_only_exported_metrics() {
         assert!(names.len() >= 5, "{path} references only {names:?}");
         // Fleet mode's families exist only with `[fleet]`; tests/fleet.rs reads them from
         // gateways in fleet mode.
-        const FLEET_ONLY: [&str; 4] = [
+        const FLEET_ONLY: [&str; 11] = [
             "tim_gateway_redis_command_duration_seconds",
             "tim_gateway_redis_errors_total",
             "tim_gateway_throttle_batch_size",
             "tim_gateway_throttle_debt_charged_total",
+            "tim_gateway_cache_shared_lookups_total",
+            "tim_gateway_cache_shared_waits_total",
+            "tim_gateway_cache_shared_stores_total",
+            "tim_gateway_cache_invalidations_published_total",
+            "tim_gateway_cache_invalidations_received_total",
+            "tim_gateway_cache_invalidations_pending",
+            "tim_gateway_cache_shared_subscribed",
         ];
         let missing: Vec<&String> = names
             .iter()

@@ -65,8 +65,9 @@ impl Inner {
 }
 
 /// Keeps this gateway subscribed to its apps' `inval` and `fill` channels, for as long as the
-/// tier lives. Every (re)subscription drops every cached answer here: messages published
-/// while it was not subscribed are lost.
+/// tier lives. Every subscription but one made at the first attempt (when nothing can have
+/// been cached yet) drops every cached answer here: messages published while it was not
+/// subscribed are lost.
 pub(super) async fn listen(inner: Weak<Inner>) {
     let mut is_first = true;
     loop {
@@ -93,7 +94,6 @@ pub(super) async fn listen(inner: Weak<Inner>) {
                          it was not were dropped"
                     );
                 }
-                is_first = false;
                 me.load_scripts().await;
                 me.metrics.subscribed.set(1);
                 me.wake_every_waiter();
@@ -126,6 +126,7 @@ pub(super) async fn listen(inner: Weak<Inner>) {
                 tracing::warn!("shared cache: lost the Redis subscription; reconnecting");
             }
         }
+        is_first = false;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
