@@ -92,7 +92,9 @@ async fn drive(gateways: &[Served], end: Instant) -> Counts {
 /// Three gateways, together offered more than five times the budget for 4 s (account_check:
 /// an uncached read whose quota is 100/s; see `drive`): the sandbox never
 /// sees more than the budget (95 of Tencent's 100) in any sliding second, is kept busy at no
-/// less than 85% of the fleet's rate (floor((95 − 4) / 1.025) = 88/s), and never answers
+/// less than 85% of the fleet's rate (floor((95 − 4) / 1.025) = 88/s) while the overload lasts,
+/// Redis sees fewer than a quarter as many reservation calls as the upstream sees calls, and
+/// the upstream never answers
 /// 60007; clients see only 200 and 429.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_gateways_keep_one_quota() {
@@ -108,9 +110,15 @@ async fn three_gateways_keep_one_quota() {
         counts.each_ref().map(|c| c.load(Ordering::Relaxed));
     let busiest = sandbox.max_calls_in_window(ACCOUNT_CHECK);
     let calls = sandbox.calls(ACCOUNT_CHECK);
+    // The rate while the overload lasted: calls that arrived in its 4 s.
+    let during = sandbox
+        .requests(ACCOUNT_CHECK)
+        .iter()
+        .filter(|r| r.received_at <= end)
+        .count();
     eprintln!(
         "{ok} ok, {throttled} throttled, {tencent_error} Tencent errors, {other} other; \
-         {calls} calls upstream, busiest second {busiest}"
+         {calls} calls upstream ({during} during the 4 s of overload), busiest second {busiest}"
     );
     let reservations = total(&gateways, "tim_gateway_throttle_batch_size_count").await;
     let empty = total(
@@ -138,13 +146,14 @@ async fn three_gateways_keep_one_quota() {
         ok + throttled
     );
     assert!(busiest <= 95, "{busiest} calls in one second");
-    assert!(calls as f64 >= 0.85 * 88.0 * 4.0, "{calls} calls in 4 s");
+    assert!(during as f64 >= 0.85 * 88.0 * 4.0, "{during} calls in 4 s");
     assert_eq!(calls, ok, "every call upstream answered one client");
     assert_eq!(failed, 0.0);
-    // Batching: the three gateways made fewer reservation calls than half the calls upstream.
+    // Batching: Redis saw fewer than a quarter as many reservation calls as the upstream saw
+    // calls.
     assert!(
-        reservations > 0.0 && reservations * 2.0 <= calls as f64,
-        "{reservations} reservations"
+        reservations > 0.0 && reservations * 4.0 < calls as f64,
+        "{reservations} reservations for {calls} calls"
     );
 }
 

@@ -296,9 +296,19 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
                     state.is_calling = false;
                     return;
                 };
-                // Only slots the first caller (the one with the earliest limit) can still use:
-                // a slot reserved in Redis but given to nobody is capacity lost to the fleet.
-                let reach = first.limit.map_or(Duration::ZERO, |limit| limit - now);
+                // Only slots the callers of this batch can still use (the latest limit among
+                // them; slots go FIFO to whoever can take them): a slot reserved in Redis but
+                // given to nobody is capacity lost to the fleet. Under overload the first
+                // caller is about to give up, so its limit alone would allow a fragment.
+                let _ = first;
+                let latest = state
+                    .waiting
+                    .iter()
+                    .take(MAX_BATCH)
+                    .filter_map(|w| w.limit)
+                    .max();
+                let reach =
+                    latest.map_or(Duration::ZERO, |limit| limit.saturating_duration_since(now));
                 let reach = reach.min(Duration::from_micros(self.gcra.max_wait_us));
                 let failures = self.metrics.failures();
                 if failures != state.seen_failures {
@@ -439,18 +449,24 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
         for &offset in &reservation.slots {
             let slot = received + offset;
             state.recent.push_back(slot);
-            let Some(waiter) = state.waiting.pop_front() else {
-                state.keep_spare(slot);
-                continue;
-            };
-            if !waiter.takes(offset, slot) {
-                let refused = Refusal::Throttled(ThrottleError::Saturated {
-                    retry_after: offset,
-                });
-                let _ = waiter.answer.send(Err(refused));
-                state.keep_spare(slot);
-            } else if let Err(Ok(slot)) = waiter.answer.send(Ok(slot)) {
-                // Its caller left while the call ran.
+            // The first caller that can take it: one that cannot (its limit is before it)
+            // cannot take any later slot either, and is refused.
+            let mut is_taken = false;
+            while let Some(waiter) = state.waiting.pop_front() {
+                if !waiter.takes(offset, slot) {
+                    let refused = Refusal::Throttled(ThrottleError::Saturated {
+                        retry_after: offset,
+                    });
+                    let _ = waiter.answer.send(Err(refused));
+                    continue;
+                }
+                // Its caller may have left while the call ran: then the next one takes it.
+                if waiter.answer.send(Ok(slot)).is_ok() {
+                    is_taken = true;
+                    break;
+                }
+            }
+            if !is_taken {
                 state.keep_spare(slot);
             }
         }
@@ -476,16 +492,23 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
         }
         state.waiting = kept;
         // The next call can take a whole batch once `batch` more slots are within the reach
-        // this call had (the next one's is no shorter: its first caller's limit is no sooner).
+        // this call had.
         let batch = if self.is_slow() {
             1
         } else {
             state.waiting.len().min(MAX_BATCH) as u32
         };
         let interval = Duration::from_micros(self.gcra.interval_us);
-        let batch_opens = (next_free + interval * batch.saturating_sub(1))
+        let mut batch_opens = (next_free + interval * batch.saturating_sub(1))
             .checked_sub(reach)
             .unwrap_or(received);
+        if reservation.blocked_for.is_zero() {
+            // Other gateways took part of the batch this call was paced for. Every gateway
+            // computes the same opening from the same timeline: each wakes at a random point
+            // of the next two batches' span instead, so that an opening goes to one of them
+            // whole rather than to all of them in fragments.
+            batch_opens += interval.mul_f64(fastrand::f64() * f64::from(batch) * 2.0);
+        }
         Some(batch_opens.max(received))
     }
 }
