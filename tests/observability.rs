@@ -266,7 +266,9 @@ async fn dashboard_and_alerts_use_only_exported_metrics() {
         assert!(names.len() >= 5, "{path} references only {names:?}");
         // Fleet mode's families exist only with `[fleet]`; tests/fleet.rs reads them from
         // gateways in fleet mode.
-        const FLEET_ONLY: [&str; 11] = [
+        const FLEET_ONLY: [&str; 13] = [
+            "tim_gateway_fleet_members",
+            "tim_gateway_fleet_expected_replicas",
             "tim_gateway_redis_command_duration_seconds",
             "tim_gateway_redis_errors_total",
             "tim_gateway_throttle_batch_size",

@@ -3,7 +3,7 @@
 //!
 //! Metrics owned here: `redis_command_duration_seconds{op}`, `redis_errors_total{op, kind}`,
 //! `throttle_batch_size`, `throttle_debt_charged_total`. `op` is `reserve`, `pause`, or the shared
-//! cache's `cache_claim`, `cache_store`, `invalidate`; `kind`
+//! cache's `cache_claim`, `cache_store`, `invalidate`, or `heartbeat`; `kind`
 //! is `timeout`, `error` or `late` (a reservation reply after `fleet.max_lateness`, thrown
 //! away). Every series is created at start, so alerts need no `offset` tricks.
 
@@ -24,6 +24,8 @@ pub enum Op {
     CacheStore = 3,
     /// The shared cache's `invalidate.lua`.
     Invalidate = 4,
+    /// A membership heartbeat (`members.lua`).
+    Heartbeat = 5,
 }
 
 /// How a Redis command failed.
@@ -37,12 +39,13 @@ pub enum Failure {
     Late = 2,
 }
 
-const OPS: [&str; 5] = [
+const OPS: [&str; 6] = [
     "reserve",
     "pause",
     "cache_claim",
     "cache_store",
     "invalidate",
+    "heartbeat",
 ];
 const FAILURES: [&str; 3] = ["timeout", "error", "late"];
 
@@ -53,8 +56,8 @@ const FAILURES: [&str; 3] = ["timeout", "error", "late"];
 /// every budget re-charges after any failure.
 #[derive(Debug)]
 pub struct FleetMetrics {
-    duration: [Histogram; 5],
-    errors: [[IntCounter; 3]; 5],
+    duration: [Histogram; 6],
+    errors: [[IntCounter; 3]; 6],
     batch: Histogram,
     debt: IntCounter,
     failures: std::sync::atomic::AtomicU64,

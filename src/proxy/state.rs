@@ -225,6 +225,27 @@ impl Shared {
                 }));
             }
         }
+        let drain = tokio::sync::watch::Sender::new(DrainStage::Running);
+        if let (Some((redis, _)), Some(fleet)) = (&fleet_redis, &config.fleet) {
+            let membership = crate::fleet::Membership::new(
+                redis.connection.clone(),
+                &redis.key_prefix,
+                &config
+                    .apps
+                    .iter()
+                    .map(|app| (app.name.clone(), app.sdkappid))
+                    .collect::<Vec<_>>(),
+                fleet.expected_replicas,
+                fleet.command_timeout,
+                Arc::clone(&redis.metrics),
+                registry,
+            )?;
+            // A draining gateway leaves the fleet at once rather than turning suspect.
+            let mut stage = drain.subscribe();
+            tokio::spawn(membership.run(async move {
+                let _ = stage.wait_for(|s| *s != DrainStage::Running).await;
+            }));
+        }
         Ok(Shared {
             apps,
             catalogue,
@@ -237,7 +258,7 @@ impl Shared {
                 base_delay: config.upstream.retry_base_delay,
                 deadline: config.upstream.deadline,
             },
-            drain: tokio::sync::watch::Sender::new(DrainStage::Running),
+            drain,
         })
     }
 
