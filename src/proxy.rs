@@ -509,7 +509,13 @@ impl Shared {
             return;
         }
         // Fleet mode: another gateway may have it, or be fetching it.
-        if let Some(cached) = flight.claim_shared(&fill.policy, fill.deadline).await {
+        // A caller with a stale answer to fall back on does not wait on another gateway.
+        let wait_until = if fill.may_wait {
+            fill.deadline
+        } else {
+            Instant::now()
+        };
+        if let Some(cached) = flight.claim_shared(&fill.policy, wait_until).await {
             flight.complete_from_cache(&cached);
             return;
         }

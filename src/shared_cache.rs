@@ -29,7 +29,7 @@
 //! `error`), `cache_invalidations_published_total`, `cache_invalidations_received_total`,
 //! `cache_invalidations_pending`, `cache_shared_subscribed`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -64,14 +64,17 @@ const POLL_DELAYS_MS: [u64; 4] = [25, 50, 100, 200];
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// A fetch's outcome goes to Redis in the background, where nobody's answer waits on it (only
 /// other gateways' flights, which otherwise wait out the lock): a slow Redis gets longer than
-/// `fleet.command_timeout` for it.
-const STORE_TIMEOUT: Duration = Duration::from_secs(1);
+/// `fleet.command_timeout` for it (on a connection of its own, whose response timeout is this).
+pub const STORE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often invalidations that could not be published are tried again.
 const REPUBLISH_EVERY: Duration = Duration::from_secs(1);
 
 /// What the shared cache needs to know of the gateway.
 pub struct SharedCacheConfig {
+    /// Bounded by `fleet.command_timeout`: claims and invalidations.
     pub connection: ConnectionManager,
+    /// Bounded by [`STORE_TIMEOUT`]: stores and script loads, which run in the background.
+    pub background: ConnectionManager,
     /// For the subscription, which needs a connection of its own.
     pub client: redis::Client,
     pub key_prefix: String,
@@ -91,6 +94,7 @@ pub struct RedisTier {
 
 struct Inner {
     connection: ConnectionManager,
+    background: ConnectionManager,
     client: redis::Client,
     prefix: String,
     sdkappids: Vec<u64>,
@@ -99,9 +103,10 @@ struct Inner {
     /// Tells this gateway's own invalidation messages from others'.
     id: u64,
     /// Waiting flights by `notice` key (`sdkappid cmd:digest`), woken by `fill` messages.
-    waiting: Mutex<HashMap<String, Arc<Notify>>>,
-    /// (app, command) pairs whose invalidation Redis has not taken yet.
-    pending: Mutex<BTreeSet<(u32, u32)>>,
+    waiting: Mutex<HashMap<String, Arc<FillWait>>>,
+    /// (app, command) pairs whose invalidation Redis has not taken yet, each with the count
+    /// of failed attempts (so a re-send only clears the attempts it covered).
+    pending: Mutex<BTreeMap<(u32, u32), u64>>,
     is_republishing: AtomicBool,
     cache: OnceLock<Weak<ResponseCache>>,
     scripts: Scripts,
@@ -144,6 +149,7 @@ impl RedisTier {
         Ok(RedisTier {
             inner: Arc::new(Inner {
                 connection: config.connection,
+                background: config.background,
                 client: config.client,
                 prefix: config.key_prefix,
                 sdkappids: config.sdkappids,
@@ -151,7 +157,7 @@ impl RedisTier {
                 timeout: config.command_timeout,
                 id: fastrand::u64(..),
                 waiting: Mutex::new(HashMap::new()),
-                pending: Mutex::new(BTreeSet::new()),
+                pending: Mutex::new(BTreeMap::new()),
                 is_republishing: AtomicBool::new(false),
                 cache: OnceLock::new(),
                 scripts: Scripts {
@@ -228,7 +234,7 @@ impl Inner {
     /// Loads the scripts, so that the first request after a (re)connect does not pay for a
     /// NOSCRIPT round trip (redis-rs would load them then anyway).
     async fn load_scripts(&self) {
-        let mut connection = self.connection.clone();
+        let mut connection = self.background.clone();
         for script in [
             &self.scripts.claim,
             &self.scripts.store,
@@ -250,12 +256,17 @@ impl Inner {
         let Some(keys) = self.keys(key) else {
             return Claim::Fetch(FillTicket::default());
         };
-        let notify = Arc::new(Notify::new());
-        let _waiting = Waiting::register(self, &keys.notice, &notify);
+        if lock(&self.pending).contains_key(&(key.app, key.command)) {
+            // A write here that Redis has not heard of: what it holds predates it.
+            self.metrics.lookups[1].inc();
+            return Claim::Fetch(FillTicket::default());
+        }
+        let wait = Arc::new(FillWait::default());
+        let _waiting = Waiting::register(self, &keys.notice, &wait);
         let mut polls = POLL_DELAYS_MS.iter().copied().chain(std::iter::repeat(200));
         let mut has_waited = false;
         loop {
-            let notified = notify.notified();
+            let notified = wait.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let token = fastrand::u64(1..);
@@ -281,7 +292,11 @@ impl Inner {
                 failed => {
                     self.fleet.failed(Op::CacheClaim, failure_of(&failed));
                     self.metrics.lookups[2].inc();
-                    return Claim::Fetch(FillTicket::default());
+                    // The script may have run and taken the lock: give it back with the outcome.
+                    return Claim::Fetch(FillTicket {
+                        generation: None,
+                        lock: Some(token),
+                    });
                 }
             };
             match parse_claim(reply, policy) {
@@ -298,8 +313,8 @@ impl Inner {
                 }
                 Some(ClaimReply::Busy(generation, lock_left)) => {
                     let now = Instant::now();
+                    // Waited long enough: fetch (the throttle still bounds it).
                     if now >= deadline {
-                        // Waited long enough: fetch (the throttle still bounds it).
                         self.metrics.lookups[1].inc();
                         return Claim::Fetch(FillTicket {
                             generation: Some(generation),
@@ -311,10 +326,25 @@ impl Inner {
                         self.metrics.waits.inc();
                     }
                     let poll = Duration::from_millis(polls.next().unwrap_or(200));
-                    let wake = (now + poll.min(lock_left + Duration::from_millis(1))).min(deadline);
+                    // A lock without a time to live (PTTL -1, not ours) is waited on as usual.
+                    let until_lapse = if lock_left.is_zero() {
+                        poll
+                    } else {
+                        lock_left + Duration::from_millis(1)
+                    };
+                    let wake = (now + poll.min(until_lapse)).min(deadline);
                     tokio::select! {
                         () = &mut notified => {}
                         () = tokio::time::sleep_until(wake) => {}
+                    }
+                    // The fetch it waited for failed: its waiters all fetch at once rather than
+                    // one after another behind the lock (the throttle still bounds them).
+                    if wait.has_failed.load(Ordering::Acquire) {
+                        self.metrics.lookups[1].inc();
+                        return Claim::Fetch(FillTicket {
+                            generation: Some(generation),
+                            lock: None,
+                        });
                     }
                 }
                 None => {
@@ -333,6 +363,12 @@ impl Inner {
             (stored.body.len() <= MAX_SHARED_BYTES).then(|| encode(stored, generation))
         });
         let hard_ttl = stored.as_ref().map_or(0, |s| millis(s.policy.hard_ttl()));
+        // Waiters on other gateways fetch at once after a failure rather than one by one.
+        let notice = format!(
+            "{} {}",
+            keys.notice,
+            if stored.is_some() { "ok" } else { "failed" }
+        );
         let sent = Instant::now();
         let reply = tokio::time::timeout(
             STORE_TIMEOUT,
@@ -346,8 +382,8 @@ impl Inner {
                 .arg(hard_ttl.max(1))
                 .arg(ticket.lock.map_or(String::new(), |t| t.to_string()))
                 .arg(&keys.fill_channel)
-                .arg(&keys.notice)
-                .invoke_async::<u32>(&mut self.connection.clone()),
+                .arg(&notice)
+                .invoke_async::<u32>(&mut self.background.clone()),
         )
         .await;
         match reply {
@@ -397,22 +433,20 @@ impl Inner {
 
     /// Keeps an invalidation Redis did not take, and makes sure someone re-sends it.
     fn keep_pending(self: &Arc<Self>, app: u32, command: u32) {
-        let pending = {
+        let (pending, was_empty) = {
             let mut pending = lock(&self.pending);
-            pending.insert((app, command));
-            pending.len()
+            let was_empty = pending.is_empty();
+            *pending.entry((app, command)).or_default() += 1;
+            (pending.len(), was_empty)
         };
         self.metrics.pending.set(pending as i64);
-        tracing::warn!(
-            app = self
-                .sdkappids
-                .get(app as usize)
-                .copied()
-                .unwrap_or_default(),
-            command = self.commands.get(command as usize).copied().unwrap_or("-"),
-            "could not tell the fleet of a write through Redis: other gateways may serve the \
-             old answer until its ttl; trying again every second"
-        );
+        if was_empty {
+            tracing::warn!(
+                "could not tell the fleet of a write through Redis: other gateways may serve \
+                 the old answer until its ttl; trying again every second \
+                 (tim_gateway_cache_invalidations_pending)"
+            );
+        }
         if !self.is_republishing.swap(true, Ordering::AcqRel) {
             tokio::spawn(republish(Arc::downgrade(self)));
         }
@@ -420,14 +454,18 @@ impl Inner {
 
     /// Sends what is pending; true when nothing is left.
     async fn republish_pending(&self) -> bool {
-        let pairs: Vec<(u32, u32)> = lock(&self.pending).iter().copied().collect();
-        for (app, command) in pairs {
+        let pairs: Vec<((u32, u32), u64)> =
+            lock(&self.pending).iter().map(|(k, v)| (*k, *v)).collect();
+        for ((app, command), attempts) in pairs {
             if !self.publish_invalidation(app, command).await {
                 return false;
             }
             let left = {
                 let mut pending = lock(&self.pending);
-                pending.remove(&(app, command));
+                // A write that failed to publish meanwhile stays pending.
+                if pending.get(&(app, command)) == Some(&attempts) {
+                    pending.remove(&(app, command));
+                }
                 pending.len()
             };
             self.metrics.pending.set(left as i64);
@@ -436,28 +474,49 @@ impl Inner {
     }
 }
 
+/// One waiting flight: woken by its entry's `fill` notice, told whether that fetch failed.
+#[derive(Default)]
+struct FillWait {
+    notify: Notify,
+    has_failed: AtomicBool,
+}
+
 /// A waiting flight's registration for `fill` notices; removed when the claim ends.
 struct Waiting<'a> {
     inner: &'a Inner,
     notice: &'a str,
+    wait: Arc<FillWait>,
 }
 
 impl<'a> Waiting<'a> {
-    fn register(inner: &'a Inner, notice: &'a str, notify: &Arc<Notify>) -> Self {
-        lock(&inner.waiting).insert(notice.to_owned(), Arc::clone(notify));
-        Waiting { inner, notice }
+    fn register(inner: &'a Inner, notice: &'a str, wait: &Arc<FillWait>) -> Self {
+        lock(&inner.waiting).insert(notice.to_owned(), Arc::clone(wait));
+        Waiting {
+            inner,
+            notice,
+            wait: Arc::clone(wait),
+        }
     }
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        lock(&self.inner.waiting).remove(self.notice);
+        // Only its own: a newer flight for the key (after an invalidation) may have replaced it.
+        let mut waiting = lock(&self.inner.waiting);
+        if waiting
+            .get(self.notice)
+            .is_some_and(|w| Arc::ptr_eq(w, &self.wait))
+        {
+            waiting.remove(self.notice);
+        }
     }
 }
 
+/// A timeout (ours, or redis-rs's own response timeout) or an error.
 fn failure_of<T>(reply: &Result<redis::RedisResult<T>, tokio::time::error::Elapsed>) -> Failure {
     match reply {
         Err(_) => Failure::Timeout,
+        Ok(Err(error)) if error.is_timeout() => Failure::Timeout,
         _ => Failure::Error,
     }
 }

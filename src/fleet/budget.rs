@@ -472,7 +472,9 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
             let batch = state.waiting.len().min(MAX_BATCH) as u32;
             let last = reservation.slots.last().copied().unwrap_or_default();
             let interval = Duration::from_micros(self.gcra.interval_us);
-            if batch == 0 || self.is_slow() {
+            // A caller that may not wait (no limit, no timer of its own) is asked for at once.
+            let is_urgent = state.waiting.iter().any(|w| w.limit.is_none());
+            if batch == 0 || self.is_slow() || is_urgent {
                 return None;
             }
             let opens = (received + last + interval * batch).checked_sub(reach);

@@ -114,13 +114,22 @@ impl FleetMetrics {
 
     pub fn failed(&self, op: Op, failure: Failure) {
         self.errors[op as usize][failure as usize].inc();
-        if failure != Failure::Late {
+        // What may mean Redis lost its state (a restart or failover breaks the connection,
+        // whichever command meets it first): every failure of the budgets' own commands and
+        // the heartbeat, and the errors (not the timeouts) of the shared cache's, which a
+        // loaded gateway's 50 ms claims can meet without anything wrong with Redis.
+        let may_mean_lost_state = match op {
+            Op::Reserve | Op::Pause | Op::Heartbeat => failure != Failure::Late,
+            Op::CacheClaim | Op::CacheStore | Op::Invalidate => failure == Failure::Error,
+        };
+        if may_mean_lost_state {
             self.failures
                 .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
     }
 
-    /// Failed Redis commands (timeouts and errors) of the whole process so far.
+    /// Failed Redis commands that may mean Redis lost its state, of the whole process so far:
+    /// after one, every budget re-charges its last second of calls.
     pub(super) fn failures(&self) -> u64 {
         self.failures.load(std::sync::atomic::Ordering::Acquire)
     }

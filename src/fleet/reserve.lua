@@ -7,7 +7,8 @@
 --
 -- KEYS[1] rate key (the TAT)   KEYS[2] command pause   KEYS[3] app pause   KEYS[4] app lockout
 -- ARGV[1] T_us (emission interval)   ARGV[2] tau_us (burst tolerance)   ARGV[3] max_wait_us
--- ARGV[4] want (0..64)   ARGV[5] debt (calls made without Redis's accounting, charged first)
+-- ARGV[4] want (0..64)   ARGV[5] debt (calls made without Redis's accounting, charged first;
+--         never past now + 1 s + tau)
 -- ARGV[6] least (1..want): grant nothing unless at least this many slots are within max_wait,
 --         so gateways competing for a full timeline take whole batches, not fragments
 -- Reply: {granted, retry_after_us, blocked_for_us, now_us, offset_1_us, ..., offset_n_us}
@@ -21,7 +22,11 @@ local tat = tonumber(redis.call('GET', KEYS[1]) or 0)
 if tat < now then tat = now end
 local blocked = math.max(tonumber(redis.call('GET', KEYS[2]) or 0),
   tonumber(redis.call('GET', KEYS[3]) or 0), tonumber(redis.call('GET', KEYS[4]) or 0))
-tat = tat + debt * T
+-- Re-charges add up when a reply is lost after the script ran (a slow Redis: the gateway
+-- charges the same calls again with its next call). No second of the fleet's calls needs the
+-- timeline more than a second plus the burst ahead, so a charge never pushes it further: a
+-- slow spell cannot block the fleet for longer than a second after it ends.
+tat = math.min(tat + debt * T, math.max(tat, now + 1000000 + tau))
 local saved_tat = tat
 local offsets, granted, retry = {}, 0, 0
 for _ = 1, want do

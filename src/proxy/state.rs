@@ -182,6 +182,7 @@ impl Shared {
                     Some(Box::new(RedisTier::new(
                         SharedCacheConfig {
                             connection: redis.connection.clone(),
+                            background: background_connection(client),
                             client: client.clone(),
                             key_prefix: redis.key_prefix.clone(),
                             sdkappids: config.apps.iter().map(|app| app.sdkappid).collect(),
@@ -347,6 +348,17 @@ fn budget_specs(catalogue: &Catalogue, config: &Config) -> (Vec<BudgetSpec>, Bud
         })
         .collect();
     (specs, spec(t.default_quota))
+}
+
+/// The shared cache's connection for work nobody's answer waits on (stores, script loads):
+/// its response timeout is the shared cache's store timeout, not `fleet.command_timeout`.
+fn background_connection(client: &redis::Client) -> redis::aio::ConnectionManager {
+    let settings = redis::aio::ConnectionManagerConfig::new()
+        .set_response_timeout(Some(crate::shared_cache::STORE_TIMEOUT))
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_max_delay(Duration::from_secs(1));
+    redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), settings)
+        .expect("the config validated the Redis URL")
 }
 
 /// The fleet's Redis connection: made lazily (a gateway starts, and fails closed, while Redis

@@ -35,18 +35,25 @@ impl Inner {
         }
     }
 
+    /// A `fill` message: `<notice> ok|failed`.
     pub(super) fn on_fill(&self, payload: &[u8]) {
-        let Ok(notice) = std::str::from_utf8(payload) else {
+        let Ok(payload) = std::str::from_utf8(payload) else {
             return;
         };
-        if let Some(notify) = lock(&self.waiting).get(notice) {
-            notify.notify_one();
+        let Some((notice, outcome)) = payload.rsplit_once(' ') else {
+            return;
+        };
+        if let Some(wait) = lock(&self.waiting).get(notice) {
+            if outcome == "failed" {
+                wait.has_failed.store(true, Ordering::Release);
+            }
+            wait.notify.notify_one();
         }
     }
 
     pub(super) fn wake_every_waiter(&self) {
-        for notify in lock(&self.waiting).values() {
-            notify.notify_one();
+        for wait in lock(&self.waiting).values() {
+            wait.notify.notify_one();
         }
     }
 
@@ -65,9 +72,8 @@ impl Inner {
 }
 
 /// Keeps this gateway subscribed to its apps' `inval` and `fill` channels, for as long as the
-/// tier lives. Every subscription but one made at the first attempt (when nothing can have
-/// been cached yet) drops every cached answer here: messages published while it was not
-/// subscribed are lost.
+/// tier lives. Every subscription drops every answer cached here: messages published while it
+/// was not subscribed are lost (even before the first: requests are served meanwhile).
 pub(super) async fn listen(inner: Weak<Inner>) {
     let mut is_first = true;
     loop {
@@ -85,10 +91,10 @@ pub(super) async fn listen(inner: Weak<Inner>) {
                 }
             }
             if subscribed {
+                if let Some(cache) = me.cache.get().and_then(Weak::upgrade) {
+                    cache.invalidate_here(None, None, |_, _| {});
+                }
                 if !is_first {
-                    if let Some(cache) = me.cache.get().and_then(Weak::upgrade) {
-                        cache.invalidate_here(None, None, |_, _| {});
-                    }
                     tracing::info!(
                         "shared cache: subscribed again to Redis; answers cached here while \
                          it was not were dropped"

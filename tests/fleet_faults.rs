@@ -1,0 +1,302 @@
+//! Fleet mode's fault matrix (design/fleet.md §5) with real processes: three `tim-gateway
+//! serve` processes on one `redis-server`, in front of one sandbox that records every call's
+//! arrival, under open-loop overload. Redis killed, restarted empty, paused and with its
+//! script cache flushed are in `tests/fleet.rs` and `tests/fleet_budget.rs`; these are the
+//! rest: Redis slow, Redis full, a 60007 seen by one gateway.
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use support::process::{serve_with, Served};
+use support::redis::RedisServer;
+use support::{metrics_text, post, start_sandbox, Extra, ACCOUNT_CHECK, KEY};
+
+/// One test at a time: each runs three gateways flat out on a 2-core machine.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const BODY: &str = r#"{"CheckItem":[{"UserID":"a"}]}"#;
+
+fn fleet_of_three(sandbox: &tim_gateway::sandbox::Sandbox, redis: &RedisServer) -> Vec<Served> {
+    let tail = format!(
+        "[fleet]\nredis_url = \"{}\"\nexpected_replicas = 3\n",
+        redis.url()
+    );
+    let gateways: Vec<Served> = (0..3)
+        .map(|_| {
+            serve_with(
+                sandbox,
+                KEY,
+                Extra {
+                    tail: &tail,
+                    ..Extra::default()
+                },
+            )
+        })
+        .collect();
+    gateways
+}
+
+/// Each gateway answers one call through Redis before the faults begin.
+async fn warm_up(gateways: &[Served]) {
+    for gateway in gateways {
+        assert_eq!(
+            post(gateway.addr, ACCOUNT_CHECK, BODY).await.error_code(),
+            0
+        );
+    }
+}
+
+/// The sum over `gateways` of the `/metrics` samples whose line starts with `prefix`.
+async fn total(gateways: &[Served], prefix: &str) -> f64 {
+    let mut sum = 0.0;
+    for gateway in gateways {
+        let text = metrics_text(gateway.admin).await;
+        sum += text
+            .lines()
+            .filter(|line| line.starts_with(prefix))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    sum
+}
+
+/// Answers seen by clients: 200 with ErrorCode 0, 429, 200 with a Tencent error, other.
+type Counts = Arc<[AtomicU64; 4]>;
+
+/// Open-loop load until `end`: every 6 ms each gateway is sent one more account_check
+/// (500/s in all, 5.3 times the budget of 95/s). Returns the answers' counts.
+async fn drive(gateways: &[Served], end: Instant) -> Counts {
+    let counts: Counts = Arc::new([(); 4].map(|()| AtomicU64::new(0)));
+    let mut requests = Vec::new();
+    let mut ticks = tokio::time::interval(Duration::from_millis(6));
+    while Instant::now() < end {
+        ticks.tick().await;
+        for gateway in gateways {
+            let addr = gateway.addr;
+            let counts = Arc::clone(&counts);
+            requests.push(tokio::spawn(async move {
+                let answer = post(addr, ACCOUNT_CHECK, BODY).await;
+                let i = match (answer.status.as_u16(), answer.error_code()) {
+                    (200, 0) => 0,
+                    (429, _) => 1,
+                    (200, _) => 2,
+                    _ => 3,
+                };
+                counts[i].fetch_add(1, Ordering::Relaxed);
+            }));
+        }
+    }
+    for request in requests {
+        request.await.unwrap();
+    }
+    counts
+}
+
+/// Calls that reached the upstream in `[from, to)`.
+fn calls_between(sandbox: &tim_gateway::sandbox::Sandbox, from: Instant, to: Instant) -> usize {
+    sandbox
+        .requests(ACCOUNT_CHECK)
+        .iter()
+        .filter(|r| r.received_at >= from && r.received_at < to)
+        .count()
+}
+
+/// Redis slow, not dead: `DEBUG SLEEP 0.1` back to back for 1.5 s (every command waits up to
+/// 100 ms, twice `fleet.command_timeout`). The gateways count timeouts, throw late replies
+/// away and fail closed: clients get only 200 and 429, no second at the upstream reaches the
+/// quota, and once Redis is fast again the calls resume by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_fails_closed_then_recovers() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let sandbox = start_sandbox().await;
+    let gateways = fleet_of_three(&sandbox, &redis);
+    warm_up(&gateways).await;
+    let start = Instant::now();
+    let (slow_from, slow_to) = (
+        start + Duration::from_millis(1000),
+        start + Duration::from_millis(2500),
+    );
+    let mut connection = redis.connect().await;
+    let sleeper = tokio::spawn(async move {
+        tokio::time::sleep_until(slow_from).await;
+        while Instant::now() < slow_to {
+            let _: () = redis::cmd("DEBUG")
+                .arg("SLEEP")
+                .arg("0.1")
+                .query_async(&mut connection)
+                .await
+                .unwrap();
+        }
+    });
+    let counts = drive(&gateways, start + Duration::from_secs(5)).await;
+    sleeper.await.unwrap();
+    let buckets: Vec<usize> = (0..20)
+        .map(|i| {
+            let from = start + Duration::from_millis(250 * i);
+            calls_between(&sandbox, from, from + Duration::from_millis(250))
+        })
+        .collect();
+    eprintln!("calls per 250 ms: {buckets:?}");
+    let [ok, throttled, tencent_error, other] =
+        counts.each_ref().map(|c| c.load(Ordering::Relaxed));
+    let busiest = sandbox.max_calls_in_window(ACCOUNT_CHECK);
+    let after = calls_between(
+        &sandbox,
+        start + Duration::from_secs(4),
+        start + Duration::from_secs(5),
+    );
+    // A reply later than fleet.command_timeout: redis-rs's own response timeout (the same
+    // value) may answer first, as an error; a reply within it but after max_lateness is late.
+    let timeouts = total(&gateways, "tim_gateway_redis_errors_total{").await;
+    for gateway in &gateways {
+        let text = metrics_text(gateway.admin).await;
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("tim_gateway_redis_errors_total{"))
+        {
+            if !line.ends_with(" 0") {
+                eprintln!("{line}");
+            }
+        }
+    }
+    eprintln!(
+        "{ok} ok, {throttled} throttled, {tencent_error} Tencent errors, {other} other; \
+         busiest second {busiest}; {after} calls in the last second; {timeouts} timeouts"
+    );
+    assert_eq!((tencent_error, other), (0, 0), "only 200 and 429");
+    assert!(busiest < 100, "{busiest} calls in one second");
+    assert!(timeouts > 0.0, "the slow replies were counted");
+    // The fleet rate is 88/s: most of the last second's slots were used again.
+    assert!(
+        after >= 44,
+        "{after} calls in the second after Redis recovered"
+    );
+}
+
+/// Redis full (`maxmemory` below what it uses, `noeviction`): the scripts' writes fail with
+/// OOM, the gateways count errors and fail closed; once memory is raised, calls resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_redis_fails_closed_then_recovers() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let sandbox = start_sandbox().await;
+    let gateways = fleet_of_three(&sandbox, &redis);
+    warm_up(&gateways).await;
+    let start = Instant::now();
+    let (full_from, full_to) = (
+        start + Duration::from_millis(1000),
+        start + Duration::from_millis(2500),
+    );
+    let mut connection = redis.connect().await;
+    let filler = tokio::spawn(async move {
+        tokio::time::sleep_until(full_from).await;
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg("1")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        tokio::time::sleep_until(full_to).await;
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg("0")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+    });
+    let counts = drive(&gateways, start + Duration::from_secs(4)).await;
+    filler.await.unwrap();
+    let [ok, throttled, tencent_error, other] =
+        counts.each_ref().map(|c| c.load(Ordering::Relaxed));
+    let busiest = sandbox.max_calls_in_window(ACCOUNT_CHECK);
+    // Slots reserved before Redis filled (at most 250 ms ahead) may still be used.
+    let while_full = calls_between(&sandbox, full_from + Duration::from_millis(500), full_to);
+    let after = calls_between(
+        &sandbox,
+        full_to + Duration::from_millis(500),
+        start + Duration::from_secs(4),
+    );
+    let errors = total(
+        &gateways,
+        r#"tim_gateway_redis_errors_total{kind="error",op="reserve"}"#,
+    )
+    .await;
+    eprintln!(
+        "{ok} ok, {throttled} throttled, {tencent_error} Tencent errors, {other} other; \
+         busiest second {busiest}; {while_full} calls while full, {after} after; {errors} errors"
+    );
+    assert_eq!((tencent_error, other), (0, 0), "only 200 and 429");
+    assert!(busiest < 100, "{busiest} calls in one second");
+    assert_eq!(while_full, 0, "no call while Redis refused every write");
+    assert!(errors > 0.0, "the refused scripts were counted");
+    assert!(
+        after >= 44,
+        "{after} calls in the second after Redis had room again"
+    );
+}
+
+/// One 60007 answered to whichever gateway calls next: every gateway pauses the command
+/// (through Redis), so after the slots already reserved run out (at most 250 ms ahead) no
+/// call reaches the upstream until the 1 s back-off ends; then the calls resume, and the
+/// busiest second stays under the quota (no burst after the pause).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frequency_limit_seen_by_one_gateway_pauses_them_all() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let sandbox = Arc::new(start_sandbox().await);
+    let gateways = fleet_of_three(&sandbox, &redis);
+    warm_up(&gateways).await;
+    let start = Instant::now();
+    let injector = {
+        let sandbox = Arc::clone(&sandbox);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(start + Duration::from_millis(1000)).await;
+            sandbox.inject_error(ACCOUNT_CHECK, 60007, 1);
+        })
+    };
+    let counts = drive(&gateways, start + Duration::from_secs(4)).await;
+    injector.await.unwrap();
+    let [ok, throttled, tencent_error, other] =
+        counts.each_ref().map(|c| c.load(Ordering::Relaxed));
+    // The call that was answered 60007: the first after the injection.
+    let requests = sandbox.requests(ACCOUNT_CHECK);
+    let limited = requests
+        .iter()
+        .map(|r| r.received_at)
+        .find(|at| *at >= start + Duration::from_millis(1000))
+        .expect("a call after the injection");
+    let paused = calls_between(
+        &sandbox,
+        limited + Duration::from_millis(300),
+        limited + Duration::from_millis(1000),
+    );
+    let busiest = sandbox.max_calls_in_window(ACCOUNT_CHECK);
+    let after = calls_between(
+        &sandbox,
+        limited + Duration::from_millis(1500),
+        start + Duration::from_secs(4),
+    );
+    eprintln!(
+        "{ok} ok, {throttled} throttled, {tencent_error} Tencent errors, {other} other; \
+         {paused} calls during the pause, {after} after; busiest second {busiest}"
+    );
+    assert_eq!(tencent_error, 1, "the one 60007 reached its client");
+    assert_eq!(other, 0);
+    assert_eq!(paused, 0, "a gateway called during the fleet's pause");
+    assert!(busiest < 100, "{busiest} calls in one second");
+    assert!(after >= 44, "{after} calls once the pause was over");
+}
