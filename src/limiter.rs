@@ -88,6 +88,9 @@ pub enum Backend {
 /// How a budget stands right now, for the scrape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BudgetState {
+    /// `throttle_mode`: 0 local, 1 fleet (Redis), 4 closed (fleet mode, Redis unavailable);
+    /// 2 and 3 are kept for fleet mode's guard and share of `design/fleet.md` §4.5.
+    pub mode: u8,
     pub waiters: usize,
     pub is_paused: bool,
     pub budget: u32,
@@ -151,6 +154,7 @@ impl Backend {
             Backend::Local(throttle) => {
                 let budget = throttle.at(key.app, key.slot);
                 BudgetState {
+                    mode: 0,
                     waiters: budget.waiters(),
                     is_paused: budget.is_paused(),
                     budget: budget.spec().budget(),
@@ -159,8 +163,10 @@ impl Backend {
             }
             Backend::Fleet(fleet) => {
                 let budget = fleet.local().at(key.app, key.slot);
+                let shared = fleet.budget(key.app, key.slot);
                 BudgetState {
-                    waiters: budget.waiters() + fleet.budget(key.app, key.slot).waiters(),
+                    mode: if shared.is_unavailable() { 4 } else { 1 },
+                    waiters: budget.waiters() + shared.waiters(),
                     is_paused: budget.is_paused(),
                     budget: budget.spec().budget(),
                     quota: budget.spec().quota,
@@ -455,6 +461,7 @@ struct BudgetCollector {
     backend: Arc<Backend>,
     /// Every budget and its (app, command) labels.
     keys: Vec<(BudgetKey, [String; 2])>,
+    mode: IntGaugeVec,
     waiters: IntGaugeVec,
     paused: IntGaugeVec,
     budget: IntGaugeVec,
@@ -467,6 +474,7 @@ impl BudgetCollector {
         Ok(BudgetCollector {
             backend,
             keys,
+            mode: scrape_gauge_vec("throttle_mode", "Where the budget lives: 0 this gateway (no fleet mode), 1 Redis (fleet mode), 4 closed (fleet mode, the last reservation call failed: no calls until Redis answers).", &labels)?,
             waiters: scrape_gauge_vec("throttle_waiters", "Requests waiting for a permit right now.", &labels)?,
             paused: scrape_gauge_vec("throttle_paused", "1 while calls are paused because Tencent asked us to back off or locked the app out.", &labels)?,
             budget: scrape_gauge_vec("throttle_budget_per_second", "The gateway's budget of calls to Tencent in any sliding second.", &labels)?,
@@ -478,6 +486,7 @@ impl BudgetCollector {
 impl Collector for BudgetCollector {
     fn desc(&self) -> Vec<&Desc> {
         [
+            self.mode.desc(),
             self.waiters.desc(),
             self.paused.desc(),
             self.budget.desc(),
@@ -490,6 +499,9 @@ impl Collector for BudgetCollector {
         for (key, [app, command]) in &self.keys {
             let state = self.backend.state(*key);
             let labels = [app.as_str(), command.as_str()];
+            self.mode
+                .with_label_values(&labels)
+                .set(i64::from(state.mode));
             self.waiters
                 .with_label_values(&labels)
                 .set(crate::metrics::as_gauge(state.waiters));
@@ -504,6 +516,7 @@ impl Collector for BudgetCollector {
                 .set(i64::from(state.quota));
         }
         [
+            self.mode.collect(),
             self.waiters.collect(),
             self.paused.collect(),
             self.budget.collect(),

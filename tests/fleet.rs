@@ -167,6 +167,14 @@ async fn three_gateways_keep_one_quota() {
     assert!(during as f64 >= 0.85 * 88.0 * 4.0, "{during} calls in 4 s");
     assert_eq!(calls, ok, "every call upstream answered one client");
     assert_eq!(failed, 0.0);
+    let mode = r#"tim_gateway_throttle_mode{app="main",command="im_open_login_svc/account_check"}"#;
+    for gateway in &gateways {
+        assert_eq!(
+            sample(gateway.admin, mode).await,
+            1.0,
+            "the budget lives in Redis"
+        );
+    }
     // Batching: Redis saw fewer than a quarter as many reservation calls as the upstream saw
     // calls.
     assert!(
@@ -214,8 +222,10 @@ async fn a_lost_redis_fails_closed() {
     assert!(sandbox.max_calls_in_window(ACCOUNT_CHECK) < 100);
     assert_eq!(late, 0, "calls went out long after Redis was gone");
     assert!(ok > 0 && throttled > 0);
-    // Each gateway counted its failed reservations.
+    // Each gateway counted its failed reservations, and shows the budget failing closed.
+    let mode = r#"tim_gateway_throttle_mode{app="main",command="im_open_login_svc/account_check"}"#;
     for gateway in &gateways {
+        assert_eq!(sample(gateway.admin, mode).await, 4.0, "closed");
         let failed = sample(
             gateway.admin,
             r#"tim_gateway_redis_errors_total{kind="error",op="reserve"}"#,

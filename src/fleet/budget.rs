@@ -116,6 +116,9 @@ struct State {
     /// limit is before it is refused here, without asking Redis (the fleet's timeline only
     /// moves forward, so this is never too strict for long).
     next_free: Option<(Instant, ThrottleError)>,
+    /// The last reservation call failed (or its replies kept coming late): callers are being
+    /// refused until one succeeds.
+    is_unavailable: bool,
 }
 
 /// One budget of the fleet.
@@ -175,6 +178,12 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
 
     pub fn gcra(&self) -> &Gcra {
         &self.gcra
+    }
+
+    /// Whether this budget is failing closed: its last reservation call failed (or its
+    /// replies kept coming late) and none has succeeded since.
+    pub fn is_unavailable(&self) -> bool {
+        self.lock().is_unavailable
     }
 
     /// Callers waiting for a reservation call.
@@ -328,6 +337,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
                 let mut state = self.lock();
                 match outcome {
                     Ok((reservation, received)) => {
+                        state.is_unavailable = false;
                         state.needs_recharge = false;
                         state.seen_failures = failures;
                         state.late_in_a_row = 0;
@@ -343,6 +353,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
                         None
                     }
                     Err(Late | Failed) => {
+                        state.is_unavailable = true;
                         state.late_in_a_row = 0;
                         state.needs_recharge = true;
                         for waiter in state.waiting.drain(..) {
