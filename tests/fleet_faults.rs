@@ -2,7 +2,7 @@
 //! serve` processes on one `redis-server`, in front of one sandbox that records every call's
 //! arrival, under open-loop overload. Redis killed, restarted empty, paused and with its
 //! script cache flushed are in `tests/fleet.rs` and `tests/fleet_budget.rs`; these are the
-//! rest: Redis slow, Redis full, a 60007 seen by one gateway.
+//! rest: Redis slow, Redis full, a 60007 seen by one gateway, one gateway cut off.
 
 mod support;
 
@@ -299,4 +299,118 @@ async fn a_frequency_limit_seen_by_one_gateway_pauses_them_all() {
     assert_eq!(paused, 0, "a gateway called during the fleet's pause");
     assert!(busiest < 100, "{busiest} calls in one second");
     assert!(after >= 44, "{after} calls once the pause was over");
+}
+
+/// One gateway cut off from Redis by a partition (no reset, no close: its commands just get
+/// no answer) while the other two are not: in `closed` mode the cut-off gateway makes no call
+/// from shortly after the cut (the slots it reserved before, at most 250 ms ahead, may still
+/// be used), its clients get 429, the other two keep the fleet's rate between them, and the
+/// busiest second stays under the quota; once the network is back it calls again by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_cut_off_from_redis_fails_closed_alone() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let relay = support::partition::Relay::start(&redis.socket());
+    let sandbox = start_sandbox().await;
+    let direct = format!(
+        "[fleet]\nredis_url = \"{}\"\nexpected_replicas = 3\nfallback = \"closed\"\n",
+        redis.url()
+    );
+    let relayed = format!(
+        "[fleet]\nredis_url = \"{}\"\nexpected_replicas = 3\nfallback = \"closed\"\n",
+        relay.url()
+    );
+    let gateways: Vec<Served> = [&relayed, &direct, &direct]
+        .into_iter()
+        .map(|tail| {
+            serve_with(
+                &sandbox,
+                KEY,
+                Extra {
+                    tail,
+                    ..Extra::default()
+                },
+            )
+        })
+        .collect();
+    warm_up(&gateways).await;
+    let cut_off = gateways[0].addr;
+    let start = Instant::now();
+    let (cut_from, cut_to) = (
+        start + Duration::from_millis(1000),
+        start + Duration::from_millis(3000),
+    );
+    let cutter = {
+        let relay = Arc::new(relay);
+        let for_task = Arc::clone(&relay);
+        (
+            tokio::spawn(async move {
+                tokio::time::sleep_until(cut_from).await;
+                for_task.set_cut(true);
+                tokio::time::sleep_until(cut_to).await;
+                for_task.set_cut(false);
+            }),
+            relay,
+        )
+    };
+    // Count the cut-off gateway's answers apart: its clients only.
+    let alone = tokio::spawn(async move {
+        let mut answers = Vec::new();
+        let mut ticks = tokio::time::interval(Duration::from_millis(20));
+        while Instant::now() < start + Duration::from_secs(5) {
+            ticks.tick().await;
+            let sent = Instant::now();
+            answers.push((sent, tokio::spawn(post(cut_off, ACCOUNT_CHECK, BODY))));
+        }
+        let mut seen = Vec::new();
+        for (sent, answer) in answers {
+            seen.push((sent, answer.await.unwrap().status.as_u16()));
+        }
+        seen
+    });
+    let counts = drive(&gateways[1..], start + Duration::from_secs(5)).await;
+    cutter.0.await.unwrap();
+    let alone = alone.await.unwrap();
+    let [ok, throttled, tencent_error, other] =
+        counts.each_ref().map(|c| c.load(Ordering::Relaxed));
+    let busiest = sandbox.max_calls_in_window(ACCOUNT_CHECK);
+    // The cut-off gateway's clients, sent well inside the cut: refused.
+    let inside: Vec<u16> = alone
+        .iter()
+        .filter(|(sent, _)| {
+            *sent >= cut_from + Duration::from_millis(500)
+                && *sent < cut_to - Duration::from_millis(100)
+        })
+        .map(|(_, status)| *status)
+        .collect();
+    let during = calls_between(&sandbox, cut_from + Duration::from_millis(500), cut_to);
+    let after_ok = alone
+        .iter()
+        .filter(|(sent, status)| *sent >= cut_to + Duration::from_millis(1000) && *status == 200)
+        .count();
+    eprintln!(
+        "others: {ok} ok, {throttled} throttled, {tencent_error} Tencent errors, {other} other; \
+         cut-off gateway: {} answers inside the cut, all 429: {}, {after_ok} ok after it; \
+         {during} calls during the cut; busiest second {busiest}",
+        inside.len(),
+        inside.iter().all(|s| *s == 429)
+    );
+    assert_eq!((tencent_error, other), (0, 0), "only 200 and 429");
+    assert!(alone.iter().all(|(_, status)| [200, 429].contains(status)));
+    assert!(
+        !inside.is_empty() && inside.iter().all(|s| *s == 429),
+        "{inside:?}"
+    );
+    assert!(busiest < 100, "{busiest} calls in one second");
+    // The other two keep the fleet's rate (88/s) during the cut: at least 85% of 1.5 s of it.
+    assert!(
+        during as f64 >= 0.85 * 88.0 * 1.5,
+        "{during} calls during the cut"
+    );
+    assert!(
+        after_ok > 0,
+        "the cut-off gateway did not call again after the cut"
+    );
 }
