@@ -14,8 +14,8 @@ mod members;
 mod metrics;
 mod script;
 
-pub use backend::{FleetThrottle, UNAVAILABLE_RETRY};
+pub use backend::{Fallback, FleetThrottle, UNAVAILABLE_RETRY};
 pub use budget::{FleetBudget, FleetTiming, Refusal, LOOKAHEAD, MAX_BATCH, MAX_LATE_IN_A_ROW};
-pub use members::{Membership, FORGET_AFTER, HEARTBEAT, SUSPECT_AFTER};
+pub use members::{MemberStatus, Membership, FALLBACK_MAX, FORGET_AFTER, HEARTBEAT, SUSPECT_AFTER};
 pub use metrics::{Failure, FleetMetrics, Op};
 pub use script::{BudgetKeys, Gcra, PauseScript, Reservation, ReserveScript};

@@ -88,8 +88,8 @@ pub enum Backend {
 /// How a budget stands right now, for the scrape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BudgetState {
-    /// `throttle_mode`: 0 local, 1 fleet (Redis), 4 closed (fleet mode, Redis unavailable);
-    /// 2 and 3 are kept for fleet mode's guard and share of `design/fleet.md` §4.5.
+    /// `throttle_mode`: 0 local, 1 fleet (Redis); Redis unavailable: 2 guard, 3 share,
+    /// 4 closed (`design/fleet.md` §4.5).
     pub mode: u8,
     pub waiters: usize,
     pub is_paused: bool,
@@ -165,7 +165,11 @@ impl Backend {
                 let budget = fleet.local().at(key.app, key.slot);
                 let shared = fleet.budget(key.app, key.slot);
                 BudgetState {
-                    mode: if shared.is_unavailable() { 4 } else { 1 },
+                    mode: if shared.is_unavailable() {
+                        fleet.fallback(Instant::now()) as u8
+                    } else {
+                        1
+                    },
                     waiters: budget.waiters() + shared.waiters(),
                     is_paused: budget.is_paused(),
                     budget: budget.spec().budget(),
@@ -184,6 +188,8 @@ pub struct FleetRedis {
     pub metrics: Arc<FleetMetrics>,
     pub key_prefix: String,
     pub timing: FleetTiming,
+    /// What this gateway's heartbeats learned (the share fallback's guard).
+    pub members: Arc<crate::fleet::MemberStatus>,
 }
 
 /// The back-off Tencent's frequency signals and UserSig rejections start from and cap at.
@@ -282,7 +288,14 @@ impl Limiter {
                     })
             })
             .collect();
-        let fleet = FleetThrottle::new(local, budgets, redis.connection, redis.timing, metrics);
+        let fleet = FleetThrottle::new(
+            local,
+            budgets,
+            redis.connection,
+            redis.timing,
+            metrics,
+            redis.members,
+        );
         Limiter::with_backend(
             registry,
             Backend::Fleet(fleet),
@@ -474,7 +487,7 @@ impl BudgetCollector {
         Ok(BudgetCollector {
             backend,
             keys,
-            mode: scrape_gauge_vec("throttle_mode", "Where the budget lives: 0 this gateway (no fleet mode), 1 Redis (fleet mode), 4 closed (fleet mode, the last reservation call failed: no calls until Redis answers).", &labels)?,
+            mode: scrape_gauge_vec("throttle_mode", "Where the budget lives: 0 this gateway (no fleet mode), 1 Redis (fleet mode); its last reservation call failed: 2 guard (no calls until the fleet leaves room for this gateway's share), 3 share (calling alone at 1/fleet.expected_replicas of the rate), 4 closed (no calls until Redis answers).", &labels)?,
             waiters: scrape_gauge_vec("throttle_waiters", "Requests waiting for a permit right now.", &labels)?,
             paused: scrape_gauge_vec("throttle_paused", "1 while calls are paused because Tencent asked us to back off or locked the app out.", &labels)?,
             budget: scrape_gauge_vec("throttle_budget_per_second", "The gateway's budget of calls to Tencent in any sliding second.", &labels)?,

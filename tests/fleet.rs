@@ -36,10 +36,15 @@ async fn sample(admin: std::net::SocketAddr, series: &str) -> f64 {
 /// such tests at once could not offer either its load.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Three gateway processes in fleet mode on `redis`, in front of `sandbox`, default config.
-fn fleet_of_three(sandbox: &tim_gateway::sandbox::Sandbox, redis: &RedisServer) -> Vec<Served> {
+/// Three gateway processes in fleet mode on `redis`, in front of `sandbox`, default config
+/// but for `fleet.fallback`.
+fn fleet_of_three(
+    sandbox: &tim_gateway::sandbox::Sandbox,
+    redis: &RedisServer,
+    fallback: &str,
+) -> Vec<Served> {
     let tail = format!(
-        "[fleet]\nredis_url = \"{}\"\nexpected_replicas = 3\n",
+        "[fleet]\nredis_url = \"{}\"\nexpected_replicas = 3\nfallback = \"{fallback}\"\n",
         redis.url()
     );
     (0..3)
@@ -103,7 +108,7 @@ async fn three_gateways_keep_one_quota() {
         return;
     };
     let sandbox = start_sandbox().await;
-    let gateways = fleet_of_three(&sandbox, &redis);
+    let gateways = fleet_of_three(&sandbox, &redis, "share");
     // Each gateway connected to Redis and loaded its script before the overload starts (a
     // sidecar's first seconds are not what the bound is about).
     for gateway in &gateways {
@@ -194,7 +199,7 @@ async fn a_lost_redis_fails_closed() {
         return;
     };
     let sandbox = start_sandbox().await;
-    let gateways = fleet_of_three(&sandbox, &redis);
+    let gateways = fleet_of_three(&sandbox, &redis, "closed");
     let end = Instant::now() + Duration::from_secs(4);
     let killer = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(1500)).await;

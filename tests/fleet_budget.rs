@@ -30,6 +30,8 @@ fn timing() -> FleetTiming {
     FleetTiming {
         command_timeout: Duration::from_millis(50),
         max_lateness: Duration::from_millis(25),
+        expected_replicas: 0,
+        is_sharing: false,
     }
 }
 
@@ -194,6 +196,7 @@ fn fleet_limiter(redis: &RedisServer, back_off: Duration) -> tim_gateway::limite
             metrics: std::sync::Arc::new(tim_gateway::fleet::FleetMetrics::unregistered()),
             key_prefix: "tim".into(),
             timing: timing(),
+            members: Default::default(),
         },
     )
     .unwrap()

@@ -414,3 +414,115 @@ async fn a_gateway_cut_off_from_redis_fails_closed_alone() {
         "the cut-off gateway did not call again after the cut"
     );
 }
+
+/// The lease-guarded share (`fleet.fallback = "share"`, design/fleet.md §4.5): one gateway of
+/// three cut off from Redis fails closed until the others must count it a suspect and have
+/// slowed their timeline by its share (3 s after its last heartbeat, plus the 250 ms
+/// look-ahead, plus a second), then calls on its own at a third of the fleet's rate
+/// (floor(88 / 3) = 29 calls in any second); the others keep two thirds between them, and the
+/// busiest second at the upstream stays under the quota throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_cut_off_from_redis_shares_after_the_guard() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let relay = Arc::new(support::partition::Relay::start(&redis.socket()));
+    let sandbox = start_sandbox().await;
+    let tail = |url: String| {
+        format!("[fleet]\nredis_url = \"{url}\"\nexpected_replicas = 3\nfallback = \"share\"\n")
+    };
+    let (relayed, direct) = (tail(relay.url()), tail(redis.url()));
+    let gateways: Vec<Served> = [&relayed, &direct, &direct]
+        .into_iter()
+        .map(|tail| {
+            serve_with(
+                &sandbox,
+                KEY,
+                Extra {
+                    tail,
+                    ..Extra::default()
+                },
+            )
+        })
+        .collect();
+    warm_up(&gateways).await;
+    // Every gateway has sent heartbeats (one a second) before the cut.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let cut_off = gateways[0].addr;
+    let start = Instant::now();
+    let end = start + Duration::from_secs(9);
+    let cut_from = start + Duration::from_millis(500);
+    let cutter = {
+        let relay = Arc::clone(&relay);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(cut_from).await;
+            relay.set_cut(true);
+        })
+    };
+    let alone = tokio::spawn(async move {
+        let mut answers = Vec::new();
+        let mut ticks = tokio::time::interval(Duration::from_millis(20));
+        while Instant::now() < end {
+            ticks.tick().await;
+            answers.push((
+                Instant::now(),
+                tokio::spawn(async move {
+                    let answer = post(cut_off, ACCOUNT_CHECK, BODY).await;
+                    (Instant::now(), answer.status.as_u16())
+                }),
+            ));
+        }
+        let mut seen = Vec::new();
+        for (sent, answer) in answers {
+            let (answered, status) = answer.await.unwrap();
+            seen.push((sent, answered, status));
+        }
+        seen
+    });
+    let counts = drive(&gateways[1..], end).await;
+    cutter.await.unwrap();
+    let alone = alone.await.unwrap();
+    let [ok, throttled, tencent_error, other] =
+        counts.each_ref().map(|c| c.load(Ordering::Relaxed));
+    let busiest = sandbox.max_calls_in_window(ACCOUNT_CHECK);
+    let ok_between = |from: Duration, to: Duration| {
+        alone
+            .iter()
+            .filter(|(_, answered, status)| {
+                *status == 200 && *answered >= cut_from + from && *answered < cut_from + to
+            })
+            .count()
+    };
+    // Answered OK (called upstream) in the guard: from the cut's first reservations to 3 s
+    // after (its last heartbeat was at most a second before the cut, so the guard ends
+    // between 3.25 and 4.25 s after it).
+    let guarded = ok_between(Duration::from_millis(500), Duration::from_millis(3000));
+    // The share: from 4.5 s after the cut, 3 s of it.
+    let shared = ok_between(Duration::from_millis(4500), Duration::from_millis(7500));
+    let mode = r#"tim_gateway_throttle_mode{app="main",command="im_open_login_svc/account_check"}"#;
+    let text = metrics_text(gateways[0].admin).await;
+    let cut_off_mode: f64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix(mode)?.strip_prefix(' '))
+        .unwrap()
+        .parse()
+        .unwrap();
+    eprintln!(
+        "others: {ok} ok, {throttled} throttled, {tencent_error} Tencent errors, {other} other; \
+         cut-off gateway: {guarded} ok in the guard, {shared} ok in 3 s of share (mode \
+         {cut_off_mode}); busiest second {busiest}"
+    );
+    assert_eq!((tencent_error, other), (0, 0), "only 200 and 429");
+    assert!(alone
+        .iter()
+        .all(|(_, _, status)| [200, 429].contains(status)));
+    assert_eq!(guarded, 0, "a call during the guard");
+    assert!(shared > 0, "the cut-off gateway never shared");
+    assert!(
+        shared <= 3 * 29 + 1,
+        "{shared} calls in 3 s at a share of 29/s"
+    );
+    assert_eq!(cut_off_mode, 3.0, "share");
+    assert!(busiest < 100, "{busiest} calls in one second");
+}

@@ -57,6 +57,8 @@ fn the_fleet_rate_leaves_room_for_late_replies() {
             command_pause: "tim:{1400000000}:pause:openim_robot_http_svc/create_robot".into(),
             app_pause: "tim:{1400000000}:pause".into(),
             lockout: "tim:{1400000000}:lockout".into(),
+            members: "tim:{1400000000}:members".into(),
+            epoch: "tim:{1400000000}:epoch".into(),
         }
     );
 }
@@ -97,6 +99,7 @@ async fn slots_past_the_wait_limit_are_refused_with_retry_after() {
         interval_us: 1_000_000,
         tolerance_us: 0,
         max_wait_us: 2_000_000,
+        replicas: 0,
     };
     let got = script
         .reserve(&mut connection, &keys("a/wait"), &slow, 5, 1, 0)
@@ -126,6 +129,7 @@ async fn a_batch_smaller_than_needed_takes_nothing() {
         interval_us: 1_000_000,
         tolerance_us: 0,
         max_wait_us: 2_000_000,
+        replicas: 0,
     };
     let budget = keys("a/least");
     let none = script
@@ -208,6 +212,74 @@ async fn repeated_debt_is_capped_at_a_second_ahead() {
         first <= Duration::from_secs(1) && first >= Duration::from_millis(990),
         "{first:?}"
     );
+}
+
+/// The lease guard: with three expected replicas, one suspect member (heard from 10 s ago,
+/// not within 3 s) slows the timeline to two thirds of the rate (T × 3/2), two suspects to a
+/// third; the first use after Redis lost its state (no epoch) counts the members it does not
+/// know of as suspects.
+#[tokio::test]
+async fn suspect_members_slow_the_timeline_by_their_shares() {
+    let Some((_redis, mut connection, script)) = setup().await else {
+        return;
+    };
+    let budget = keys("a/lease");
+    let now_ms: u64 = {
+        let (secs, micros): (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        secs * 1000 + micros / 1000
+    };
+    let guarded = Gcra {
+        replicas: 3,
+        ..gcra(Duration::from_secs(1))
+    };
+    // A fleet that has been up for a minute: its epoch is old.
+    let _: () = redis::cmd("SET")
+        .arg(&budget.epoch)
+        .arg(now_ms - 120_000)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let members = |entries: &[(u64, &str)]| {
+        let mut cmd = redis::cmd("ZADD");
+        cmd.arg(&budget.members);
+        for (at, id) in entries {
+            cmd.arg(*at).arg(*id);
+        }
+        cmd
+    };
+    let _: () = members(&[(now_ms, "a"), (now_ms, "b"), (now_ms - 10_000, "c")])
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    // The burst goes out at once, then one slot per (stretched) interval: slots 9 and 10 are
+    // past the burst.
+    let got = script
+        .reserve(&mut connection, &budget, &guarded, 10, 1, 0)
+        .await
+        .unwrap();
+    let stretched = (T * 3).div_ceil(2); // ceil(T × 3 / 2)
+    assert_eq!(
+        got.slots[9] - got.slots[8],
+        Duration::from_micros(stretched)
+    );
+
+    // A fresh Redis (no epoch) knows only "a": two of three are counted suspects.
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let _: () = members(&[(now_ms, "a")])
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let got = script
+        .reserve(&mut connection, &budget, &guarded, 10, 1, 0)
+        .await
+        .unwrap();
+    assert_eq!(got.slots[9] - got.slots[8], Duration::from_micros(T * 3));
 }
 
 /// A pause of the command, a pause of the app and a lockout each hold every slot back until

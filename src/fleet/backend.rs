@@ -5,9 +5,16 @@
 //!   slot of the fleet's timeline.
 //! - Tencent's signals pause the budget here at once and, through `pause.lua`, in Redis, where
 //!   every gateway's next reservation honours them (design/fleet.md §4.3).
-//! - When Redis cannot be reached, calls fail closed: [`ThrottleError::FleetUnavailable`]
-//!   (429 with `Retry-After`; a cacheable read falls back to a stale answer). The
-//!   lease-guarded share of design/fleet.md §4.5 is not built yet.
+//! - When Redis cannot be reached (design/fleet.md §4.5): with `fleet.fallback = "closed"`,
+//!   calls fail closed: [`ThrottleError::FleetUnavailable`] (429 with `Retry-After`; a
+//!   cacheable read falls back to a stale answer). With `"share"`, calls still fail closed
+//!   (the guard) until every other gateway must count this one a suspect and has slowed its
+//!   timeline by this gateway's share: [`SUSPECT_AFTER`] after Redis last heard this
+//!   gateway's heartbeat, plus the look-ahead of slots reserved before, plus a second for the
+//!   sliding window. Then this gateway calls on its own at 1/`expected_replicas` of the
+//!   fleet's rate (burst 1), its calls recorded for the re-charge when Redis is back, until
+//!   [`FALLBACK_MAX`] after it was last heard (the others forget it at `FORGET_AFTER`), and
+//!   fails closed after that; never with more live gateways than `expected_replicas`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,17 +22,32 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use tokio::time::Instant;
 
-use super::budget::{FleetBudget, FleetTiming, Refusal};
+use super::budget::{FleetBudget, FleetTiming, Refusal, LOOKAHEAD};
+use super::members::{MemberStatus, FALLBACK_MAX, SUSPECT_AFTER};
 use super::metrics::{Failure, FleetMetrics, Op};
 use super::script::PauseScript;
-use crate::throttle::{PauseReason, Throttle, ThrottleError};
+use crate::throttle::{BudgetSpec, PauseReason, Throttle, ThrottleError};
 
 /// `Retry-After` while Redis cannot be reached.
 pub const UNAVAILABLE_RETRY: Duration = Duration::from_secs(1);
 
+/// What a budget does while its reservations fail (values of `throttle_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// Closed until the others surely leave room for this gateway's share.
+    Guard = 2,
+    /// Calling on its own at its share.
+    Share = 3,
+    Closed = 4,
+}
+
 /// Every budget of the gateway, shared with the fleet.
 pub struct FleetThrottle {
     local: Throttle,
+    /// The share fallback's own budgets (1/`expected_replicas` of each fleet rate), laid
+    /// out like `local`; `None` where a share would be under one call a second.
+    share: Vec<Option<crate::throttle::Budget>>,
+    members: Arc<MemberStatus>,
     /// Indexed like `local`: `app * slots + slot`.
     budgets: Vec<Arc<FleetBudget<ConnectionManager>>>,
     slots: usize,
@@ -51,11 +73,18 @@ impl FleetThrottle {
         connection: ConnectionManager,
         timing: FleetTiming,
         metrics: Arc<FleetMetrics>,
+        members: Arc<MemberStatus>,
     ) -> Self {
         let slots = local.slots();
         assert_eq!(budgets.len() % slots, 0, "a fleet budget per local budget");
+        let share = budgets
+            .iter()
+            .map(|budget| share_budget(budget, timing.expected_replicas))
+            .collect();
         FleetThrottle {
             local,
+            share,
+            members,
             budgets,
             slots,
             connection,
@@ -98,9 +127,38 @@ impl FleetThrottle {
                 Ok(Instant::now() - started)
             }
             Err(Refusal::Throttled(refused)) => Err(refused),
-            Err(Refusal::RedisUnavailable) => Err(ThrottleError::FleetUnavailable {
-                retry_after: UNAVAILABLE_RETRY,
-            }),
+            Err(Refusal::RedisUnavailable) => {
+                let at = app as usize * self.slots + slot as usize;
+                match (self.fallback(Instant::now()), &self.share[at]) {
+                    (Fallback::Share, Some(share)) => {
+                        share.acquire(wait_until).await?;
+                        self.budgets[at].record_local_call(Instant::now());
+                        Ok(Instant::now() - started)
+                    }
+                    _ => Err(ThrottleError::FleetUnavailable {
+                        retry_after: UNAVAILABLE_RETRY,
+                    }),
+                }
+            }
+        }
+    }
+
+    /// What a budget whose reservations fail does at `now` (design/fleet.md §4.5).
+    pub fn fallback(&self, now: Instant) -> Fallback {
+        let Some(heard) = self.members.last_heard() else {
+            // Never a member: nobody leaves room for this gateway.
+            return Fallback::Closed;
+        };
+        if !self.timing.is_sharing || self.members.live() > self.timing.expected_replicas {
+            return Fallback::Closed;
+        }
+        let since = now.saturating_duration_since(heard);
+        if since < SUSPECT_AFTER + LOOKAHEAD + Duration::from_secs(1) {
+            Fallback::Guard
+        } else if since < FALLBACK_MAX {
+            Fallback::Share
+        } else {
+            Fallback::Closed
         }
     }
 
@@ -179,4 +237,24 @@ fn rates(budgets: &[Arc<FleetBudget<ConnectionManager>>]) -> Vec<(String, u64)> 
         .iter()
         .map(|budget| (budget.keys().rate.clone(), budget.gcra().tolerance_us))
         .collect()
+}
+
+/// The share fallback's budget beside `budget`: at most floor(fleet rate / replicas) calls in
+/// any sliding second (burst 1), so the shares of every suspect gateway fit in the room the
+/// others leave them.
+fn share_budget(
+    budget: &FleetBudget<ConnectionManager>,
+    replicas: u32,
+) -> Option<crate::throttle::Budget> {
+    let fleet_rate = 1_000_000 / budget.gcra().interval_us.max(1);
+    let per_second = u32::try_from(fleet_rate / u64::from(replicas.max(1))).ok()?;
+    (per_second >= 2).then(|| {
+        let spec = budget.spec();
+        crate::throttle::Budget::new(BudgetSpec {
+            quota: per_second + 1,
+            safety_margin: 0.0,
+            burst: 0.0,
+            ..*spec
+        })
+    })
 }

@@ -62,6 +62,11 @@ pub struct FleetTiming {
     pub command_timeout: Duration,
     /// A reply later than this is thrown away (its slots count as spent).
     pub max_lateness: Duration,
+    /// `fleet.expected_replicas`: the lease guard's shares (see `reserve.lua`).
+    pub expected_replicas: u32,
+    /// `fleet.fallback = "share"`: cut off from Redis, call at 1/`expected_replicas` of the
+    /// rate once the guard has passed; else fail closed.
+    pub is_sharing: bool,
 }
 
 /// What a waiting caller is sent.
@@ -155,11 +160,14 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
         metrics: Arc<FleetMetrics>,
     ) -> Self {
         FleetBudget {
-            gcra: Gcra::for_fleet(
-                &spec,
-                timing.max_lateness,
-                (spec.max_wait / 2).min(LOOKAHEAD),
-            ),
+            gcra: Gcra {
+                replicas: timing.expected_replicas,
+                ..Gcra::for_fleet(
+                    &spec,
+                    timing.max_lateness,
+                    (spec.max_wait / 2).min(LOOKAHEAD),
+                )
+            },
             keys,
             spec,
             timing,
@@ -180,10 +188,19 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
         &self.gcra
     }
 
+    pub fn spec(&self) -> &BudgetSpec {
+        &self.spec
+    }
+
     /// Whether this budget is failing closed: its last reservation call failed (or its
     /// replies kept coming late) and none has succeeded since.
     pub fn is_unavailable(&self) -> bool {
         self.lock().is_unavailable
+    }
+
+    /// A call made without Redis (the share fallback), to be charged when Redis is back.
+    pub fn record_local_call(&self, at: Instant) {
+        self.lock().recent.push_back(at);
     }
 
     /// Callers waiting for a reservation call.

@@ -25,6 +25,36 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 pub const SUSPECT_AFTER: Duration = Duration::from_secs(3);
 /// Not heard from for this long: forgotten.
 pub const FORGET_AFTER: Duration = Duration::from_secs(60);
+/// A gateway cut off from Redis shares the quota on its own for at most this long after Redis
+/// last heard from it, well before the others forget it (and stop leaving room for it).
+pub const FALLBACK_MAX: Duration = Duration::from_secs(50);
+
+/// What this gateway's heartbeats last learned, for the lease-guarded share
+/// ([`super::FleetThrottle`]): when Redis last heard from it, and the most live gateways of any
+/// of its apps.
+#[derive(Debug, Default)]
+pub struct MemberStatus {
+    last_heard: std::sync::Mutex<Option<tokio::time::Instant>>,
+    live: std::sync::atomic::AtomicU32,
+}
+
+impl MemberStatus {
+    /// When a heartbeat of every app last reached Redis (its reply's arrival), if ever.
+    pub fn last_heard(&self) -> Option<tokio::time::Instant> {
+        *self.last_heard.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The most live gateways any app had at the last heartbeat.
+    pub fn live(&self) -> u32 {
+        self.live.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Records a heartbeat round (tests and tools may drive it by hand).
+    pub fn heard(&self, at: tokio::time::Instant, live: u32) {
+        *self.last_heard.lock().unwrap_or_else(|p| p.into_inner()) = Some(at);
+        self.live.store(live, std::sync::atomic::Ordering::Release);
+    }
+}
 
 /// One app's membership key and its gauges.
 struct AppMembers {
@@ -43,13 +73,16 @@ pub struct Membership {
     script: redis::Script,
     timeout: Duration,
     metrics: Arc<FleetMetrics>,
+    status: Arc<MemberStatus>,
 }
 
 impl Membership {
     /// Registers the gauges for `apps` (config name, SDKAppID); [`run`](Self::run) beats.
+    /// What it learns goes to `status`.
     ///
     /// # Errors
     /// A metric could not be registered (a bug).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         connection: ConnectionManager,
         key_prefix: &str,
@@ -57,6 +90,7 @@ impl Membership {
         expected_replicas: u32,
         timeout: Duration,
         metrics: Arc<FleetMetrics>,
+        status: Arc<MemberStatus>,
         registry: &Registry,
     ) -> prometheus::Result<Self> {
         let members = gauge_vec(
@@ -100,6 +134,7 @@ impl Membership {
             script: redis::Script::new(include_str!("members.lua")),
             timeout,
             metrics,
+            status,
         })
     }
 
@@ -118,6 +153,8 @@ impl Membership {
     }
 
     async fn beat(&self, is_leaving: bool) {
+        let mut most_live = 0;
+        let mut all_heard = true;
         for app in &self.apps {
             let sent = tokio::time::Instant::now();
             let reply = tokio::time::timeout(
@@ -140,10 +177,21 @@ impl Membership {
                     for gauge in &app.suspect {
                         gauge.set(suspect);
                     }
+                    most_live = most_live.max(u32::try_from(live).unwrap_or(u32::MAX));
                 }
-                Ok(Err(_)) => self.metrics.failed(Op::Heartbeat, Failure::Error),
-                Err(_) => self.metrics.failed(Op::Heartbeat, Failure::Timeout),
+                Ok(Err(_)) => {
+                    all_heard = false;
+                    self.metrics.failed(Op::Heartbeat, Failure::Error);
+                }
+                Err(_) => {
+                    all_heard = false;
+                    self.metrics.failed(Op::Heartbeat, Failure::Timeout);
+                }
             }
+        }
+        if all_heard && !is_leaving {
+            // The replies' arrival: Redis recorded each beat no later than this.
+            self.status.heard(tokio::time::Instant::now(), most_live);
         }
     }
 }

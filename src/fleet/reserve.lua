@@ -6,11 +6,14 @@
 -- microseconds stay below 2^53.
 --
 -- KEYS[1] rate key (the TAT)   KEYS[2] command pause   KEYS[3] app pause   KEYS[4] app lockout
+-- KEYS[5] the app's members (members.lua)   KEYS[6] the app's epoch (set on first use)
 -- ARGV[1] T_us (emission interval)   ARGV[2] tau_us (burst tolerance)   ARGV[3] max_wait_us
 -- ARGV[4] want (0..64)   ARGV[5] debt (calls made without Redis's accounting, charged first;
 --         never past now + 1 s + tau)
 -- ARGV[6] least (1..want): grant nothing unless at least this many slots are within max_wait,
 --         so gateways competing for a full timeline take whole batches, not fragments
+-- ARGV[7] expected replicas (0 or 1: no lease guard)   ARGV[8] suspect after, ms
+-- ARGV[9] forget after, ms
 -- Reply: {granted, retry_after_us, blocked_for_us, now_us, offset_1_us, ..., offset_n_us}
 -- where offsets are after Redis's `now` (the caller never compares clocks with Redis).
 local T, tau = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -18,6 +21,28 @@ local max_wait, want, debt = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV
 local least = tonumber(ARGV[6])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+-- Lease guard (design/fleet.md §4.5): a gateway cut off from Redis may, once every other
+-- gateway counts it a suspect, call on its own at 1/replicas of the rate; so while members
+-- are suspects the timeline runs slower by their shares. After Redis lost its state (no
+-- epoch) the missing members are counted suspects for `forget after`: one may be cut off.
+local replicas = tonumber(ARGV[7] or 0)
+if replicas > 1 then
+  local now_ms = math.floor(now / 1000)
+  local suspect_after, forget_after = tonumber(ARGV[8]), tonumber(ARGV[9])
+  local live = redis.call('ZCOUNT', KEYS[5], now_ms - suspect_after, '+inf')
+  local suspects = redis.call('ZCOUNT', KEYS[5], now_ms - forget_after,
+    '(' .. (now_ms - suspect_after))
+  local epoch = tonumber(redis.call('GET', KEYS[6]) or 0)
+  if epoch == 0 then
+    redis.call('SET', KEYS[6], now_ms)
+    epoch = now_ms
+  end
+  if now_ms < epoch + forget_after then
+    suspects = math.max(suspects, replicas - live)
+  end
+  suspects = math.min(math.max(suspects, 0), replicas - 1)
+  T = math.ceil(T * replicas / (replicas - suspects))
+end
 local tat = tonumber(redis.call('GET', KEYS[1]) or 0)
 if tat < now then tat = now end
 local blocked = math.max(tonumber(redis.call('GET', KEYS[2]) or 0),

@@ -23,6 +23,10 @@ pub struct BudgetKeys {
     pub app_pause: String,
     /// No slot before this (µs): 70050 locked the app out.
     pub lockout: String,
+    /// The gateways sharing the app's quota (`members.lua`).
+    pub members: String,
+    /// Set when Redis first served the app: missing means Redis lost its state.
+    pub epoch: String,
 }
 
 impl BudgetKeys {
@@ -34,6 +38,8 @@ impl BudgetKeys {
             command_pause: format!("{app}:pause:{command}"),
             app_pause: format!("{app}:pause"),
             lockout: format!("{app}:lockout"),
+            members: format!("{app}:members"),
+            epoch: format!("{app}:epoch"),
         }
     }
 }
@@ -47,6 +53,10 @@ pub struct Gcra {
     pub tolerance_us: u64,
     /// Slots further away than this are refused (the caller gets `retry_after`).
     pub max_wait_us: u64,
+    /// `fleet.expected_replicas`: while members of the fleet are suspects (cut off, perhaps
+    /// calling on their own at 1/replicas of the rate), the timeline runs slower by their
+    /// shares. 0 or 1: no such guard.
+    pub replicas: u32,
 }
 
 impl Gcra {
@@ -64,6 +74,7 @@ impl Gcra {
             interval_us,
             tolerance_us: interval_us * u64::from(burst - 1),
             max_wait_us: u64::try_from(max_wait.as_micros()).unwrap_or(u64::MAX),
+            replicas: 0,
         }
     }
 }
@@ -138,12 +149,17 @@ impl ReserveScript {
             .key(&keys.command_pause)
             .key(&keys.app_pause)
             .key(&keys.lockout)
+            .key(&keys.members)
+            .key(&keys.epoch)
             .arg(gcra.interval_us)
             .arg(gcra.tolerance_us)
             .arg(gcra.max_wait_us)
             .arg(want)
             .arg(debt)
             .arg(least.clamp(1, want.max(1)))
+            .arg(gcra.replicas)
+            .arg(super::members::SUSPECT_AFTER.as_millis() as u64)
+            .arg(super::members::FORGET_AFTER.as_millis() as u64)
             .invoke_async(connection)
             .await
     }

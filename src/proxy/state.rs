@@ -239,6 +239,7 @@ impl Shared {
                 fleet.expected_replicas,
                 fleet.command_timeout,
                 Arc::clone(&redis.metrics),
+                Arc::clone(&redis.members),
                 registry,
             )?;
             // A draining gateway leaves the fleet at once rather than turning suspect.
@@ -369,12 +370,6 @@ fn fleet_redis(
     registry: &Registry,
 ) -> prometheus::Result<(crate::limiter::FleetRedis, redis::Client)> {
     const VALIDATED: &str = "the config validated the Redis URL";
-    if fleet.fallback == crate::config::Fallback::Share {
-        tracing::warn!(
-            "fleet.fallback = \"share\" is not built yet: while Redis cannot be reached this \
-             gateway fails closed (no upstream calls; 429, or a stale answer for cached reads)"
-        );
-    }
     let client = redis::Client::open(fleet.redis_url.expose()).expect(VALIDATED);
     let settings = redis::aio::ConnectionManagerConfig::new()
         .set_response_timeout(Some(fleet.command_timeout))
@@ -389,7 +384,10 @@ fn fleet_redis(
         timing: crate::fleet::FleetTiming {
             command_timeout: fleet.command_timeout,
             max_lateness: fleet.max_lateness,
+            expected_replicas: fleet.expected_replicas,
+            is_sharing: fleet.fallback == crate::config::Fallback::Share,
         },
+        members: Arc::new(crate::fleet::MemberStatus::default()),
     };
     Ok((redis, client))
 }
