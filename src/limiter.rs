@@ -166,7 +166,7 @@ impl Backend {
                 let shared = fleet.budget(key.app, key.slot);
                 BudgetState {
                     mode: if shared.is_unavailable() {
-                        fleet.fallback(Instant::now()) as u8
+                        fleet.fallback_mode(key.app, key.slot, Instant::now()) as u8
                     } else {
                         1
                     },

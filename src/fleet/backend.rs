@@ -10,8 +10,8 @@
 //!   cacheable read falls back to a stale answer). With `"share"`, calls still fail closed
 //!   (the guard) until every other gateway must count this one a suspect and has slowed its
 //!   timeline by this gateway's share: [`SUSPECT_AFTER`] after Redis last heard this
-//!   gateway's heartbeat, plus the look-ahead of slots reserved before, plus a second for the
-//!   sliding window. Then this gateway calls on its own at 1/`expected_replicas` of the
+//!   gateway's heartbeat (fenced: see [`MemberStatus`]), plus the look-ahead of slots
+//!   reserved before (used up to `max_lateness` late), plus a second for the sliding window. Then this gateway calls on its own at 1/`expected_replicas` of the
 //!   fleet's rate (burst 1), its calls recorded for the re-charge when Redis is back, until
 //!   [`FALLBACK_MAX`] after it was last heard (the others forget it at `FORGET_AFTER`), and
 //!   fails closed after that; never with more live gateways than `expected_replicas`.
@@ -129,36 +129,74 @@ impl FleetThrottle {
             Err(Refusal::Throttled(refused)) => Err(refused),
             Err(Refusal::RedisUnavailable) => {
                 let at = app as usize * self.slots + slot as usize;
-                match (self.fallback(Instant::now()), &self.share[at]) {
-                    (Fallback::Share, Some(share)) => {
-                        share.acquire(wait_until).await?;
-                        self.budgets[at].record_local_call(Instant::now());
-                        Ok(Instant::now() - started)
-                    }
-                    _ => Err(ThrottleError::FleetUnavailable {
-                        retry_after: UNAVAILABLE_RETRY,
-                    }),
+                let unavailable = ThrottleError::FleetUnavailable {
+                    retry_after: UNAVAILABLE_RETRY,
+                };
+                let (Fallback::Share, Some(share), Some(ends)) = (
+                    self.fallback(Instant::now()),
+                    &self.share[at],
+                    self.share_ends(),
+                ) else {
+                    return Err(unavailable);
+                };
+                // A share permit is never far ahead (a queue of them would outlive the
+                // fallback), and is used only if the budget is still on it when it comes.
+                let limit = wait_until.min(Instant::now() + LOOKAHEAD).min(ends);
+                share.acquire(limit).await?;
+                if self.fallback(Instant::now()) != Fallback::Share
+                    || !self.budgets[at].is_unavailable()
+                {
+                    return Err(unavailable);
                 }
+                self.budgets[at].record_local_call(Instant::now());
+                Ok(Instant::now() - started)
             }
         }
     }
 
     /// What a budget whose reservations fail does at `now` (design/fleet.md §4.5).
     pub fn fallback(&self, now: Instant) -> Fallback {
-        let Some(heard) = self.members.last_heard() else {
+        let Some(recorded) = self.members.last_record() else {
             // Never a member: nobody leaves room for this gateway.
             return Fallback::Closed;
         };
         if !self.timing.is_sharing || self.members.live() > self.timing.expected_replicas {
             return Fallback::Closed;
         }
-        let since = now.saturating_duration_since(heard);
-        if since < SUSPECT_AFTER + LOOKAHEAD + Duration::from_secs(1) {
+        let since = now.saturating_duration_since(recorded);
+        if since < self.guard() {
             Fallback::Guard
         } else if since < FALLBACK_MAX {
             Fallback::Share
         } else {
             Fallback::Closed
+        }
+    }
+
+    /// How long after Redis may last have recorded this gateway every other gateway surely
+    /// leaves room for its share: until it is a suspect there (Redis's clock is read in
+    /// whole ms), plus the slots they reserved before (up to the look-ahead, used up to
+    /// `max_lateness` late), plus a second for the sliding window.
+    fn guard(&self) -> Duration {
+        SUSPECT_AFTER
+            + Duration::from_millis(1)
+            + LOOKAHEAD
+            + self.timing.max_lateness
+            + Duration::from_secs(1)
+    }
+
+    /// When the share ends, if this gateway ever was a member.
+    fn share_ends(&self) -> Option<Instant> {
+        Some(self.members.last_record()? + FALLBACK_MAX)
+    }
+
+    /// `throttle_mode` of the budget at (app, slot) whose reservations fail.
+    pub fn fallback_mode(&self, app: u32, slot: u32, now: Instant) -> Fallback {
+        match self.fallback(now) {
+            Fallback::Share if self.share[app as usize * self.slots + slot as usize].is_none() => {
+                Fallback::Closed
+            }
+            mode => mode,
         }
     }
 
@@ -257,4 +295,86 @@ fn share_budget(
             ..*spec
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::BudgetKeys;
+
+    fn spec() -> BudgetSpec {
+        BudgetSpec {
+            quota: 100,
+            safety_margin: 0.05,
+            burst: 0.05,
+            max_wait: Duration::from_secs(2),
+            max_waiters: 1024,
+        }
+    }
+
+    /// A fleet throttle of one budget, N = 3, whose Redis is never reached (a lazy connection
+    /// to nowhere): only its fallback decisions are looked at.
+    fn throttle(is_sharing: bool, members: Arc<MemberStatus>) -> FleetThrottle {
+        let client = redis::Client::open("redis://127.0.0.1:1").unwrap();
+        let connection = ConnectionManager::new_lazy_with_config(
+            client,
+            redis::aio::ConnectionManagerConfig::new(),
+        )
+        .unwrap();
+        let timing = FleetTiming {
+            command_timeout: Duration::from_millis(50),
+            max_lateness: Duration::from_millis(25),
+            expected_replicas: 3,
+            is_sharing,
+        };
+        let metrics = Arc::new(FleetMetrics::unregistered());
+        let budget = Arc::new(FleetBudget::new(
+            BudgetKeys::new("tim", 1_400_000_000, "a/x"),
+            spec(),
+            timing,
+            connection.clone(),
+            Arc::clone(&metrics),
+        ));
+        FleetThrottle::new(
+            Throttle::new(1, &[], spec()),
+            vec![budget],
+            connection,
+            timing,
+            metrics,
+            members,
+        )
+    }
+
+    /// Never a member: closed. A member: guard until 3 s + 1 ms + 250 ms + 25 ms + 1 s after
+    /// Redis may last have recorded it, share until 50 s after, closed then; closed too with
+    /// more live gateways than expected, or with fallback = closed. The share's budget is
+    /// floor(88 / 3) = 29 calls in any second.
+    #[tokio::test(start_paused = true)]
+    async fn the_fallback_follows_the_lease() {
+        let members = Arc::new(MemberStatus::default());
+        let sharing = throttle(true, Arc::clone(&members));
+        let now = Instant::now();
+        assert_eq!(sharing.fallback(now), Fallback::Closed, "never a member");
+        members.heard(now, 3);
+        let guard = Duration::from_millis(3000 + 1 + 250 + 25 + 1000);
+        for (after, expected) in [
+            (Duration::ZERO, Fallback::Guard),
+            (guard - Duration::from_millis(1), Fallback::Guard),
+            (guard, Fallback::Share),
+            (FALLBACK_MAX - Duration::from_millis(1), Fallback::Share),
+            (FALLBACK_MAX, Fallback::Closed),
+        ] {
+            assert_eq!(sharing.fallback(now + after), expected, "{after:?}");
+        }
+        assert_eq!(sharing.share[0].as_ref().unwrap().spec().budget(), 29);
+        members.heard(now, 4);
+        assert_eq!(
+            sharing.fallback(now + guard),
+            Fallback::Closed,
+            "4 live, 3 expected"
+        );
+        let closed = throttle(false, Arc::new(MemberStatus::default()));
+        closed.members.heard(now, 3);
+        assert_eq!(closed.fallback(now + guard), Fallback::Closed);
+    }
 }

@@ -200,7 +200,9 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
 
     /// A call made without Redis (the share fallback), to be charged when Redis is back.
     pub fn record_local_call(&self, at: Instant) {
-        self.lock().recent.push_back(at);
+        let mut state = self.lock();
+        state.recent.push_back(at);
+        state.needs_recharge = true;
     }
 
     /// Callers waiting for a reservation call.

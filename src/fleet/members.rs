@@ -29,30 +29,78 @@ pub const FORGET_AFTER: Duration = Duration::from_secs(60);
 /// last heard from it, well before the others forget it (and stop leaving room for it).
 pub const FALLBACK_MAX: Duration = Duration::from_secs(50);
 
-/// What this gateway's heartbeats last learned, for the lease-guarded share
-/// ([`super::FleetThrottle`]): when Redis last heard from it, and the most live gateways of any
-/// of its apps.
+/// What this gateway's heartbeats learned, for the lease-guarded share
+/// ([`super::FleetThrottle`]).
+///
+/// The share's guard counts from the latest instant at which Redis may have recorded a
+/// heartbeat of this gateway: each beat carries a fence (its send time on Redis's clock, as
+/// learned from earlier replies, plus `fleet.command_timeout`) after which `members.lua` does
+/// not record it, whether or not its reply ever arrives. After a beat without a reply the
+/// gateway only probes (records nothing) until Redis answers again, so that the latest such
+/// instant stops moving while it is cut off.
 #[derive(Debug, Default)]
 pub struct MemberStatus {
-    last_heard: std::sync::Mutex<Option<tokio::time::Instant>>,
-    live: std::sync::atomic::AtomicU32,
+    state: std::sync::Mutex<StatusState>,
+}
+
+#[derive(Debug, Default)]
+struct StatusState {
+    /// The latest instant (here) at which Redis may have recorded a beat; `None` before the
+    /// first beat that was sent.
+    last_record: Option<tokio::time::Instant>,
+    /// Whether a beat of this gateway was ever recorded and answered: a gateway Redis never
+    /// counted is left no room by the others.
+    was_member: bool,
+    /// The most live gateways any app had at the last answered beat.
+    live: u32,
+    /// Redis's clock (ms) when it ran the last answered script, and when its reply arrived.
+    clock: Option<(u64, tokio::time::Instant)>,
+    /// Heartbeat rounds in a row without an answer.
+    unanswered: u32,
 }
 
 impl MemberStatus {
-    /// When a heartbeat of every app last reached Redis (its reply's arrival), if ever.
-    pub fn last_heard(&self) -> Option<tokio::time::Instant> {
-        *self.last_heard.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, StatusState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The most live gateways any app had at the last heartbeat.
+    /// The latest instant at which Redis may have recorded this gateway's heartbeat, if it
+    /// ever was a member.
+    pub fn last_record(&self) -> Option<tokio::time::Instant> {
+        let state = self.lock();
+        state.was_member.then_some(state.last_record).flatten()
+    }
+
+    /// The most live gateways any app had at the last answered heartbeat.
     pub fn live(&self) -> u32 {
-        self.live.load(std::sync::atomic::Ordering::Acquire)
+        self.lock().live
     }
 
-    /// Records a heartbeat round (tests and tools may drive it by hand).
-    pub fn heard(&self, at: tokio::time::Instant, live: u32) {
-        *self.last_heard.lock().unwrap_or_else(|p| p.into_inner()) = Some(at);
-        self.live.store(live, std::sync::atomic::Ordering::Release);
+    /// Records an answered heartbeat round that Redis recorded at a time mapped here to
+    /// `recorded_by` (tests may drive it by hand).
+    pub fn heard(&self, recorded_by: tokio::time::Instant, live: u32) {
+        let mut state = self.lock();
+        state.was_member = true;
+        state.live = live;
+        state.last_record = Some(
+            state
+                .last_record
+                .map_or(recorded_by, |r| r.max(recorded_by)),
+        );
+    }
+
+    /// Whether the next heartbeat should only probe, and the fence (ms on Redis's clock) for a
+    /// beat sent at `now` that may wait `timeout`.
+    fn next_beat(&self, now: tokio::time::Instant, timeout: Duration) -> Option<u64> {
+        let state = self.lock();
+        let (redis_ms, at) = state.clock?;
+        if state.unanswered >= 1 {
+            return None;
+        }
+        // Redis ran its last script before its reply arrived: this underestimates Redis's
+        // now, so the fence is never later than the send time there plus the timeout.
+        let since = now.saturating_duration_since(at) + timeout;
+        Some(redis_ms + u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
     }
 }
 
@@ -153,10 +201,23 @@ impl Membership {
     }
 
     async fn beat(&self, is_leaving: bool) {
+        let sent = tokio::time::Instant::now();
+        let fence = self.status.next_beat(sent, self.timeout);
+        let mode = match (is_leaving, fence) {
+            (true, _) => "leave",
+            (false, Some(_)) => "beat",
+            (false, None) => "probe",
+        };
+        if mode == "beat" {
+            // From now on Redis may record this gateway until the fence.
+            let mut state = self.status.lock();
+            let until = sent + self.timeout;
+            state.last_record = Some(state.last_record.map_or(until, |r| r.max(until)));
+        }
         let mut most_live = 0;
-        let mut all_heard = true;
+        let mut all_answered = true;
+        let mut all_recorded = true;
         for app in &self.apps {
-            let sent = tokio::time::Instant::now();
             let reply = tokio::time::timeout(
                 self.timeout,
                 self.script
@@ -164,13 +225,15 @@ impl Membership {
                     .arg(&self.id)
                     .arg(millis(SUSPECT_AFTER))
                     .arg(millis(FORGET_AFTER))
-                    .arg(u8::from(is_leaving))
-                    .invoke_async::<(i64, i64)>(&mut self.connection.clone()),
+                    .arg(mode)
+                    .arg(fence.unwrap_or(0))
+                    .invoke_async::<(i64, i64, u64, u8)>(&mut self.connection.clone()),
             )
             .await;
             match reply {
-                Ok(Ok((live, suspect))) => {
-                    self.metrics.answered(Op::Heartbeat, sent.elapsed());
+                Ok(Ok((live, suspect, redis_ms, recorded))) => {
+                    let answered = tokio::time::Instant::now();
+                    self.metrics.answered(Op::Heartbeat, answered - sent);
                     for gauge in &app.live {
                         gauge.set(live);
                     }
@@ -178,20 +241,28 @@ impl Membership {
                         gauge.set(suspect);
                     }
                     most_live = most_live.max(u32::try_from(live).unwrap_or(u32::MAX));
+                    self.status.lock().clock = Some((redis_ms, answered));
+                    all_recorded &= recorded == 1;
                 }
                 Ok(Err(_)) => {
-                    all_heard = false;
+                    all_answered = false;
                     self.metrics.failed(Op::Heartbeat, Failure::Error);
                 }
                 Err(_) => {
-                    all_heard = false;
+                    all_answered = false;
                     self.metrics.failed(Op::Heartbeat, Failure::Timeout);
                 }
             }
         }
-        if all_heard && !is_leaving {
-            // The replies' arrival: Redis recorded each beat no later than this.
-            self.status.heard(tokio::time::Instant::now(), most_live);
+        let mut state = self.status.lock();
+        if !all_answered {
+            state.unanswered += 1;
+            return;
+        }
+        state.unanswered = 0;
+        if mode == "beat" && all_recorded {
+            state.was_member = true;
+            state.live = most_live;
         }
     }
 }
