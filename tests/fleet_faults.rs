@@ -547,3 +547,145 @@ async fn a_gateway_cut_off_from_redis_shares_after_the_guard() {
     assert!(after_heal > 0);
     assert!(busiest < 100, "{busiest} calls in one second");
 }
+
+/// Redis restarted empty on the same socket in the middle of the load (a restart without
+/// persistence, or a failover that lost writes): the gateways reconnect, reload their scripts,
+/// re-charge their last second of calls, and count the members they have not heard from yet
+/// as suspects; clients get only 200 and 429, and the busiest second stays under the quota
+/// across the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restarted_empty_opens_no_burst() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let sandbox = start_sandbox().await;
+    let gateways = fleet_of_three(&sandbox, &redis);
+    warm_up(&gateways).await;
+    let start = Instant::now();
+    let restart_at = start + Duration::from_millis(1500);
+    let socket = redis.socket();
+    let restarter = tokio::spawn(async move {
+        tokio::time::sleep_until(restart_at).await;
+        drop(redis);
+        RedisServer::start_at(&socket)
+    });
+    let counts = drive(&gateways, start + Duration::from_secs(5)).await;
+    let _restarted = restarter.await.unwrap();
+    let [ok, throttled, tencent_error, other] =
+        counts.each_ref().map(|c| c.load(Ordering::Relaxed));
+    let busiest = sandbox.max_calls_in_window(ACCOUNT_CHECK);
+    let last = calls_between(
+        &sandbox,
+        start + Duration::from_secs(4),
+        start + Duration::from_secs(5),
+    );
+    let charged = total(&gateways, "tim_gateway_throttle_debt_charged_total").await;
+    eprintln!(
+        "{ok} ok, {throttled} throttled, {tencent_error} Tencent errors, {other} other; \
+         busiest second {busiest}; {last} calls in the last second; {charged} calls re-charged"
+    );
+    assert_eq!((tencent_error, other), (0, 0), "only 200 and 429");
+    assert!(busiest < 100, "{busiest} calls in one second");
+    assert!(
+        charged > 0.0,
+        "the calls before the restart were re-charged"
+    );
+    assert!(last >= 44, "{last} calls in the last second");
+}
+
+/// `CLIENT PAUSE 1500 ALL`: every command waits, as in a failover or a long fork. The
+/// reservations time out at 50 ms (their late replies are thrown away when Redis runs them),
+/// clients get only 200 and 429, the busiest second stays under the quota, and calls resume
+/// by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_redis_fails_closed_then_recovers() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let sandbox = start_sandbox().await;
+    let gateways = fleet_of_three(&sandbox, &redis);
+    warm_up(&gateways).await;
+    let start = Instant::now();
+    let mut connection = redis.connect().await;
+    let pauser = tokio::spawn(async move {
+        tokio::time::sleep_until(start + Duration::from_millis(1000)).await;
+        let _: () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(1500)
+            .arg("ALL")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+    });
+    let counts = drive(&gateways, start + Duration::from_secs(5)).await;
+    pauser.await.unwrap();
+    let [ok, throttled, tencent_error, other] =
+        counts.each_ref().map(|c| c.load(Ordering::Relaxed));
+    let busiest = sandbox.max_calls_in_window(ACCOUNT_CHECK);
+    let paused = calls_between(
+        &sandbox,
+        start + Duration::from_millis(1500),
+        start + Duration::from_millis(2500),
+    );
+    let last = calls_between(
+        &sandbox,
+        start + Duration::from_secs(4),
+        start + Duration::from_secs(5),
+    );
+    eprintln!(
+        "{ok} ok, {throttled} throttled, {tencent_error} Tencent errors, {other} other; \
+         busiest second {busiest}; {paused} calls while paused; {last} in the last second"
+    );
+    assert_eq!((tencent_error, other), (0, 0), "only 200 and 429");
+    assert!(busiest < 100, "{busiest} calls in one second");
+    assert_eq!(paused, 0, "a call went out while Redis was paused");
+    assert!(last >= 44, "{last} calls in the last second");
+}
+
+/// `SCRIPT FLUSH` mid-load (as after a failover to a replica without the scripts): redis-rs
+/// reloads a script on NOSCRIPT by itself, so nothing fails: no Redis error is counted and the
+/// fleet keeps its rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flushed_script_cache_changes_nothing() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let sandbox = start_sandbox().await;
+    let gateways = fleet_of_three(&sandbox, &redis);
+    warm_up(&gateways).await;
+    let start = Instant::now();
+    let mut connection = redis.connect().await;
+    let flusher = tokio::spawn(async move {
+        for at in [1000, 1500, 2000] {
+            tokio::time::sleep_until(start + Duration::from_millis(at)).await;
+            let _: () = redis::cmd("SCRIPT")
+                .arg("FLUSH")
+                .query_async(&mut connection)
+                .await
+                .unwrap();
+        }
+    });
+    let counts = drive(&gateways, start + Duration::from_secs(3)).await;
+    flusher.await.unwrap();
+    let [ok, throttled, tencent_error, other] =
+        counts.each_ref().map(|c| c.load(Ordering::Relaxed));
+    let during = calls_between(
+        &sandbox,
+        start + Duration::from_millis(1000),
+        start + Duration::from_millis(2500),
+    );
+    let errors = total(&gateways, r#"tim_gateway_redis_errors_total{kind="error""#).await;
+    eprintln!(
+        "{ok} ok, {throttled} throttled, {tencent_error} Tencent errors, {other} other; \
+         {during} calls in the 1.5 s of flushes; {errors} Redis errors"
+    );
+    assert_eq!((tencent_error, other), (0, 0), "only 200 and 429");
+    assert_eq!(errors, 0.0);
+    assert!(
+        during as f64 >= 0.85 * 88.0 * 1.5,
+        "{during} calls in 1.5 s"
+    );
+}
