@@ -3,96 +3,19 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use support::fleet::{drive, fleet_of_three, sample, total, warm_up};
 use support::process::{serve_with, Served};
 use support::redis::RedisServer;
-use support::{metrics_text, post, start_sandbox, Extra, ACCOUNT_CHECK, KEY};
-
-/// The sum over `gateways` of the `/metrics` sample `series`.
-async fn total(gateways: &[Served], series: &str) -> f64 {
-    let mut sum = 0.0;
-    for gateway in gateways {
-        sum += sample(gateway.admin, series).await;
-    }
-    sum
-}
-
-/// The value of the `/metrics` sample `series` (name and labels exactly as exposed).
-async fn sample(admin: std::net::SocketAddr, series: &str) -> f64 {
-    let text = metrics_text(admin).await;
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
-        .parse()
-        .unwrap()
-}
+use support::{start_sandbox, Extra, ACCOUNT_CHECK, KEY};
 
 /// One test at a time: each runs three gateways flat out, and a 2-core machine running two
 /// such tests at once could not offer either its load.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Three gateway processes in fleet mode on `redis`, in front of `sandbox`, default config
-/// but for `fleet.fallback`.
-fn fleet_of_three(
-    sandbox: &tim_gateway::sandbox::Sandbox,
-    redis: &RedisServer,
-    fallback: &str,
-) -> Vec<Served> {
-    let tail = format!(
-        "[fleet]\nredis_url = \"{}\"\nexpected_replicas = 3\nfallback = \"{fallback}\"\n",
-        redis.url()
-    );
-    (0..3)
-        .map(|_| {
-            serve_with(
-                sandbox,
-                KEY,
-                Extra {
-                    tail: &tail,
-                    ..Extra::default()
-                },
-            )
-        })
-        .collect()
-}
-
-/// Answers seen by clients: 200 with ErrorCode 0, 429, 200 with a Tencent error, other.
-type Counts = Arc<[AtomicU64; 4]>;
-
-/// Open-loop load until `end`: every 6 ms each gateway is sent one more account_check,
-/// whatever became of the earlier ones (167/s per gateway, 500/s in all: 5.3 times the
-/// budget of 95/s). Returns the answers' counts once every request has been answered.
-async fn drive(gateways: &[Served], end: Instant) -> Counts {
-    let counts: Counts = Arc::new([(); 4].map(|()| AtomicU64::new(0)));
-    let mut requests = Vec::new();
-    let mut ticks = tokio::time::interval(Duration::from_millis(6));
-    while Instant::now() < end {
-        ticks.tick().await;
-        for gateway in gateways {
-            let addr = gateway.addr;
-            let counts = Arc::clone(&counts);
-            requests.push(tokio::spawn(async move {
-                let answer = post(addr, ACCOUNT_CHECK, r#"{"CheckItem":[{"UserID":"a"}]}"#).await;
-                let i = match (answer.status.as_u16(), answer.error_code()) {
-                    (200, 0) => 0,
-                    (429, _) => 1,
-                    (200, _) => 2,
-                    _ => 3,
-                };
-                counts[i].fetch_add(1, Ordering::Relaxed);
-            }));
-        }
-    }
-    for request in requests {
-        request.await.unwrap();
-    }
-    counts
-}
 
 /// Three gateways, together offered more than five times the budget for 4 s (account_check:
 /// an uncached read whose quota is 100/s; see `drive`): the sandbox never
@@ -108,27 +31,19 @@ async fn three_gateways_keep_one_quota() {
         return;
     };
     let sandbox = start_sandbox().await;
-    let gateways = fleet_of_three(&sandbox, &redis, "share");
+    let gateways = fleet_of_three(&sandbox, &redis.url(), "share");
     // Each gateway connected to Redis and loaded its script before the overload starts (a
     // sidecar's first seconds are not what the bound is about).
-    for gateway in &gateways {
-        let first = post(
-            gateway.addr,
-            ACCOUNT_CHECK,
-            r#"{"CheckItem":[{"UserID":"a"}]}"#,
-        )
-        .await;
-        assert_eq!(first.error_code(), 0);
-    }
+    warm_up(&gateways).await;
     tokio::time::sleep(Duration::from_secs(1)).await; // the warm-up's slots are out of the window
-    let warm_up = sandbox.calls(ACCOUNT_CHECK);
+    let warmed = sandbox.calls(ACCOUNT_CHECK);
     let start = Instant::now();
     let end = start + Duration::from_secs(4);
     let counts = drive(&gateways, end).await;
     let [ok, throttled, tencent_error, other] =
         counts.each_ref().map(|c| c.load(Ordering::Relaxed));
     let busiest = sandbox.max_calls_in_window(ACCOUNT_CHECK);
-    let calls = sandbox.calls(ACCOUNT_CHECK) - warm_up;
+    let calls = sandbox.calls(ACCOUNT_CHECK) - warmed;
     // The rate while the overload lasted: calls that arrived in its 4 s.
     let during = sandbox
         .requests(ACCOUNT_CHECK)
@@ -199,7 +114,7 @@ async fn a_lost_redis_fails_closed() {
         return;
     };
     let sandbox = start_sandbox().await;
-    let gateways = fleet_of_three(&sandbox, &redis, "closed");
+    let gateways = fleet_of_three(&sandbox, &redis.url(), "closed");
     let end = Instant::now() + Duration::from_secs(4);
     let killer = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(1500)).await;

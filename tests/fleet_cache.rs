@@ -5,41 +5,17 @@ mod support;
 
 use std::time::Duration;
 
-use support::process::{serve_with, Served};
+use support::fleet::sample;
+use support::process::Served;
 use support::redis::RedisServer;
-use support::{metrics_text, post, start_sandbox, Extra, CREATE_ROBOT, GET_ALL_ROBOTS, KEY};
+use support::{metrics_text, post, start_sandbox, CREATE_ROBOT, GET_ALL_ROBOTS};
 
 /// One test at a time: each starts three gateways on a 2-core machine.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Three gateways in fleet mode on `redis` (shared cache on), in front of `sandbox`.
+/// Three gateways in fleet mode on `redis` (shared cache on by default).
 fn fleet_of_three(sandbox: &tim_gateway::sandbox::Sandbox, redis: &RedisServer) -> Vec<Served> {
-    let tail = format!(
-        "[fleet]\nredis_url = \"{}\"\nexpected_replicas = 3\n",
-        redis.url()
-    );
-    (0..3)
-        .map(|_| {
-            serve_with(
-                sandbox,
-                KEY,
-                Extra {
-                    tail: &tail,
-                    ..Extra::default()
-                },
-            )
-        })
-        .collect()
-}
-
-/// The value of the `/metrics` sample `series` (name and labels exactly as exposed).
-async fn sample(admin: std::net::SocketAddr, series: &str) -> f64 {
-    let text = metrics_text(admin).await;
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
-        .parse()
-        .unwrap()
+    support::fleet::fleet_of_three(sandbox, &redis.url(), "share")
 }
 
 /// Waits until every gateway hears the fleet's invalidations (its subscription is up).

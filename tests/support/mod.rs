@@ -2,6 +2,7 @@
 //! 127.0.0.1:0, plus a small HTTP client. Everything stops when its handle is dropped.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod fleet;
 pub mod inproc;
 pub mod partition;
 pub mod process;
