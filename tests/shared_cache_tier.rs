@@ -42,6 +42,7 @@ fn stored(body: &'static str) -> Stored {
 }
 
 async fn tier(redis: &RedisServer, registry: &Registry) -> RedisTier {
+    drop(redis.connect().await); // the server listens
     let client = redis::Client::open(redis.url()).unwrap();
     let manager = |timeout: Duration| {
         let client = client.clone();

@@ -105,13 +105,22 @@ impl RedisServer {
         format!("redis+unix://{}", self.socket().display())
     }
 
-    /// A fresh multiplexed connection.
+    /// A fresh multiplexed connection. The socket file appears when the server binds it, a
+    /// moment before it listens (a CI run met "connection refused" there): tried again for up
+    /// to 2 s.
     pub async fn connect(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .expect("a valid URL")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis-server answers")
+        let client = redis::Client::open(self.url()).expect("a valid URL");
+        let mut attempts = 0;
+        loop {
+            match client.get_multiplexed_async_connection().await {
+                Ok(connection) => return connection,
+                Err(error) if attempts < 200 && error.is_connection_refusal() => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(error) => panic!("redis-server answers: {error}"),
+            }
+        }
     }
 }
 
