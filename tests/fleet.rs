@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use support::fleet::{drive, fleet_of_three, sample, total, warm_up};
+use support::fleet::{drive, fleet_of_three, sample, total, until, warm_up};
 use support::process::{serve_with, Served};
 use support::redis::RedisServer;
 use support::{start_sandbox, Extra, ACCOUNT_CHECK, KEY};
@@ -188,16 +188,7 @@ async fn members_are_counted_live_then_suspect() {
         .collect();
     let live = r#"tim_gateway_fleet_members{app="main",state="live"}"#;
     let suspect = r#"tim_gateway_fleet_members{app="main",state="suspect"}"#;
-    // Each heartbeat (every second) reports what Redis knows then: wait for `want` at `admin`.
-    async fn until(admin: std::net::SocketAddr, series: &str, want: f64) {
-        for _ in 0..100 {
-            if sample(admin, series).await == want {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert_eq!(sample(admin, series).await, want, "{series}");
-    }
+    // Each heartbeat (every second) reports what Redis knows then.
     for gateway in &gateways {
         until(gateway.admin, live, 4.0).await;
         assert_eq!(

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::fleet::sample;
+use support::fleet::{sample, until};
 use support::process::Served;
 use support::redis::RedisServer;
 use support::{metrics_text, post, start_sandbox, CREATE_ROBOT, GET_ALL_ROBOTS};
@@ -21,16 +21,7 @@ fn fleet_of_three(sandbox: &tim_gateway::sandbox::Sandbox, redis: &RedisServer) 
 /// Waits until every gateway hears the fleet's invalidations (its subscription is up).
 async fn until_subscribed(gateways: &[Served]) {
     for gateway in gateways {
-        for _ in 0..100 {
-            if sample(gateway.admin, "tim_gateway_cache_shared_subscribed").await == 1.0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert_eq!(
-            sample(gateway.admin, "tim_gateway_cache_shared_subscribed").await,
-            1.0
-        );
+        until(gateway.admin, "tim_gateway_cache_shared_subscribed", 1.0).await;
     }
 }
 
@@ -111,13 +102,12 @@ async fn a_write_through_one_gateway_is_seen_through_every_other() {
     // A's answer waited for Redis to take the broadcast; B and C drop their copies when it
     // reaches them, a moment later.
     for gateway in &gateways[1..] {
-        let received = "tim_gateway_cache_invalidations_received_total";
-        for _ in 0..100 {
-            if sample(gateway.admin, received).await == 1.0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        until(
+            gateway.admin,
+            "tim_gateway_cache_invalidations_received_total",
+            1.0,
+        )
+        .await;
     }
     for gateway in &gateways[1..] {
         let after = post(gateway.addr, GET_ALL_ROBOTS, "{}").await;
@@ -227,13 +217,7 @@ async fn cached_answers_leave_room_for_the_budgets() {
     let (a, b) = (&gateways[0], &gateways[1]);
     assert_eq!(post(a.addr, GET_ALL_ROBOTS, "{}").await.x_cache(), "MISS");
     let refused = r#"tim_gateway_cache_shared_stores_total{result="refused"}"#;
-    for _ in 0..50 {
-        if sample(a.admin, refused).await == 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(sample(a.admin, refused).await, 1.0);
+    until(a.admin, refused, 1.0).await;
     let at_b = post(b.addr, GET_ALL_ROBOTS, "{}").await;
     assert_eq!((at_b.x_cache(), at_b.error_code()), ("MISS", 0));
     assert_eq!(sandbox.calls(GET_ALL_ROBOTS), 2, "B fetched for itself");

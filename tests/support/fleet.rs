@@ -71,6 +71,18 @@ pub async fn sample(admin: SocketAddr, series: &str) -> f64 {
         .unwrap()
 }
 
+/// Waits (polling every 20 ms, for 10 s at most) until the `/metrics` sample `series` at
+/// `admin` is `want`; fails if it never is.
+pub async fn until(admin: SocketAddr, series: &str, want: f64) {
+    for _ in 0..500 {
+        if sample(admin, series).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sample(admin, series).await, want, "{series}");
+}
+
 /// The sum over `gateways` of every `/metrics` sample whose line starts with `prefix`.
 pub async fn total(gateways: &[Served], prefix: &str) -> f64 {
     let mut sum = 0.0;
