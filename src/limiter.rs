@@ -184,6 +184,8 @@ impl Backend {
 #[derive(Clone)]
 pub struct FleetRedis {
     pub connection: redis::aio::ConnectionManager,
+    /// For connections of their own (pub/sub).
+    pub client: redis::Client,
     /// Registered once per gateway, shared with the shared cache.
     pub metrics: Arc<FleetMetrics>,
     pub key_prefix: String,
@@ -290,6 +292,7 @@ impl Limiter {
             .collect();
         let fleet = FleetThrottle::new(
             local,
+            Some(redis.client),
             budgets,
             redis.connection,
             redis.timing,

@@ -60,8 +60,6 @@ pub const LOCK_TTL: Duration = Duration::from_secs(5);
 pub const MAX_SHARED_BYTES: usize = 1 << 20;
 /// A waiter re-asks after these delays (then every 200 ms), in case a notice was lost.
 const POLL_DELAYS_MS: [u64; 4] = [25, 50, 100, 200];
-/// The subscription's heartbeat: a PING unanswered within this is a broken subscription.
-const HEARTBEAT: Duration = Duration::from_secs(1);
 /// A fetch's outcome goes to Redis in the background, where nobody's answer waits on it (only
 /// other gateways' flights, which otherwise wait out the lock): a slow Redis gets longer than
 /// `fleet.command_timeout` for it (on a connection of its own, whose response timeout is this).

@@ -392,6 +392,18 @@ impl Budget {
         pause
     }
 
+    /// Another gateway of the fleet was asked to back off: pause for `pause` as it does, but
+    /// without a strike here (the back-off doubles where Tencent's signals are seen).
+    pub fn hold(&self, pause: Duration, reason: PauseReason) {
+        let mut state = self.lock();
+        let until = Instant::now() + pause;
+        if until > state.paused_until {
+            state.paused_until = until;
+            state.pause_reason = reason;
+        }
+        self.void_reservations(&mut state);
+    }
+
     /// Tencent locked the app out (70050): no calls for `lockout`.
     pub fn lock_out(&self, lockout: Duration) {
         let mut state = self.lock();

@@ -193,6 +193,7 @@ fn fleet_limiter(redis: &RedisServer, back_off: Duration) -> tim_gateway::limite
         },
         tim_gateway::limiter::FleetRedis {
             connection,
+            client: redis::Client::open(redis.url()).unwrap(),
             metrics: std::sync::Arc::new(tim_gateway::fleet::FleetMetrics::unregistered()),
             key_prefix: "tim".into(),
             timing: timing(),
@@ -258,6 +259,70 @@ async fn a_frequency_limit_seen_by_one_gateway_pauses_the_fleet() {
         paused_at.elapsed()
     );
     drop(permit);
+}
+
+/// The slots gateway B reserved before A's 60007 are void once the pause reaches B on the
+/// app's `ctl` channel: B's callers already sleeping towards them (up to 250 ms ahead) wait
+/// the pause out instead of calling after Tencent said stop. Only what B granted before the
+/// message came (within 50 ms of the signal) precedes the pause's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_voids_the_slots_other_gateways_hold() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let back_off = Duration::from_millis(600);
+    let a = fleet_limiter(&redis, back_off);
+    let b = Arc::new(fleet_limiter(&redis, back_off));
+    let mut connection = redis.connect().await;
+    let channel = keys().ctl;
+    for attempt in 0.. {
+        assert!(attempt < 2000, "nobody ever listened on {channel}");
+        let (_, listeners): (String, u32) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&channel)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        if listeners == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let key = a.key(0, Some(0));
+    let granted = Arc::new(Mutex::new(Vec::new()));
+    let callers: Vec<_> = (0..40)
+        .map(|_| {
+            let (b, granted) = (Arc::clone(&b), Arc::clone(&granted));
+            tokio::spawn(async move {
+                let permit = b
+                    .acquire(key, Instant::now() + Duration::from_secs(2))
+                    .await;
+                granted.lock().unwrap().push(Instant::now());
+                permit.map(drop)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let paused_at = Instant::now();
+    assert_eq!(
+        a.observe(key, tim_gateway::outcome::Outcome::FrequencyLimited),
+        tim_gateway::limiter::Reaction::CommandPaused(back_off)
+    );
+    for caller in callers {
+        caller.await.unwrap().unwrap();
+    }
+    let granted = granted.lock().unwrap().clone();
+    let during: Vec<Duration> = granted
+        .iter()
+        .filter(|at| **at > paused_at + Duration::from_millis(50) && **at < paused_at + back_off)
+        .map(|at| *at - paused_at)
+        .collect();
+    assert_eq!(during, Vec::<Duration>::new(), "B called during A's pause");
+    let before = granted.iter().filter(|at| **at <= paused_at).count();
+    assert!(
+        before < 40,
+        "every caller was served before the pause ({before})"
+    );
 }
 
 /// `SCRIPT FLUSH` (as after a Redis restart or failover): the next reservation loads the

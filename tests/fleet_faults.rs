@@ -162,9 +162,10 @@ async fn a_full_redis_fails_closed_then_recovers() {
 }
 
 /// One 60007 answered to whichever gateway calls next: every gateway pauses the command
-/// (through Redis), so after the slots already reserved run out (at most 250 ms ahead) no
-/// call reaches the upstream until the 1 s back-off ends; then the calls resume, and the
-/// busiest second stays under the quota (no burst after the pause).
+/// (through Redis, and at once through its `ctl` message, which voids the slots the others
+/// hold), so from 100 ms after that call (the message's way through Redis on a loaded
+/// machine) no call reaches the upstream until the 1 s back-off ends; then the calls resume,
+/// and the busiest second stays under the quota (no burst after the pause).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frequency_limit_seen_by_one_gateway_pauses_them_all() {
     let _alone = ONE_AT_A_TIME.lock().await;
@@ -195,7 +196,7 @@ async fn a_frequency_limit_seen_by_one_gateway_pauses_them_all() {
         .expect("a call after the injection");
     let paused = calls_between(
         &sandbox,
-        limited + Duration::from_millis(300),
+        limited + Duration::from_millis(100),
         limited + Duration::from_millis(1000),
     );
     let busiest = sandbox.max_calls_in_window(ACCOUNT_CHECK);

@@ -59,6 +59,7 @@ fn the_fleet_rate_leaves_room_for_late_replies() {
             lockout: "tim:{1400000000}:lockout".into(),
             members: "tim:{1400000000}:members".into(),
             epoch: "tim:{1400000000}:epoch".into(),
+            ctl: "tim:{1400000000}:ctl".into(),
         }
     );
 }

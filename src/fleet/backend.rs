@@ -23,9 +23,10 @@ use redis::aio::ConnectionManager;
 use tokio::time::Instant;
 
 use super::budget::{FleetBudget, FleetTiming, Refusal, LOOKAHEAD};
+use super::control::Control;
 use super::members::{MemberStatus, FALLBACK_MAX, SUSPECT_AFTER};
 use super::metrics::{Failure, FleetMetrics, Op};
-use super::script::PauseScript;
+use super::script::{BudgetKeys, PauseScript};
 use crate::throttle::{BudgetSpec, PauseReason, Throttle, ThrottleError};
 
 /// `Retry-After` while Redis cannot be reached.
@@ -43,7 +44,7 @@ pub enum Fallback {
 
 /// Every budget of the gateway, shared with the fleet.
 pub struct FleetThrottle {
-    local: Throttle,
+    local: Arc<Throttle>,
     /// The share fallback's own budgets (1/`expected_replicas` of each fleet rate), laid
     /// out like `local`; `None` where a share would be under one call a second.
     share: Vec<Option<crate::throttle::Budget>>,
@@ -53,6 +54,8 @@ pub struct FleetThrottle {
     slots: usize,
     connection: ConnectionManager,
     pause: PauseScript,
+    /// This gateway's id in its `ctl` messages (so that it skips its own).
+    id: u64,
     timing: FleetTiming,
     metrics: Arc<FleetMetrics>,
 }
@@ -66,9 +69,11 @@ impl std::fmt::Debug for FleetThrottle {
 }
 
 impl FleetThrottle {
-    /// `budgets` are laid out like `local`'s: every app's command slots in order.
+    /// `budgets` are laid out like `local`'s: every app's command slots in order. With a
+    /// `client`, the gateway listens for the pauses of the others (see [`super::control`]).
     pub fn new(
         local: Throttle,
+        client: Option<redis::Client>,
         budgets: Vec<Arc<FleetBudget<ConnectionManager>>>,
         connection: ConnectionManager,
         timing: FleetTiming,
@@ -81,6 +86,23 @@ impl FleetThrottle {
             .iter()
             .map(|budget| share_budget(budget, timing.expected_replicas))
             .collect();
+        let local = Arc::new(local);
+        let id = fastrand::u64(..);
+        if let Some(client) = client {
+            let control = Control {
+                local: Arc::downgrade(&local),
+                budgets: budgets
+                    .iter()
+                    .enumerate()
+                    .map(|(at, budget)| {
+                        let (app, slot) = (at / slots, at % slots);
+                        (app as u32, slot as u32, budget.keys().clone())
+                    })
+                    .collect(),
+                id,
+            };
+            tokio::spawn(super::control::listen(client, Arc::new(control)));
+        }
         FleetThrottle {
             local,
             share,
@@ -89,6 +111,7 @@ impl FleetThrottle {
             slots,
             connection,
             pause: PauseScript::default(),
+            id,
             timing,
             metrics,
         }
@@ -218,9 +241,10 @@ impl FleetThrottle {
         let budget = self.budget(app, slot);
         let keys = budget.keys();
         self.tell_fleet(
-            keys.command_pause.clone(),
+            keys,
+            &keys.command_pause,
             vec![(keys.rate.clone(), budget.gcra().tolerance_us)],
-            pause,
+            (pause, why),
         );
         pause
     }
@@ -235,7 +259,8 @@ impl FleetThrottle {
     ) -> Duration {
         let pause = self.local.back_off_app(app, base, max, why);
         let budgets = self.app_budgets(app);
-        self.tell_fleet(budgets[0].keys().app_pause.clone(), rates(budgets), pause);
+        let keys = budgets[0].keys();
+        self.tell_fleet(keys, &keys.app_pause, rates(budgets), (pause, why));
         pause
     }
 
@@ -243,21 +268,32 @@ impl FleetThrottle {
     pub fn lock_out_app(&self, app: u32, lockout: Duration) {
         self.local.lock_out_app(app, lockout);
         let budgets = self.app_budgets(app);
-        self.tell_fleet(budgets[0].keys().lockout.clone(), rates(budgets), lockout);
+        let keys = budgets[0].keys();
+        let why = PauseReason::FrequencyLimit; // not read: a lockout is a lockout
+        self.tell_fleet(keys, &keys.lockout, rates(budgets), (lockout, why));
     }
 
-    /// Writes a pause to Redis in the background, bounded by `command_timeout`. If Redis
-    /// cannot hear of it, this gateway still holds it; the others learn from Tencent.
-    fn tell_fleet(&self, pause_key: String, rates: Vec<(String, u64)>, pause: Duration) {
+    /// Writes a pause to Redis in the background, bounded by `command_timeout`, and tells
+    /// the other gateways on the app's `ctl` channel. If Redis cannot hear of it, this
+    /// gateway still holds it; the others learn from Tencent.
+    fn tell_fleet(
+        &self,
+        keys: &BudgetKeys,
+        pause_key: &str,
+        rates: Vec<(String, u64)>,
+        (pause, why): (Duration, PauseReason),
+    ) {
         let mut connection = self.connection.clone();
         let script = self.pause.clone();
+        let (pause_key, channel) = (pause_key.to_owned(), keys.ctl.clone());
+        let tag = super::control::tag(why, self.id);
         let timeout = self.timing.command_timeout;
         let metrics = Arc::clone(&self.metrics);
         tokio::spawn(async move {
             let sent = Instant::now();
             let told = tokio::time::timeout(
                 timeout,
-                script.pause(&mut connection, &pause_key, &rates, pause),
+                script.pause(&mut connection, &pause_key, &rates, pause, (&channel, &tag)),
             )
             .await;
             match &told {
@@ -342,6 +378,7 @@ mod tests {
         ));
         FleetThrottle::new(
             Throttle::new(1, &[], spec()),
+            None,
             vec![budget],
             connection,
             timing,

@@ -27,6 +27,8 @@ pub struct BudgetKeys {
     pub members: String,
     /// Set when Redis first served the app: missing means Redis lost its state.
     pub epoch: String,
+    /// The app's pub/sub channel for pauses (`pause.lua` publishes, every gateway listens).
+    pub ctl: String,
 }
 
 impl BudgetKeys {
@@ -40,6 +42,7 @@ impl BudgetKeys {
             lockout: format!("{app}:lockout"),
             members: format!("{app}:members"),
             epoch: format!("{app}:epoch"),
+            ctl: format!("{app}:ctl"),
         }
     }
 }
@@ -177,8 +180,9 @@ impl Default for PauseScript {
 }
 
 impl PauseScript {
-    /// Sets `pause_key` to Redis's now + `pause` (unless a later pause holds) and moves each
-    /// `(rate key, tolerance µs)` past it. Returns the blocked-until in force, µs.
+    /// Sets `pause_key` to Redis's now + `pause` (unless a later pause holds), moves each
+    /// `(rate key, tolerance µs)` past it and publishes `<pause key> <µs left> <tag>` on
+    /// `channel`. Returns the blocked-until in force, µs.
     ///
     /// # Errors
     /// Redis could not be reached or refused the script.
@@ -188,9 +192,13 @@ impl PauseScript {
         pause_key: &str,
         rates: &[(String, u64)],
         pause: Duration,
+        (channel, tag): (&str, &str),
     ) -> RedisResult<u64> {
         let mut invocation = self.0.key(pause_key);
-        invocation.arg(u64::try_from(pause.as_micros()).unwrap_or(u64::MAX));
+        invocation
+            .arg(u64::try_from(pause.as_micros()).unwrap_or(u64::MAX))
+            .arg(channel)
+            .arg(tag);
         for (rate, tolerance_us) in rates {
             invocation.key(rate).arg(*tolerance_us);
         }

@@ -379,6 +379,7 @@ fn fleet_redis(
         .expect(VALIDATED);
     let redis = crate::limiter::FleetRedis {
         connection,
+        client: client.clone(),
         metrics: Arc::new(crate::fleet::FleetMetrics::register(registry)?),
         key_prefix: fleet.key_prefix.clone(),
         timing: crate::fleet::FleetTiming {

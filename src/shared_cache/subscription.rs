@@ -3,11 +3,9 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Weak;
-use std::time::Duration;
 
-use futures_util::StreamExt as _;
-
-use super::{lock, Inner, HEARTBEAT, REPUBLISH_EVERY};
+use super::{lock, Inner, REPUBLISH_EVERY};
+use crate::fleet::{next_message, subscribe, PING_EVERY};
 
 impl Inner {
     /// An `inval` message from another gateway: `<command> <gateway id>`.
@@ -78,62 +76,38 @@ pub(super) async fn listen(inner: Weak<Inner>) {
     let mut is_first = true;
     loop {
         let Some(me) = inner.upgrade() else { return };
-        if let Ok(Ok(pubsub)) =
-            tokio::time::timeout(Duration::from_secs(1), me.client.get_async_pubsub()).await
-        {
-            let (mut sink, mut stream) = pubsub.split();
-            let mut subscribed = true;
-            for channel in me.channels() {
-                let done = tokio::time::timeout(Duration::from_secs(1), sink.subscribe(&channel));
-                if !matches!(done.await, Ok(Ok(()))) {
-                    subscribed = false;
-                    break;
-                }
+        if let Some((mut sink, mut stream)) = subscribe(&me.client, &me.channels()).await {
+            if let Some(cache) = me.cache.get().and_then(Weak::upgrade) {
+                cache.invalidate_here(None, None, |_, _| {});
             }
-            if subscribed {
-                if let Some(cache) = me.cache.get().and_then(Weak::upgrade) {
-                    cache.invalidate_here(None, None, |_, _| {});
-                }
-                if !is_first {
-                    tracing::info!(
-                        "shared cache: subscribed again to Redis; answers cached here while \
-                         it was not were dropped"
-                    );
-                }
-                me.load_scripts().await;
-                me.metrics.subscribed.set(1);
-                me.wake_every_waiter();
-                drop(me);
-                let mut heartbeat = tokio::time::interval(HEARTBEAT);
-                loop {
-                    tokio::select! {
-                        message = stream.next() => {
-                            let Some(message) = message else { break };
-                            let Some(me) = inner.upgrade() else { return };
-                            let channel = message.get_channel_name();
-                            if channel.ends_with(":fill") {
-                                me.on_fill(message.get_payload_bytes());
-                            } else {
-                                me.on_invalidation(channel, message.get_payload_bytes());
-                            }
-                        }
-                        _ = heartbeat.tick() => {
-                            let ping = sink.ping::<redis::Value>();
-                            if !matches!(tokio::time::timeout(HEARTBEAT, ping).await, Ok(Ok(_))) {
-                                break;
-                            }
-                        }
-                    }
-                }
+            if !is_first {
+                tracing::info!(
+                    "shared cache: subscribed again to Redis; answers cached here while \
+                     it was not were dropped"
+                );
+            }
+            me.load_scripts().await;
+            me.metrics.subscribed.set(1);
+            me.wake_every_waiter();
+            drop(me);
+            let mut heartbeat = tokio::time::interval(PING_EVERY);
+            while let Some(message) = next_message(&mut sink, &mut stream, &mut heartbeat).await {
                 let Some(me) = inner.upgrade() else { return };
-                me.metrics.subscribed.set(0);
-                // Messages may be lost from now on: answers cached here count as outdated
-                // from the moment the subscription is back (see above).
-                tracing::warn!("shared cache: lost the Redis subscription; reconnecting");
+                let channel = message.get_channel_name();
+                if channel.ends_with(":fill") {
+                    me.on_fill(message.get_payload_bytes());
+                } else {
+                    me.on_invalidation(channel, message.get_payload_bytes());
+                }
             }
+            let Some(me) = inner.upgrade() else { return };
+            me.metrics.subscribed.set(0);
+            // Messages may be lost from now on: answers cached here count as outdated
+            // from the moment the subscription is back (see above).
+            tracing::warn!("shared cache: lost the Redis subscription; reconnecting");
         }
         is_first = false;
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(PING_EVERY).await;
     }
 }
 
