@@ -7,7 +7,8 @@
 use rustc_hash::FxHashMap;
 
 /// Whether a command only reads Tencent's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Access {
     /// Reads: an empty body means `{}`, a plain GET is accepted, and the cache may keep them.
     Read,
@@ -23,100 +24,74 @@ pub struct CommandSpec {
     /// `service/command`, the label used in metrics and logs.
     pub name: &'static str,
     pub access: Access,
-    /// Tencent's documented calls per second for this command, if known.
+    /// Tencent's documented calls per second for this command, if its page gives one.
     pub quota_per_second: Option<u32>,
     /// Cached by default (reads that are safe to serve from cache).
     pub is_cacheable: bool,
+    /// The writes whose success invalidates a cached answer of this read.
+    pub invalidated_by: Vec<&'static str>,
+    /// Where the entry comes from: Tencent's page for it (or `config` for a command the
+    /// configuration added).
+    pub source: &'static str,
+    pub title: &'static str,
+    /// The section of Tencent's list.
+    pub section: &'static str,
+    /// What the page says beyond "N calls per second", or why there is no quota.
+    pub quota_note: Option<&'static str>,
 }
 
-/// Builds a [`CommandSpec`] with its `service/command` name spelled out at compile time.
-macro_rules! command {
-    ($service:literal / $command:literal, $access:expr, $quota:expr, $cacheable:expr) => {
-        CommandSpec {
-            service: $service,
-            command: $command,
-            name: concat!($service, "/", $command),
-            access: $access,
-            quota_per_second: $quota,
-            is_cacheable: $cacheable,
-        }
-    };
+/// Tencent's commands as checked in: one entry per command of its "RESTful API List", each
+/// with the page it came from (`catalogue/SOURCES.md` says how the list was compiled).
+pub const DATA: &str = include_str!("catalogue/commands.toml");
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Data {
+    command: Vec<Entry>,
 }
 
-/// Every known command.
-const KNOWN: &[CommandSpec] = &[
-    // Reference §4: the chatbot APIs, 200 calls/s each.
-    command!(
-        "openim_robot_http_svc" / "get_all_robots",
-        Access::Read,
-        Some(200),
-        true
-    ),
-    command!(
-        "openim_robot_http_svc" / "create_robot",
-        Access::Write,
-        Some(200),
-        false
-    ),
-    command!(
-        "openim_robot_http_svc" / "delete_robot",
-        Access::Write,
-        Some(200),
-        false
-    ),
-    // Reference §5: read-mostly commands. Only get_all_robots is cached out of the box.
-    command!(
-        "im_open_login_svc" / "account_check",
-        Access::Read,
-        Some(100),
-        false
-    ),
-    command!("profile" / "portrait_get", Access::Read, None, false),
-    command!(
-        "group_open_http_svc" / "get_appid_group_list",
-        Access::Read,
-        None,
-        false
-    ),
-    command!(
-        "group_open_http_svc" / "get_group_info",
-        Access::Read,
-        None,
-        false
-    ),
-    command!("openconfigsvr" / "getappinfo", Access::Read, None, false),
-    command!("ConfigSvc" / "GetIPList", Access::Read, None, false),
-    // Reference §5: writes.
-    command!(
-        "im_open_login_svc" / "account_import",
-        Access::Write,
-        Some(200),
-        false
-    ),
-    command!(
-        "im_open_login_svc" / "multiaccount_import",
-        Access::Write,
-        Some(100),
-        false
-    ),
-    command!("profile" / "portrait_set", Access::Write, None, false),
-    command!("openim" / "sendmsg", Access::Write, None, false),
-    command!(
-        "group_open_http_svc" / "create_group",
-        Access::Write,
-        None,
-        false
-    ),
-];
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    name: String,
+    title: String,
+    section: String,
+    access: Access,
+    quota: Option<u32>,
+    quota_note: Option<String>,
+    source: String,
+    #[serde(default)]
+    invalidated_by: Vec<String>,
+    #[serde(default)]
+    cached: bool,
+}
 
-/// Cached reads and the writes whose success invalidates them, unless the config says otherwise.
-pub const DEFAULT_INVALIDATIONS: &[(&str, &[&str])] = &[(
-    "openim_robot_http_svc/get_all_robots",
-    &[
-        "openim_robot_http_svc/create_robot",
-        "openim_robot_http_svc/delete_robot",
-    ],
-)];
+/// Every known command, read once from [`DATA`]. Its strings live as long as the process
+/// (one copy, however many catalogues are built).
+static KNOWN: std::sync::LazyLock<Vec<CommandSpec>> = std::sync::LazyLock::new(|| {
+    let data: Data = toml::from_str(DATA).expect("catalogue/commands.toml is valid (tested)");
+    let keep = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    data.command
+        .into_iter()
+        .map(|entry| {
+            let name = keep(entry.name);
+            let (service, command) = name.split_once('/').expect("service/command (tested)");
+            CommandSpec {
+                service,
+                command,
+                name,
+                access: entry.access,
+                quota_per_second: entry.quota,
+                is_cacheable: entry.cached,
+                invalidated_by: entry.invalidated_by.into_iter().map(keep).collect(),
+                source: keep(entry.source),
+                title: keep(entry.title),
+                section: keep(entry.section),
+                quota_note: entry.quota_note.map(keep),
+            }
+        })
+        .collect()
+});
 
 /// Index of a command in the [`Catalogue`]; cheap to copy into per-request context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -145,9 +120,9 @@ impl Default for Catalogue {
 }
 
 impl Catalogue {
-    /// The built-in catalogue of reference §4–5.
+    /// Tencent's whole list ([`DATA`]).
     pub fn builtin() -> Self {
-        let specs = KNOWN.to_vec();
+        let specs = KNOWN.clone();
         let by_name = specs
             .iter()
             .enumerate()
@@ -227,5 +202,95 @@ mod tests {
             catalogue.lookup("OPENIM_ROBOT_HTTP_SVC/get_all_robots"),
             None
         );
+    }
+
+    /// The checked-in data: Tencent's whole list (144 commands: 52 reads, 92 writes), unique
+    /// names, a page for each, a quota or a note saying why there is none, and
+    /// `invalidated_by` naming catalogued writes of reads only.
+    #[test]
+    fn the_data_file_is_the_whole_list() {
+        let catalogue = Catalogue::builtin();
+        assert_eq!(catalogue.len(), 144);
+        let reads = catalogue
+            .iter()
+            .filter(|(_, s)| s.access == Access::Read)
+            .count();
+        assert_eq!(reads, 52);
+        assert_eq!(catalogue.by_name.len(), 144, "names are unique");
+        for (_, spec) in catalogue.iter() {
+            assert!(spec.source.starts_with("https://"), "{}", spec.name);
+            assert!(!spec.title.is_empty() && !spec.section.is_empty());
+            assert!(
+                spec.quota_per_second.is_some() || spec.quota_note.is_some(),
+                "{}: neither a quota nor a note",
+                spec.name
+            );
+            assert!(spec.invalidated_by.is_empty() || spec.access == Access::Read);
+            for write in &spec.invalidated_by {
+                let write = catalogue
+                    .lookup(write)
+                    .expect("invalidated by a known command");
+                assert_eq!(catalogue.spec(write).access, Access::Write, "{}", spec.name);
+            }
+            assert!(!spec.is_cacheable || spec.access == Access::Read);
+        }
+        let without: Vec<&str> = catalogue
+            .iter()
+            .filter(|(_, s)| s.quota_per_second.is_none())
+            .map(|(_, s)| s.name)
+            .collect();
+        assert_eq!(without.len(), 8, "{without:?}");
+    }
+
+    /// A sample of quotas and natures, as Tencent's pages give them.
+    #[test]
+    fn a_sample_matches_tencents_pages() {
+        let catalogue = Catalogue::builtin();
+        let spec = |name: &str| catalogue.spec(catalogue.lookup(name).expect(name)).clone();
+        for (name, quota, access) in [
+            ("im_open_login_svc/account_import", Some(200), Access::Write),
+            (
+                "im_open_login_svc/multiaccount_import",
+                Some(100),
+                Access::Write,
+            ),
+            ("im_open_login_svc/account_check", Some(100), Access::Read),
+            ("openim/sendmsg", Some(200), Access::Write),
+            ("openim/admin_getroammsg", Some(200), Access::Read),
+            ("sns/friend_add", Some(200), Access::Write),
+            ("sns/friend_get", Some(200), Access::Read),
+            ("profile/portrait_get", Some(200), Access::Read),
+            ("profile/portrait_set", Some(200), Access::Write),
+            (
+                "group_open_http_svc/get_appid_group_list",
+                Some(1),
+                Access::Read,
+            ),
+            (
+                "group_open_http_svc/send_group_msg",
+                Some(200),
+                Access::Write,
+            ),
+            ("open_msg_svc/get_history", Some(10), Access::Read),
+            ("all_member_push/im_push", Some(1), Access::Write),
+            ("all_member_push/im_get_tag", Some(100), Access::Read),
+            ("ConfigSvc/GetIPList", Some(200), Access::Read),
+            ("openim/c2c_msg_read_receipt", None, Access::Write),
+        ] {
+            let s = spec(name);
+            assert_eq!((s.quota_per_second, s.access), (quota, access), "{name}");
+        }
+        assert!(spec("profile/portrait_get")
+            .invalidated_by
+            .contains(&"profile/portrait_set"));
+        assert!(spec("group_open_http_svc/get_group_member_info")
+            .invalidated_by
+            .contains(&"group_open_http_svc/add_group_member"));
+        let cached: Vec<&str> = catalogue
+            .iter()
+            .filter(|(_, s)| s.is_cacheable)
+            .map(|(_, s)| s.name)
+            .collect();
+        assert_eq!(cached, ["openim_robot_http_svc/get_all_robots"]);
     }
 }

@@ -10,7 +10,7 @@ use prometheus::Registry;
 
 use super::respond::{RequestFamilies, RequestMetrics};
 use crate::cache::{CacheLabels, CachePolicy, ResponseCache};
-use crate::catalogue::{Access, Catalogue, DEFAULT_INVALIDATIONS};
+use crate::catalogue::{Access, Catalogue};
 use crate::config::Config;
 use crate::limiter::{BackOff, BudgetKey, Limiter};
 use crate::metrics::OTHER_COMMAND;
@@ -291,11 +291,12 @@ fn command_runtime(catalogue: &Catalogue, config: &Config) -> Vec<CommandRuntime
         .collect();
     // read index → write indices that invalidate it.
     let mut invalidated_by: HashMap<usize, Vec<usize>> = HashMap::new();
-    for (read, writes) in DEFAULT_INVALIDATIONS {
-        if let Some(read) = catalogue.lookup(read) {
-            let writes = writes.iter().filter_map(|w| catalogue.lookup(w));
-            invalidated_by.insert(read.index(), writes.map(|w| w.index()).collect());
-        }
+    for (read, spec) in catalogue.iter() {
+        let writes = spec
+            .invalidated_by
+            .iter()
+            .filter_map(|w| catalogue.lookup(w));
+        invalidated_by.insert(read.index(), writes.map(|w| w.index()).collect());
     }
     // Config rules replace the defaults of their command (validated by `config`).
     for rule in &config.cache.rules {
