@@ -87,9 +87,10 @@ pub enum Command {
         /// Where to write the CA certificate clients must trust.
         #[arg(long, default_value = "tim-gateway-sandbox-ca.pem")]
         ca_out: PathBuf,
-        /// Calls per second per command before answering 60007.
-        #[arg(long, default_value_t = 200)]
-        quota: u32,
+        /// Calls per second per command before answering 60007 (default: each command's
+        /// documented quota, 200 where its page gives none).
+        #[arg(long)]
+        quota: Option<u32>,
     },
     /// Mint a UserSig (secret key from TIM_GATEWAY_SECRET_KEY or --key-file).
     Usersig {

@@ -46,7 +46,7 @@ pub enum GatewayError {
     NoRoute,
     #[error("unknown app; configured apps are listed by `tim-gateway check-config`")]
     UnknownApp,
-    #[error("command {0} is not in the gateway's catalogue")]
+    #[error("command {0} is not in the gateway's catalogue of Tencent's commands; to pass commands outside it through, set server.allow_unknown_commands = true (TIM_GATEWAY__SERVER__ALLOW_UNKNOWN_COMMANDS=true)")]
     UnknownCommand(String),
     #[error("method not allowed: use POST{}", if *.allows_get { " (or GET for a cacheable read with no body)" } else { "" })]
     MethodNotAllowed { allows_get: bool },

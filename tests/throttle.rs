@@ -96,7 +96,7 @@ async fn overload_is_refused_at_once_and_the_budget_is_used_to_its_end() {
     const QUOTA: u32 = 50;
     let gw = inproc::start_with(
         SandboxOptions {
-            quota_per_second: QUOTA,
+            quota_per_second: Some(QUOTA),
             ..inproc::sandbox_options()
         },
         Extra {

@@ -176,7 +176,7 @@ pub(super) fn tracking(shared: &Shared, path: &str, query: &[(String, String)]) 
     let Some((service, command)) = parse_path(path) else {
         return Tracking::Untracked;
     };
-    let listed = Command::lookup(service, command).map(|(name, _)| name);
+    let listed = Command::lookup(service, command).map(|(name, _, _)| name);
     let is_authenticated = check_params(query, |id| shared.apps.contains_key(&id))
         .ok()
         .and_then(|params| {
@@ -224,7 +224,7 @@ pub(super) fn evaluate(
         .apps
         .get(&params.sdkappid)
         .ok_or(CheckError::UnknownSdkAppId(params.sdkappid))?;
-    let (name, command) = Command::lookup(service, command_name)
+    let (name, command, quota) = Command::lookup(service, command_name)
         .ok_or_else(|| CheckError::UnknownCommand(format!("{service}/{command_name}")))?;
     let now = Instant::now();
     // 4. A locked app is refused before its UserSig is even looked at (reference §6, 70050).
@@ -268,7 +268,7 @@ pub(super) fn evaluate(
         .entry((params.sdkappid, name))
         .or_default()
         .arrive(now);
-    if in_window > shared.quota_per_second as usize {
+    if in_window > shared.quota_per_second.unwrap_or(quota) as usize {
         return Err(CheckError::OverQuota.into());
     }
     // 8. Injected errors stand in for Tencent-side failures of a request that was valid.
@@ -551,7 +551,7 @@ mod tests {
     #[tokio::test]
     async fn sixth_call_within_a_second_answers_60007() {
         let options = SandboxOptions {
-            quota_per_second: 5,
+            quota_per_second: Some(5),
             ..SandboxOptions::default()
         };
         let (sandbox, client) = sandbox(options).await;

@@ -89,9 +89,10 @@ pub struct SandboxApp {
 #[derive(Debug, Clone)]
 pub struct SandboxOptions {
     pub apps: Vec<SandboxApp>,
-    /// Per (sdkappid, command) calls allowed in any sliding 1 s window; Tencent's is 200 (reference §4).
-    /// At most [`MAX_QUOTA_PER_SECOND`].
-    pub quota_per_second: u32,
+    /// Per (sdkappid, command) calls allowed in any sliding 1 s window: this for every
+    /// command, or `None` for each command's documented quota (the catalogue's, 200 where
+    /// Tencent's page gives none). At most [`MAX_QUOTA_PER_SECOND`].
+    pub quota_per_second: Option<u32>,
     /// Failed UserSig checks per sdkappid within 60 s after which the app is locked out for 60 s with 70050; 0 disables.
     /// At most [`MAX_LOCKOUT_AFTER_FAILURES`].
     pub lockout_after_failures: u32,
@@ -106,7 +107,7 @@ impl Default for SandboxOptions {
     fn default() -> Self {
         SandboxOptions {
             apps: Vec::new(),
-            quota_per_second: 200,
+            quota_per_second: None,
             lockout_after_failures: 30,
             tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
@@ -354,7 +355,7 @@ fn check_options(options: &SandboxOptions) -> std::io::Result<()> {
             format!("the sandbox's {name} must be at most {max}"),
         )
     };
-    if options.quota_per_second > MAX_QUOTA_PER_SECOND {
+    if options.quota_per_second > Some(MAX_QUOTA_PER_SECOND) {
         return Err(too_large("quota_per_second", MAX_QUOTA_PER_SECOND));
     }
     if options.lockout_after_failures > MAX_LOCKOUT_AFTER_FAILURES {
@@ -425,7 +426,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(super) struct Shared {
     /// Apps by sdkappid; the set is fixed at start, their state is not.
     apps: HashMap<u64, App>,
-    quota_per_second: u32,
+    quota_per_second: Option<u32>,
     lockout_after_failures: u32,
     /// See [`SandboxOptions::tls_handshake_timeout`].
     pub(super) tls_handshake_timeout: Duration,

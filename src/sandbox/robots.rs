@@ -37,9 +37,10 @@ pub const MAX_ACCOUNTS_PER_APP: usize = 10_000;
 /// the reference).
 pub const MAX_ACCOUNT_ID_BYTES: usize = 32;
 
-/// Every command the sandbox knows, by "service/command" (reference §4, §5); any other
-/// well-formed path answers 60009.
-const CATALOGUE: &[(&str, Command)] = &[
+/// The commands whose state the sandbox models, by "service/command" (reference §4, §5).
+/// Every other command of the gateway's catalogue (Tencent's whole list) answers a plain OK
+/// after the same checks; any other well-formed path answers 60009.
+const MODELLED: &[(&str, Command)] = &[
     (
         "openim_robot_http_svc/get_all_robots",
         Command::GetAllRobots,
@@ -48,18 +49,10 @@ const CATALOGUE: &[(&str, Command)] = &[
     ("openim_robot_http_svc/delete_robot", Command::DeleteRobot),
     ("im_open_login_svc/account_import", Command::AccountImport),
     ("im_open_login_svc/account_check", Command::AccountCheck),
-    ("profile/portrait_get", Command::Acknowledge),
-    ("profile/portrait_set", Command::Acknowledge),
-    (
-        "group_open_http_svc/get_appid_group_list",
-        Command::Acknowledge,
-    ),
-    ("group_open_http_svc/get_group_info", Command::Acknowledge),
-    ("group_open_http_svc/create_group", Command::Acknowledge),
-    ("openconfigsvr/getappinfo", Command::Acknowledge),
-    ("ConfigSvc/GetIPList", Command::Acknowledge),
-    ("openim/sendmsg", Command::Acknowledge),
 ];
+
+/// A command's quota where Tencent's page gives none.
+const UNDOCUMENTED_QUOTA: u32 = 200;
 
 /// The commands the sandbox knows; any other well-formed path answers 60009.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,13 +67,20 @@ pub(super) enum Command {
 }
 
 impl Command {
-    /// The command named by a `/v4/{service}/{command}` path, with its catalogue name, if the
-    /// sandbox knows it. The name is the catalogue's own, so state keyed by it is bounded.
-    pub(super) fn lookup(service: &str, command: &str) -> Option<(&'static str, Command)> {
-        CATALOGUE
+    /// The command named by a `/v4/{service}/{command}` path, with its catalogue name and its
+    /// documented quota per second, if the catalogue knows it. The name is the catalogue's
+    /// own, so state keyed by it is bounded.
+    pub(super) fn lookup(service: &str, command: &str) -> Option<(&'static str, Command, u32)> {
+        static CATALOGUE: std::sync::LazyLock<crate::catalogue::Catalogue> =
+            std::sync::LazyLock::new(crate::catalogue::Catalogue::builtin);
+        let name = format!("{service}/{command}");
+        let spec = CATALOGUE.spec(CATALOGUE.lookup(&name)?);
+        let command = MODELLED
             .iter()
-            .find(|(name, _)| name.split_once('/') == Some((service, command)))
-            .copied()
+            .find(|(modelled, _)| *modelled == spec.name)
+            .map_or(Command::Acknowledge, |(_, command)| *command);
+        let quota = spec.quota_per_second.unwrap_or(UNDOCUMENTED_QUOTA);
+        Some((spec.name, command, quota))
     }
 }
 
@@ -392,16 +392,33 @@ mod tests {
         }
     }
 
-    /// Only the listed commands are known; the others fall through to 60009.
+    /// Every catalogue command is known, with its documented quota (200 where the page gives
+    /// none); the others fall through to 60009.
     #[test]
     fn lookup_knows_the_catalogue() {
         assert_eq!(
             Command::lookup("ConfigSvc", "GetIPList"),
-            Some(("ConfigSvc/GetIPList", Command::Acknowledge))
+            Some(("ConfigSvc/GetIPList", Command::Acknowledge, 200))
         );
         assert_eq!(
             Command::lookup("im_open_login_svc", "account_check"),
-            Some(("im_open_login_svc/account_check", Command::AccountCheck))
+            Some((
+                "im_open_login_svc/account_check",
+                Command::AccountCheck,
+                100
+            ))
+        );
+        assert_eq!(
+            Command::lookup("sns", "friend_add"),
+            Some(("sns/friend_add", Command::Acknowledge, 200))
+        );
+        assert_eq!(
+            Command::lookup("open_msg_svc", "get_history"),
+            Some(("open_msg_svc/get_history", Command::Acknowledge, 10))
+        );
+        assert_eq!(
+            Command::lookup("openim", "c2c_msg_read_receipt"),
+            Some(("openim/c2c_msg_read_receipt", Command::Acknowledge, 200))
         );
         assert_eq!(Command::lookup("configsvc", "GetIPList"), None);
         assert_eq!(Command::lookup("openim_robot_http_svc", "get_robot"), None);

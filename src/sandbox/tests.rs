@@ -125,7 +125,7 @@ async fn latency_delays_every_answer() {
 async fn start_refuses_quotas_beyond_the_bounds() {
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
     let quota = SandboxOptions {
-        quota_per_second: MAX_QUOTA_PER_SECOND + 1,
+        quota_per_second: Some(MAX_QUOTA_PER_SECOND + 1),
         ..SandboxOptions::default()
     };
     let lockout = SandboxOptions {
@@ -137,7 +137,7 @@ async fn start_refuses_quotas_beyond_the_bounds() {
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
     }
     let largest = SandboxOptions {
-        quota_per_second: MAX_QUOTA_PER_SECOND,
+        quota_per_second: Some(MAX_QUOTA_PER_SECOND),
         lockout_after_failures: MAX_LOCKOUT_AFTER_FAILURES,
         ..SandboxOptions::default()
     };
