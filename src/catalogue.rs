@@ -157,6 +157,46 @@ impl Catalogue {
         &self.specs[index]
     }
 
+    /// The catalogue as a Markdown table, by section (the README's, and `tim-gateway
+    /// catalogue`): command (linked to its page), quota, read or write, cached by default,
+    /// invalidated by.
+    pub fn markdown(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let mut section = "";
+        for (_, spec) in self.iter() {
+            if spec.section != section {
+                section = spec.section;
+                let _ = write!(
+                    out,
+                    "{}**{section}**\n\n| command | quota /s | access | cached by default | invalidated by |\n|---|---:|---|---|---|\n",
+                    if out.is_empty() { "" } else { "\n" }
+                );
+            }
+            let quota = spec
+                .quota_per_second
+                .map_or_else(|| "none given¹".to_owned(), |q| q.to_string());
+            let access = match spec.access {
+                Access::Read => "read",
+                Access::Write => "write",
+            };
+            let invalidated_by: Vec<String> = spec
+                .invalidated_by
+                .iter()
+                .map(|w| format!("`{w}`"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "| [`{}`]({}) | {quota} | {access} | {} | {} |",
+                spec.name,
+                spec.source,
+                if spec.is_cacheable { "yes" } else { "" },
+                invalidated_by.join(", ")
+            );
+        }
+        out
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (CommandId, &CommandSpec)> {
         self.specs
             .iter()

@@ -107,6 +107,8 @@ pub enum Command {
         #[arg(long)]
         key_file: Option<PathBuf>,
     },
+    /// Print the commands the gateway knows (Tencent's whole list) as a Markdown table.
+    Catalogue,
     /// Validate a configuration file and explain every problem in it.
     CheckConfig {
         #[arg(long, short)]
@@ -314,6 +316,10 @@ async fn run(command: Command) -> anyhow::Result<Exit> {
                 "{}",
                 usersig::mint(&key, sdkappid, &identifier, time, expire).expose()
             );
+            Ok(Exit::Ok)
+        }
+        Command::Catalogue => {
+            print!("{}", crate::catalogue::Catalogue::builtin().markdown());
             Ok(Exit::Ok)
         }
         Command::CheckConfig { config } => match load_or_explain(&config, &env) {
