@@ -131,6 +131,42 @@ impl Catalogue {
         Catalogue { specs, by_name }
     }
 
+    /// Tencent's list and, after it, the commands outside it that the configuration names
+    /// (`[[throttle.quotas]]`, `[[cache.rules]]` with pass-through allowed), each with its
+    /// access: they get lanes, budgets and metrics of their own as catalogue commands do.
+    pub fn with_configured<'a>(configured: impl IntoIterator<Item = (&'a str, Access)>) -> Self {
+        let mut catalogue = Self::builtin();
+        for (name, access) in configured {
+            if catalogue.lookup(name).is_some() {
+                continue;
+            }
+            // Once per configured command and config load: bounded by the file.
+            let name: &'static str = Box::leak(name.to_owned().into_boxed_str());
+            let Some((service, command)) = name.split_once('/') else {
+                continue; // the config validated it
+            };
+            catalogue
+                .by_name
+                .insert(name, CommandId(catalogue.specs.len()));
+            catalogue.specs.push(CommandSpec {
+                service,
+                command,
+                name,
+                access,
+                quota_per_second: None,
+                is_cacheable: false,
+                invalidated_by: Vec::new(),
+                source: "config",
+                title: "",
+                section: "Configured",
+                quota_note: Some(
+                    "outside Tencent's list as the gateway knows it; named by the configuration",
+                ),
+            });
+        }
+        catalogue
+    }
+
     /// Finds `service/command` (the path after `/v4/`).
     pub fn lookup(&self, name: &str) -> Option<CommandId> {
         self.by_name.get(name).copied()

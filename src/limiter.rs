@@ -19,18 +19,24 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::MetricFamily;
-use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Registry};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, Registry};
 use tokio::time::Instant;
 
 use crate::fleet::{BudgetKeys, FleetBudget, FleetMetrics, FleetThrottle, FleetTiming};
-use crate::metrics::{counter_vec, histogram_vec, scrape_gauge_vec};
+use crate::metrics::{counter_vec, histogram_vec};
 use crate::outcome::Outcome;
 use crate::throttle::{BudgetSpec, PauseReason, Throttle, ThrottleError, LOCKOUT};
 
-/// Names one budget: an (app, command) pair, where each app's last command slot is shared
-/// by its pass-through commands.
+mod collector;
+use collector::BudgetCollector;
+
+/// Budgets per app for commands outside the catalogue, each taken by the first such command
+/// called (`Limiter::pass_through`); commands beyond that many share the app's last budget,
+/// labelled `other`. Bounds the metrics' labels and the memory whatever clients send.
+pub const PASS_THROUGH_BUDGETS: usize = 32;
+
+/// Names one budget: an (app, command) pair. Each app's slots are its catalogue commands,
+/// then [`PASS_THROUGH_BUDGETS`] for pass-through commands, then `other`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BudgetKey {
     app: u32,
@@ -208,10 +214,15 @@ pub struct Limiter {
     backend: Arc<Backend>,
     /// Where Tencent's pause signals start and stop doubling.
     back_off: BackOff,
-    /// Command slots per app: the catalogue's commands plus one for pass-through.
+    /// Command slots per app: the catalogue's commands, the pass-through ones, `other`.
     slots: u32,
-    /// Per budget, indexed like the backend: `app * slots + slot`.
-    handles: Box<[KeyMetrics]>,
+    /// The catalogue's commands per app (the first pass-through slot).
+    commands: u32,
+    /// Per budget, indexed like the backend: `app * slots + slot`; shared with the
+    /// scrape-time collector, which reads the names pass-through budgets are given.
+    handles: Arc<[KeyMetrics]>,
+    /// Serialises the naming of pass-through budgets.
+    naming: std::sync::Mutex<()>,
 }
 
 /// One budget's metric handles, each created on first use: a command never called shows
@@ -224,8 +235,20 @@ struct KeyMetrics {
     wait_vec: HistogramVec,
     /// By [`ThrottleError`] variant, created on first use.
     rejections: [OnceLock<IntCounter>; 6],
-    labels: [String; 2],
+    app: String,
+    /// The command label: set at start, or for a pass-through budget when it is named.
+    command: OnceLock<String>,
     rejections_vec: IntCounterVec,
+}
+
+impl KeyMetrics {
+    fn labels(&self) -> [&str; 2] {
+        let command = self
+            .command
+            .get()
+            .map_or(crate::metrics::OTHER_COMMAND, String::as_str);
+        [self.app.as_str(), command]
+    }
 }
 
 impl Limiter {
@@ -242,7 +265,11 @@ impl Limiter {
         other: BudgetSpec,
         back_off: BackOff,
     ) -> prometheus::Result<Self> {
-        let throttle = Throttle::new(app_names.len(), command_specs, other);
+        let throttle = Throttle::new(
+            app_names.len(),
+            &with_pass_through(command_specs, other),
+            other,
+        );
         Limiter::with_backend(
             registry,
             Backend::Local(throttle),
@@ -268,7 +295,11 @@ impl Limiter {
         back_off: BackOff,
         redis: FleetRedis,
     ) -> prometheus::Result<Self> {
-        let local = Throttle::new(app_names.len(), command_specs, other);
+        let local = Throttle::new(
+            app_names.len(),
+            &with_pass_through(command_specs, other),
+            other,
+        );
         let metrics = Arc::clone(&redis.metrics);
         let budgets = sdkappids
             .iter()
@@ -277,11 +308,17 @@ impl Limiter {
                 command_names
                     .iter()
                     .copied()
-                    .chain([crate::metrics::OTHER_COMMAND])
-                    .zip(command_specs.iter().copied().chain([other]))
+                    .map(Some)
+                    .chain(std::iter::repeat_n(None, PASS_THROUGH_BUDGETS))
+                    .chain([Some(crate::metrics::OTHER_COMMAND)])
+                    .zip(
+                        with_pass_through(command_specs, other)
+                            .into_iter()
+                            .chain([other]),
+                    )
                     .map(move |(command, spec)| {
                         Arc::new(FleetBudget::new(
-                            BudgetKeys::new(&redis.key_prefix, sdkappid, command),
+                            command.map(|c| BudgetKeys::new(&redis.key_prefix, sdkappid, c)),
                             spec,
                             redis.timing,
                             redis.connection.clone(),
@@ -334,41 +371,81 @@ impl Limiter {
             "Requests refused a permit, by reason.",
             &["app", "command", "reason"],
         )?;
-        let commands: Vec<&str> = command_names
+        // Catalogue commands, then the pass-through slots (named on first use), then `other`.
+        let commands: Vec<Option<&str>> = command_names
             .iter()
             .copied()
-            .chain([crate::metrics::OTHER_COMMAND])
+            .map(Some)
+            .chain(std::iter::repeat_n(None, PASS_THROUGH_BUDGETS))
+            .chain([Some(crate::metrics::OTHER_COMMAND)])
             .collect();
-        let mut keys = Vec::new();
         let mut handles = Vec::new();
-        for (a, app) in app_names.iter().enumerate() {
-            for (s, command) in commands.iter().enumerate() {
-                keys.push((
-                    BudgetKey {
-                        app: a as u32,
-                        slot: s as u32,
-                    },
-                    [app.clone(), (*command).to_owned()],
-                ));
+        for app in app_names {
+            for command in &commands {
                 handles.push(KeyMetrics {
                     permits: OnceLock::new(),
                     wait: OnceLock::new(),
                     permits_vec: permits.clone(),
                     wait_vec: wait.clone(),
                     rejections: Default::default(),
-                    labels: [app.clone(), (*command).to_owned()],
+                    app: app.clone(),
+                    command: command.map_or_else(OnceLock::new, |c| OnceLock::from(c.to_owned())),
                     rejections_vec: rejections.clone(),
                 });
             }
         }
         let backend = Arc::new(backend);
-        registry.register(Box::new(BudgetCollector::new(Arc::clone(&backend), keys)?))?;
+        let handles: Arc<[KeyMetrics]> = handles.into();
+        let slots = commands.len() as u32;
+        registry.register(Box::new(BudgetCollector::new(
+            Arc::clone(&backend),
+            Arc::clone(&handles),
+            slots,
+        )?))?;
         Ok(Limiter {
             backend,
             back_off,
-            slots: commands.len() as u32,
-            handles: handles.into_boxed_slice(),
+            slots,
+            commands: command_names.len() as u32,
+            handles,
+            naming: std::sync::Mutex::new(()),
         })
+    }
+
+    /// The budget of pass-through command `name` in `app`: its own (named after it on its
+    /// first call) while one of the app's [`PASS_THROUGH_BUDGETS`] is free, else the app's
+    /// shared `other` budget. Scans the app's pass-through slots: call it once per command
+    /// and keep the key.
+    pub fn pass_through(&self, app: usize, name: &str) -> BudgetKey {
+        let _naming = self
+            .naming
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for i in 0..PASS_THROUGH_BUDGETS as u32 {
+            let key = BudgetKey {
+                app: app as u32,
+                slot: self.commands + i,
+            };
+            let command = &self.handles(key).command;
+            match command.get() {
+                Some(named) if named == name => return key,
+                Some(_) => continue,
+                None => {
+                    let _ = command.set(name.to_owned());
+                    if let Backend::Fleet(fleet) = &*self.backend {
+                        fleet.name(key.app, key.slot, name);
+                    }
+                    return key;
+                }
+            }
+        }
+        self.key(app, None)
+    }
+
+    /// Where `key` is among the app's pass-through budgets, if it is one of them.
+    pub fn pass_through_index(&self, key: BudgetKey) -> Option<usize> {
+        let i = key.slot.checked_sub(self.commands)? as usize;
+        (i < PASS_THROUGH_BUDGETS).then_some(i)
     }
 
     /// The budget of `command` (a catalogue index, or `None` for pass-through) in `app`.
@@ -398,8 +475,7 @@ impl Limiter {
         let handles = self.handles(key);
         match self.backend.acquire(key, wait_until).await {
             Ok(waited) => {
-                let [app, command] = &handles.labels;
-                let labels = [app.as_str(), command.as_str()];
+                let labels = handles.labels();
                 handles
                     .permits
                     .get_or_init(|| handles.permits_vec.with_label_values(&labels))
@@ -421,10 +497,10 @@ impl Limiter {
                 };
                 handles.rejections[i]
                     .get_or_init(|| {
-                        let [app, command] = &handles.labels;
+                        let [app, command] = handles.labels();
                         handles
                             .rejections_vec
-                            .with_label_values(&[app.as_str(), command, reason])
+                            .with_label_values(&[app, command, reason])
                     })
                     .inc();
                 Err(refused)
@@ -471,73 +547,11 @@ impl Limiter {
     }
 }
 
-/// Reads every budget's queue, pause and size when `/metrics` is scraped.
-struct BudgetCollector {
-    /// The budgets, shared with the limiter.
-    backend: Arc<Backend>,
-    /// Every budget and its (app, command) labels.
-    keys: Vec<(BudgetKey, [String; 2])>,
-    mode: IntGaugeVec,
-    waiters: IntGaugeVec,
-    paused: IntGaugeVec,
-    budget: IntGaugeVec,
-    quota: IntGaugeVec,
-}
-
-impl BudgetCollector {
-    fn new(backend: Arc<Backend>, keys: Vec<(BudgetKey, [String; 2])>) -> prometheus::Result<Self> {
-        let labels = ["app", "command"];
-        Ok(BudgetCollector {
-            backend,
-            keys,
-            mode: scrape_gauge_vec("throttle_mode", "Where the budget lives: 0 this gateway (no fleet mode), 1 Redis (fleet mode); its last reservation call failed: 2 guard (no calls until the fleet leaves room for this gateway's share), 3 share (calling alone at 1/fleet.expected_replicas of the rate), 4 closed (no calls until Redis answers).", &labels)?,
-            waiters: scrape_gauge_vec("throttle_waiters", "Requests waiting for a permit right now.", &labels)?,
-            paused: scrape_gauge_vec("throttle_paused", "1 while calls are paused because Tencent asked us to back off or locked the app out.", &labels)?,
-            budget: scrape_gauge_vec("throttle_budget_per_second", "The gateway's budget of calls to Tencent in any sliding second.", &labels)?,
-            quota: scrape_gauge_vec("upstream_quota_per_second", "Tencent's documented quota of calls per second.", &labels)?,
-        })
-    }
-}
-
-impl Collector for BudgetCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        [
-            self.mode.desc(),
-            self.waiters.desc(),
-            self.paused.desc(),
-            self.budget.desc(),
-            self.quota.desc(),
-        ]
-        .concat()
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
-        for (key, [app, command]) in &self.keys {
-            let state = self.backend.state(*key);
-            let labels = [app.as_str(), command.as_str()];
-            self.mode
-                .with_label_values(&labels)
-                .set(i64::from(state.mode));
-            self.waiters
-                .with_label_values(&labels)
-                .set(crate::metrics::as_gauge(state.waiters));
-            self.paused
-                .with_label_values(&labels)
-                .set(i64::from(state.is_paused));
-            self.budget
-                .with_label_values(&labels)
-                .set(i64::from(state.budget));
-            self.quota
-                .with_label_values(&labels)
-                .set(i64::from(state.quota));
-        }
-        [
-            self.mode.collect(),
-            self.waiters.collect(),
-            self.paused.collect(),
-            self.budget.collect(),
-            self.quota.collect(),
-        ]
-        .concat()
-    }
+/// The catalogue's budget specs followed by the pass-through slots' (each `other`'s spec).
+fn with_pass_through(command_specs: &[BudgetSpec], other: BudgetSpec) -> Vec<BudgetSpec> {
+    command_specs
+        .iter()
+        .copied()
+        .chain(std::iter::repeat_n(other, PASS_THROUGH_BUDGETS))
+        .collect()
 }

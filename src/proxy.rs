@@ -299,12 +299,13 @@ impl Proxy {
             Some(name) => *self.app_index.get(name).ok_or(GatewayError::UnknownApp)?,
             None => self.default_app,
         };
-        let command = match known {
-            Some(id) => Some(id.index()),
-            None if self.allow_unknown_commands => None,
+        let lane = match known {
+            Some(id) => self.shared.lane(app, Some(id.index())),
+            None if self.allow_unknown_commands => {
+                self.shared.pass_through_lane(app, parsed.command)
+            }
             None => return Err(GatewayError::UnknownCommand(parsed.command.to_owned())),
         };
-        let lane = self.shared.lane(app, command);
         // A plain GET is accepted for cacheable reads, so `curl URL` works (PRODUCT.md).
         let is_cacheable = lane.cache.is_some();
         let is_plain_read = *method == Method::GET || *method == Method::HEAD;
@@ -419,7 +420,7 @@ impl Proxy {
     ) -> Fill {
         Fill {
             key,
-            lane: Arc::clone(self.shared.lane(target.lane.app, target.lane.command)),
+            lane: Arc::clone(target.lane),
             body,
             policy,
             deadline,

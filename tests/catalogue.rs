@@ -95,3 +95,135 @@ fn the_readme_table_is_generated_from_the_data() {
     );
     assert_eq!(table.lines().filter(|l| l.starts_with("| [`")).count(), 144);
 }
+
+/// With pass-through on, each command outside the catalogue gets a budget of its own at
+/// `throttle.default_quota` (its own line in `/metrics`), up to 32 per app; later ones share
+/// the app's `other` budget.
+#[tokio::test(start_paused = true)]
+async fn unknown_commands_each_get_their_own_budget() {
+    let gw = inproc::start(Extra {
+        server: "allow_unknown_commands = true",
+        ..Extra::default()
+    });
+    let budget_line = |command: &str| {
+        format!(
+            "tim_gateway_throttle_budget_per_second{{app=\"main\",command=\"{command}\"}} 190\n"
+        )
+    };
+    assert!(!gw.metrics().contains(&budget_line("newsvc/cmd0")));
+    for i in 0..33 {
+        let command = format!("newsvc/cmd{i}");
+        let answer = gw.post(&command, "{}").await;
+        // The sandbox, like Tencent, does not know it; the gateway passed it on.
+        assert_eq!(answer.error_code(), 60009, "{command}");
+        assert_eq!(gw.sandbox.calls(&command), 1, "{command}");
+    }
+    let metrics = gw.metrics();
+    for i in 0..32 {
+        assert!(
+            metrics.contains(&budget_line(&format!("newsvc/cmd{i}"))),
+            "cmd{i}"
+        );
+        let permits = format!(
+            "tim_gateway_throttle_permits_total{{app=\"main\",command=\"newsvc/cmd{i}\"}} 1\n"
+        );
+        assert!(metrics.contains(&permits), "{permits}");
+    }
+    assert!(!metrics.contains("newsvc/cmd32"));
+    assert!(
+        metrics.contains("tim_gateway_throttle_permits_total{app=\"main\",command=\"other\"} 1\n")
+    );
+    // Called again, a command keeps its budget.
+    gw.post("newsvc/cmd7", "{}").await;
+    assert!(gw
+        .metrics()
+        .contains("tim_gateway_throttle_permits_total{app=\"main\",command=\"newsvc/cmd7\"} 2\n"));
+}
+
+/// One command's budget is not another's: saturating one pass-through command leaves the
+/// next one's calls free.
+#[tokio::test(start_paused = true)]
+async fn one_busy_unknown_command_does_not_starve_another() {
+    let gw = inproc::start(Extra {
+        server: "allow_unknown_commands = true",
+        tail: "[throttle]\ndefault_quota = 10\nmax_wait = \"0s\"\n",
+        ..Extra::default()
+    });
+    let mut throttled = 0;
+    for _ in 0..30 {
+        if gw.post("newsvc/busy", "{}").await.status == StatusCode::TOO_MANY_REQUESTS {
+            throttled += 1;
+        }
+    }
+    // No time passes (paused clock) and callers may not wait: one call (the burst of a
+    // budget of 9/s) goes out, the other 29 get 429.
+    assert_eq!(throttled, 29);
+    assert_eq!(gw.sandbox.calls("newsvc/busy"), 1);
+    let answer = gw.post("newsvc/quiet", "{}").await;
+    assert_eq!(answer.error_code(), 60009, "{}", answer.json);
+    assert_eq!(gw.sandbox.calls("newsvc/quiet"), 1);
+}
+
+/// Commands outside the catalogue named in the config get lanes of their own at start: a
+/// quota (`[[throttle.quotas]]`) and a cache rule (`access = "read"`: then cached, and a
+/// plain GET is accepted for it).
+#[tokio::test(start_paused = true)]
+async fn configured_unknown_commands_get_their_quota_and_cache_rule() {
+    let gw = inproc::start(Extra {
+        server: "allow_unknown_commands = true",
+        tail: r#"
+[[throttle.quotas]]
+command = "newsvc/write"
+per_second = 50
+
+[[cache.rules]]
+command = "newsvc/read"
+access = "read"
+ttl = "1m"
+"#,
+        ..Extra::default()
+    });
+    let metrics = gw.metrics();
+    assert!(metrics.contains(
+        "tim_gateway_throttle_budget_per_second{app=\"main\",command=\"newsvc/write\"} 47\n"
+    ));
+    assert!(metrics.contains(
+        "tim_gateway_throttle_budget_per_second{app=\"main\",command=\"newsvc/read\"} 190\n"
+    ));
+    let answer = gw.call(http::Method::GET, "/v4/newsvc/read", "").await;
+    assert_eq!(
+        answer.error_code(),
+        60009,
+        "routed as a read: {}",
+        answer.json
+    );
+    let answer = gw.call(http::Method::GET, "/v4/newsvc/write", "").await;
+    assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+/// One line of config caches a read, and the catalogue's writes for it still drop the cached
+/// answer: a client sees its own change.
+#[tokio::test(start_paused = true)]
+async fn a_read_cached_by_one_rule_is_invalidated_by_the_catalogues_writes() {
+    const READ: &str = "group_open_http_svc/get_group_member_info";
+    const WRITE: &str = "group_open_http_svc/add_group_member";
+    let gw = inproc::start(Extra {
+        tail: "[[cache.rules]]\ncommand = \"group_open_http_svc/get_group_member_info\"\nttl = \"1m\"\n",
+        ..Extra::default()
+    });
+    let body = r#"{"GroupId":"@TGS#1"}"#;
+    for _ in 0..3 {
+        assert_eq!(gw.post(READ, body).await.error_code(), 0);
+    }
+    assert_eq!(gw.sandbox.calls(READ), 1, "cached after the first call");
+    assert_eq!(
+        gw.post(WRITE, r#"{"GroupId":"@TGS#1"}"#).await.error_code(),
+        0
+    );
+    assert_eq!(gw.post(READ, body).await.error_code(), 0);
+    assert_eq!(
+        gw.sandbox.calls(READ),
+        2,
+        "the write dropped the cached answer"
+    );
+}

@@ -426,3 +426,42 @@ async fn a_slow_budget_serves_a_crowd() {
     // A second of slots at 7/s, the first at once: 7 or 8 (the 8th lands on the deadline).
     assert!((7..=8).contains(&served), "{served} served");
 }
+
+/// A pass-through command's budget is named after the command on its first call and kept in
+/// Redis under that name, as a catalogue command's is: every gateway sharing the Redis
+/// shares it, whichever of its own slots each gave it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_through_budget_is_shared_by_its_name() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = (
+        fleet_limiter(&redis, Duration::from_secs(1)),
+        fleet_limiter(&redis, Duration::from_secs(1)),
+    );
+    // A names its first pass-through slot after one command, B after another first.
+    let a_key = a.pass_through(0, "newsvc/shared");
+    let b_other = b.pass_through(0, "newsvc/other");
+    let b_key = b.pass_through(0, "newsvc/shared");
+    assert_eq!(a.pass_through_index(a_key), Some(0));
+    assert_eq!(b.pass_through_index(b_other), Some(0));
+    assert_eq!(b.pass_through_index(b_key), Some(1));
+    assert_eq!(b.pass_through(0, "newsvc/shared"), b_key, "found again");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    drop(a.acquire(a_key, deadline).await.unwrap());
+    drop(b.acquire(b_key, deadline).await.unwrap());
+    let mut connection = redis.connect().await;
+    let rate: Option<u64> = redis::cmd("GET")
+        .arg(keys().sibling("newsvc/shared").rate)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!(
+        rate.is_some(),
+        "the budget is in Redis under the command's name"
+    );
+    assert_eq!(
+        keys().sibling("newsvc/shared"),
+        BudgetKeys::new("tim", 1_400_000_000, "newsvc/shared")
+    );
+}

@@ -165,21 +165,50 @@ impl Findings {
     }
 
     /// A `service/command` from the file, looked up in the catalogue: the spec, or a problem
-    /// under `key` (with a "did you mean" when a known command is close).
-    pub fn catalogued<'c>(
+    /// under `key` (with a "did you mean" when a known command is close). With `allow_unknown`
+    /// (`server.allow_unknown_commands`) a well-formed command outside the catalogue is
+    /// accepted as [`Named::Unknown`] (with a warning when a known command is close: a typo
+    /// would otherwise go to Tencent as a command of its own).
+    pub fn named<'c>(
         &mut self,
         catalogue: &'c Catalogue,
         key: &str,
         command: &str,
-    ) -> Option<&'c CommandSpec> {
+        allow_unknown: bool,
+    ) -> Option<Named<'c>> {
         if let Some(id) = catalogue.lookup(command) {
-            return Some(catalogue.spec(id));
+            return Some(Named::Known(catalogue.spec(id)));
         }
         let names: Vec<&str> = catalogue.iter().map(|(_, spec)| spec.name).collect();
+        let near = did_you_mean(command, &names);
+        if !crate::route::is_command(command) {
+            return self.refuse(
+                key,
+                format!(
+                    "{command:?} is not a command: give service/command, e.g. \"sns/friend_get\""
+                ),
+            );
+        }
+        if allow_unknown {
+            if let Some(near) = near {
+                self.warning(
+                    key,
+                    format!(
+                        "{command:?} is not in the catalogue and goes to Tencent as a command \
+                         of its own; did you mean {near:?}?"
+                    ),
+                );
+            }
+            return Some(Named::Unknown);
+        }
         let mut message = format!("{command:?} is not in the catalogue");
-        if let Some(near) = did_you_mean(command, &names) {
+        if let Some(near) = near {
             message.push_str(&format!("; did you mean {near:?}?"));
         }
+        message.push_str(
+            "; a command outside it (a Tencent API newer than the gateway) needs \
+             server.allow_unknown_commands = true",
+        );
         self.problem(key, message);
         None
     }
@@ -279,4 +308,11 @@ pub(super) fn redact_key_like(text: &str) -> String {
     }
     flush(&mut run, &mut out);
     out
+}
+
+/// A command named in the file: in the catalogue, or outside it with pass-through allowed.
+#[derive(Debug, Clone, Copy)]
+pub enum Named<'c> {
+    Known(&'c CommandSpec),
+    Unknown,
 }

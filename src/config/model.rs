@@ -257,6 +257,7 @@ pub struct CacheRule {
     pub stale_if_error: Duration,
     /// Writes (`service/command`, in the catalogue) whose success drops this command's cached
     /// answers for the same app.
+    /// Default: the catalogue's list for the command (README, "Tencent's commands").
     pub invalidated_by: Vec<String>,
 }
 

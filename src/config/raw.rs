@@ -109,6 +109,8 @@ pub(super) struct RawCacheRule {
     pub stale_while_revalidate: Option<String>,
     pub stale_if_error: Option<String>,
     pub invalidated_by: Option<Vec<String>>,
+    /// "read" or "write": required for a command outside the catalogue.
+    pub access: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

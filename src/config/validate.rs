@@ -43,10 +43,12 @@ pub(super) fn validate(raw: RawConfig, env: &Env, findings: &mut Findings) -> Op
             ),
         );
     }
-    // Cache rules and quota overrides name commands; only the built-in catalogue's count.
+    // Cache rules and quota overrides name commands of the built-in catalogue, or others when
+    // pass-through is allowed (they then join the gateway's catalogue: `Catalogue::for_config`).
     let catalogue = Catalogue::builtin();
-    let cache = cache::validate(cache, &catalogue, findings);
-    let throttle = throttle::validate(throttle, &catalogue, findings);
+    let unknown = server.allow_unknown_commands;
+    let cache = cache::validate(cache, &catalogue, unknown, findings);
+    let throttle = throttle::validate(throttle, &catalogue, unknown, findings);
     let fleet = fleet::validate(fleet, findings);
     let (apps, default_app) = apps::validate(apps, default_app, env, findings)?;
     Some(Config {

@@ -96,7 +96,7 @@ impl FleetThrottle {
                     .enumerate()
                     .map(|(at, budget)| {
                         let (app, slot) = (at / slots, at % slots);
-                        (app as u32, slot as u32, budget.keys().clone())
+                        (app as u32, slot as u32, Arc::clone(budget))
                     })
                     .collect(),
                 id,
@@ -115,6 +115,12 @@ impl FleetThrottle {
             timing,
             metrics,
         }
+    }
+
+    /// Names the pass-through budget in `slot` of `app` after its command (once).
+    pub fn name(&self, app: u32, slot: u32, command: &str) {
+        let keys = self.budget(app, 0).keys().sibling(command);
+        self.budget(app, slot).name(keys);
     }
 
     pub fn local(&self) -> &Throttle {
@@ -314,7 +320,12 @@ impl FleetThrottle {
 fn rates(budgets: &[Arc<FleetBudget<ConnectionManager>>]) -> Vec<(String, u64)> {
     budgets
         .iter()
-        .map(|budget| (budget.keys().rate.clone(), budget.gcra().tolerance_us))
+        .filter_map(|budget| {
+            Some((
+                budget.keys_if_named()?.rate.clone(),
+                budget.gcra().tolerance_us,
+            ))
+        })
         .collect()
 }
 

@@ -128,7 +128,9 @@ struct State {
 
 /// One budget of the fleet.
 pub struct FleetBudget<C> {
-    keys: BudgetKeys,
+    /// Set at creation, or for a pass-through command's budget when the command is first
+    /// called ([`FleetBudget::name`]); no call is made before.
+    keys: std::sync::OnceLock<BudgetKeys>,
     gcra: Gcra,
     spec: BudgetSpec,
     timing: FleetTiming,
@@ -145,15 +147,16 @@ pub struct FleetBudget<C> {
 impl<C> std::fmt::Debug for FleetBudget<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FleetBudget")
-            .field("keys", &self.keys)
+            .field("keys", &self.keys.get())
             .field("gcra", &self.gcra)
             .finish_non_exhaustive()
     }
 }
 
 impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
+    /// A budget under `keys`; `None` for a pass-through budget named later.
     pub fn new(
-        keys: BudgetKeys,
+        keys: impl Into<Option<BudgetKeys>>,
         spec: BudgetSpec,
         timing: FleetTiming,
         connection: C,
@@ -168,7 +171,9 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
                     (spec.max_wait / 2).min(LOOKAHEAD),
                 )
             },
-            keys,
+            keys: keys
+                .into()
+                .map_or_else(std::sync::OnceLock::new, std::sync::OnceLock::from),
             spec,
             timing,
             script: ReserveScript::default(),
@@ -180,8 +185,22 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
         }
     }
 
+    /// # Panics
+    /// If the budget was never named (a pass-through budget before its command's first call).
     pub fn keys(&self) -> &BudgetKeys {
-        &self.keys
+        self.keys
+            .get()
+            .expect("a budget is named before its first call")
+    }
+
+    /// Its keys, if it has been named.
+    pub fn keys_if_named(&self) -> Option<&BudgetKeys> {
+        self.keys.get()
+    }
+
+    /// Names a pass-through budget once: later calls leave it as it is.
+    pub fn name(&self, keys: BudgetKeys) {
+        let _ = self.keys.set(keys);
     }
 
     pub fn gcra(&self) -> &Gcra {
@@ -423,7 +442,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
             self.timing.command_timeout,
             self.script.reserve(
                 &mut connection,
-                &self.keys,
+                self.keys(),
                 &gcra,
                 want,
                 self.least(want),

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 
-use super::script::BudgetKeys;
+use redis::aio::ConnectionManager;
+
+use super::budget::FleetBudget;
 use crate::throttle::{PauseReason, Throttle};
 
 /// How often the subscription is checked with a PING (a silent partition is found within
@@ -21,8 +23,9 @@ pub(crate) const PING_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub(super) struct Control {
     pub(super) local: Weak<Throttle>,
-    /// Each budget's `(app, slot)` in `local` and its Redis keys.
-    pub(super) budgets: Vec<(u32, u32, BudgetKeys)>,
+    /// Each budget's `(app, slot)` in `local`, and the budget (for its Redis keys, which a
+    /// pass-through budget gets on its command's first call).
+    pub(super) budgets: Vec<(u32, u32, Arc<FleetBudget<ConnectionManager>>)>,
     /// This gateway's id in its own messages.
     pub(super) id: u64,
 }
@@ -39,8 +42,12 @@ pub(super) fn tag(reason: PauseReason, id: u64) -> String {
 impl Control {
     /// The apps' `ctl` channels, each once.
     fn channels(&self) -> Vec<String> {
-        let mut channels: Vec<String> =
-            self.budgets.iter().map(|(_, _, k)| k.ctl.clone()).collect();
+        // Every app has catalogue budgets, named from the start: each app's channel is here.
+        let mut channels: Vec<String> = self
+            .budgets
+            .iter()
+            .filter_map(|(_, _, budget)| Some(budget.keys_if_named()?.ctl.clone()))
+            .collect();
         channels.sort_unstable();
         channels.dedup();
         channels
@@ -74,7 +81,10 @@ impl Control {
             _ => PauseReason::FrequencyLimit,
         };
         let mut applied = false;
-        for (app, slot, keys) in &self.budgets {
+        for (app, slot, fleet) in &self.budgets {
+            let Some(keys) = fleet.keys_if_named() else {
+                continue;
+            };
             let budget = local.at(*app, *slot);
             if key == keys.lockout {
                 budget.lock_out(left);

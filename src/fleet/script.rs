@@ -45,6 +45,16 @@ impl BudgetKeys {
             ctl: format!("{app}:ctl"),
         }
     }
+
+    /// The keys of `command` in the same app.
+    pub fn sibling(&self, command: &str) -> BudgetKeys {
+        let app = self.app_pause.strip_suffix(":pause").unwrap_or_default();
+        BudgetKeys {
+            rate: format!("{app}:rl:{command}"),
+            command_pause: format!("{app}:pause:{command}"),
+            ..self.clone()
+        }
+    }
 }
 
 /// A budget's GCRA on the fleet's timeline, in whole microseconds.

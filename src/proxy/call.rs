@@ -6,6 +6,7 @@
 //! task (cache fills and refreshes), so it owns what it needs through [`Shared`].
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,7 +29,7 @@ const CONFIG_ALARM_INTERVAL_SECS: u64 = 10;
 /// Which upstream call to make.
 #[derive(Debug, Clone, Copy)]
 pub struct Target<'a> {
-    pub lane: &'a Lane,
+    pub lane: &'a Arc<Lane>,
     /// `service/command` as the client named it (a pass-through command is not in the lane).
     pub command: &'a str,
 }

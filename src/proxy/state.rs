@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus::Registry;
@@ -12,7 +12,7 @@ use super::respond::{RequestFamilies, RequestMetrics};
 use crate::cache::{CacheLabels, CachePolicy, ResponseCache};
 use crate::catalogue::{Access, Catalogue};
 use crate::config::Config;
-use crate::limiter::{BackOff, BudgetKey, Limiter};
+use crate::limiter::{BackOff, BudgetKey, Limiter, PASS_THROUGH_BUDGETS};
 use crate::metrics::OTHER_COMMAND;
 use crate::region::Origins;
 use crate::shared_cache::{RedisTier, SharedCacheConfig};
@@ -88,8 +88,15 @@ pub struct Shared {
     pub apps: Vec<App>,
     /// The known commands (a lane's `command` indexes it).
     pub catalogue: Catalogue,
-    /// Per app: one lane per catalogue command, then the pass-through lane.
+    /// Per app: one lane per catalogue command, then the `other` lane (pass-through commands
+    /// once the app's own pass-through budgets are all taken).
     lanes: Box<[Arc<Lane>]>,
+    /// Per app, [`PASS_THROUGH_BUDGETS`] lanes for commands outside the catalogue, each made
+    /// on its command's first call (`pass_through_lane`).
+    pass_through: Box<[OnceLock<Arc<Lane>>]>,
+    /// For the lanes made later.
+    requests: RequestFamilies,
+    upstream_families: UpstreamFamilies,
     /// Answers of cacheable reads, and their single flights.
     pub cache: Arc<ResponseCache>,
     /// Every upstream budget, and the policy for Tencent's signals.
@@ -114,7 +121,7 @@ impl Shared {
         registry: &Registry,
         requests: &RequestFamilies,
     ) -> prometheus::Result<Shared> {
-        let catalogue = Catalogue::builtin();
+        let catalogue = Catalogue::with_configured(configured_commands(config));
         let apps: Vec<App> = config
             .apps
             .iter()
@@ -249,6 +256,11 @@ impl Shared {
             }));
         }
         Ok(Shared {
+            pass_through: (0..apps.len() * PASS_THROUGH_BUDGETS)
+                .map(|_| OnceLock::new())
+                .collect(),
+            requests: requests.clone(),
+            upstream_families,
             apps,
             catalogue,
             lanes: lanes.into_boxed_slice(),
@@ -261,6 +273,42 @@ impl Shared {
                 deadline: config.upstream.deadline,
             },
             drain,
+        })
+    }
+
+    /// The lane of pass-through command `name` (outside the catalogue) in `app`: its own,
+    /// with its own budget and metrics, while the app has pass-through budgets left; else the
+    /// app's `other` lane. A lane once made is found again by a scan of at most
+    /// [`PASS_THROUGH_BUDGETS`] names.
+    pub fn pass_through_lane(&self, app: usize, name: &str) -> &Arc<Lane> {
+        let lanes =
+            &self.pass_through[app * PASS_THROUGH_BUDGETS..(app + 1) * PASS_THROUGH_BUDGETS];
+        if let Some(lane) = lanes
+            .iter()
+            .filter_map(OnceLock::get)
+            .find(|lane| lane.label == name)
+        {
+            return lane;
+        }
+        let budget = self.limiter.pass_through(app, name);
+        let Some(i) = self.limiter.pass_through_index(budget) else {
+            return self.lane(app, None);
+        };
+        lanes[i].get_or_init(|| {
+            // At most PASS_THROUGH_BUDGETS names per app, kept for the process's life.
+            let label: &'static str = Box::leak(name.to_owned().into_boxed_str());
+            let app_name = &self.apps[app].name;
+            Arc::new(Lane {
+                app,
+                command: None,
+                label,
+                access: Access::Write,
+                cache: None,
+                invalidates: Vec::new(),
+                budget,
+                requests: self.requests.pair(app_name, label),
+                upstream: self.upstream_families.pair(app_name, label),
+            })
         })
     }
 
@@ -278,6 +326,21 @@ struct CommandRuntime {
     cache: Option<CachePolicy>,
     /// Catalogue indices of the cached reads a success of this command invalidates.
     invalidates: Vec<u32>,
+}
+
+/// The commands outside Tencent's list that the config names (validated: only with
+/// pass-through allowed): cached ones are reads, the others writes.
+fn configured_commands(config: &Config) -> Vec<(&str, Access)> {
+    let rules = &config.cache.rules;
+    let reads = rules
+        .iter()
+        .map(|rule| (rule.command.as_str(), Access::Read));
+    let writes = rules
+        .iter()
+        .flat_map(|rule| rule.invalidated_by.iter().map(String::as_str))
+        .chain(config.throttle.quotas.iter().map(|q| q.command.as_str()))
+        .map(|name| (name, Access::Write));
+    reads.chain(writes).collect()
 }
 
 /// Per-command runtime settings: catalogue defaults, then the config's cache rules.

@@ -37,7 +37,13 @@ fn cache_rule_keys_take_their_defaults() {
                 ttl: Duration::from_secs(2),
                 stale_while_revalidate: Duration::ZERO,
                 stale_if_error: Duration::ZERO,
-                invalidated_by: vec![],
+                // The catalogue's list when the rule gives none.
+                invalidated_by: vec![
+                    "profile/portrait_set".into(),
+                    "im_open_login_svc/account_import".into(),
+                    "im_open_login_svc/multiaccount_import".into(),
+                    "im_open_login_svc/account_delete".into(),
+                ],
             },
             CacheRule {
                 command: "openim_robot_http_svc/get_all_robots".into(),
@@ -45,7 +51,10 @@ fn cache_rule_keys_take_their_defaults() {
                 ttl: Duration::ZERO,
                 stale_while_revalidate: Duration::ZERO,
                 stale_if_error: Duration::ZERO,
-                invalidated_by: vec![],
+                invalidated_by: vec![
+                    "openim_robot_http_svc/create_robot".into(),
+                    "openim_robot_http_svc/delete_robot".into(),
+                ],
             },
         ]
     );
@@ -243,4 +252,68 @@ fn a_wrongly_typed_value_in_a_rule_is_reported_once() {
         assert_eq!(found.len(), 1, "{toml}: {found:?}");
         assert_eq!(found[0].key, key, "{toml}");
     }
+}
+
+/// A command outside the catalogue may be named by a rule or a quota only with
+/// `server.allow_unknown_commands = true`; a rule for one must say `access = "read"`; a
+/// near miss of a known command is warned about.
+#[test]
+fn unknown_commands_need_pass_through_and_an_access() {
+    let allowed = "[server]\nallow_unknown_commands = true\n";
+    let read_rule =
+        "[[cache.rules]]\ncommand = \"newsvc/get_thing\"\naccess = \"read\"\nttl = \"5s\"\n";
+    assert_problem(
+        &format!("{MINIMAL}{read_rule}"),
+        &env(&[]),
+        "cache.rules[0].command",
+        "needs server.allow_unknown_commands = true",
+    );
+    assert_problem(
+        &format!("{MINIMAL}[[throttle.quotas]]\ncommand = \"sns/frend_add\"\nper_second = 50\n"),
+        &env(&[]),
+        "throttle.quotas[0].command",
+        "did you mean \"sns/friend_add\"?",
+    );
+    let loaded = load(&format!("{allowed}{MINIMAL}{read_rule}"), &env(&[]));
+    assert_eq!(loaded.config.cache.rules[0].command, "newsvc/get_thing");
+    assert_problem(
+        &format!(
+            "{allowed}{MINIMAL}[[cache.rules]]\ncommand = \"newsvc/get_thing\"\nttl = \"5s\"\n"
+        ),
+        &env(&[]),
+        "cache.rules[0].access",
+        "is required for \"newsvc/get_thing\"",
+    );
+    assert_problem(
+        &format!("{allowed}{MINIMAL}[[cache.rules]]\ncommand = \"newsvc/get_thing\"\naccess = \"write\"\nttl = \"5s\"\n"),
+        &env(&[]),
+        "cache.rules[0].access",
+        "only reads can be cached",
+    );
+    assert_problem(
+        &format!("{allowed}{MINIMAL}[[cache.rules]]\ncommand = \"profile/portrait_get\"\naccess = \"write\"\nttl = \"5s\"\n"),
+        &env(&[]),
+        "cache.rules[0].access",
+        "is a read in the catalogue",
+    );
+    assert_problem(
+        &format!("{allowed}{MINIMAL}[[cache.rules]]\ncommand = \"no slash\"\naccess = \"read\"\nttl = \"5s\"\n"),
+        &env(&[]),
+        "cache.rules[0].command",
+        "is not a command",
+    );
+    let near = load(
+        &format!(
+            "{allowed}{MINIMAL}[[throttle.quotas]]\ncommand = \"sns/frend_add\"\nper_second = 50\n"
+        ),
+        &env(&[]),
+    );
+    assert!(
+        near.warnings
+            .iter()
+            .any(|w| w.key == "throttle.quotas[0].command"
+                && w.message.contains("did you mean \"sns/friend_add\"?")),
+        "{:?}",
+        near.warnings
+    );
 }

@@ -8,7 +8,7 @@ use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use crate::catalogue::{Access, Catalogue};
-use crate::config::check::Findings;
+use crate::config::check::{Findings, Named};
 use crate::config::model::{CacheConfig, CacheRule, DEFAULT_CACHE_MAX_BYTES};
 use crate::config::raw::{RawCache, RawCacheRule};
 
@@ -22,6 +22,7 @@ const STALE_IF_ERROR: RangeInclusive<Duration> = Duration::ZERO..=Duration::from
 pub(super) fn validate(
     raw: RawCache,
     catalogue: &Catalogue,
+    allow_unknown: bool,
     findings: &mut Findings,
 ) -> CacheConfig {
     let max_bytes = findings
@@ -36,31 +37,63 @@ pub(super) fn validate(
         "cache.rules",
         raw.rules,
         "rule",
-        |findings, key, raw| validate_rule(key, raw, catalogue, findings),
+        |findings, key, raw| validate_rule(key, raw, catalogue, allow_unknown, findings),
         |rule| &rule.command,
     );
     CacheConfig { max_bytes, rules }
 }
 
-/// One rule, or `None` when its command is missing or not a catalogued read (reported).
+/// One rule, or `None` when its command is missing or not a read (reported).
 fn validate_rule(
     key: &str,
     raw: RawCacheRule,
     catalogue: &Catalogue,
+    allow_unknown: bool,
     findings: &mut Findings,
 ) -> Option<CacheRule> {
     let command_key = format!("{key}.command");
+    let access_key = format!("{key}.access");
+    let access = match raw.access.as_deref() {
+        None => None,
+        Some("read") => Some(Access::Read),
+        Some("write") => Some(Access::Write),
+        Some(other) => findings.refuse(
+            &access_key,
+            format!("{other:?} is not an access; give \"read\" or \"write\""),
+        ),
+    };
+    // The catalogue's invalidations of a known read, unless the rule gives its own.
+    let mut documented: &[&str] = &[];
     let command = match raw.command {
         None => findings.refuse(
             &command_key,
             "is required: the read this rule caches, e.g. \"profile/portrait_get\"",
         ),
-        Some(command) => match findings.catalogued(catalogue, &command_key, &command) {
-            Some(spec) if spec.access == Access::Write => findings.refuse(
+        Some(command) => match findings.named(catalogue, &command_key, &command, allow_unknown) {
+            Some(Named::Known(spec)) if spec.access == Access::Write => findings.refuse(
                 &command_key,
                 format!("{command:?} is a write; only reads can be cached"),
             ),
-            Some(_) => Some(command),
+            Some(Named::Known(_)) if access == Some(Access::Write) => findings.refuse(
+                &access_key,
+                format!("{command:?} is a read in the catalogue"),
+            ),
+            Some(Named::Known(spec)) => {
+                documented = &spec.invalidated_by;
+                Some(command)
+            }
+            Some(Named::Unknown) => match access {
+                Some(Access::Read) => Some(command),
+                Some(Access::Write) => findings.refuse(&access_key, "only reads can be cached"),
+                None => findings.refuse(
+                    &access_key,
+                    format!(
+                        "is required for {command:?}, which is not in the catalogue: \
+                         access = \"read\" if it changes nothing on Tencent (it is then \
+                         cached, and retried after Tencent's \"try again\" answers)"
+                    ),
+                ),
+            },
             None => None,
         },
     };
@@ -87,10 +120,14 @@ fn validate_rule(
         STALE_IF_ERROR,
     );
 
-    let invalidated_by = raw.invalidated_by.unwrap_or_default();
+    let invalidated_by = raw
+        .invalidated_by
+        .unwrap_or_else(|| documented.iter().map(|w| (*w).to_owned()).collect());
     for (j, write) in invalidated_by.iter().enumerate() {
         let write_key = format!("{key}.invalidated_by[{j}]");
-        if let Some(spec) = findings.catalogued(catalogue, &write_key, write) {
+        if let Some(Named::Known(spec)) =
+            findings.named(catalogue, &write_key, write, allow_unknown)
+        {
             if spec.access != Access::Write {
                 findings.problem(
                     write_key,

@@ -7,7 +7,7 @@ use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use crate::catalogue::Catalogue;
-use crate::config::check::{Findings, POSITIVE};
+use crate::config::check::{Findings, Named, POSITIVE};
 use crate::config::model::{
     QuotaOverride, ThrottleConfig, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX, DEFAULT_BURST,
     DEFAULT_MAX_WAIT, DEFAULT_MAX_WAITERS, DEFAULT_QUOTA, DEFAULT_SAFETY_MARGIN,
@@ -27,6 +27,7 @@ const QUOTAS: RangeInclusive<u32> = 2..=100_000;
 pub(super) fn validate(
     raw: RawThrottle,
     catalogue: &Catalogue,
+    allow_unknown: bool,
     findings: &mut Findings,
 ) -> ThrottleConfig {
     let safety_margin = findings.fraction(
@@ -57,7 +58,7 @@ pub(super) fn validate(
         "throttle.quotas",
         raw.quotas,
         "quota",
-        |findings, key, raw| validate_quota(key, raw, catalogue, findings),
+        |findings, key, raw| validate_quota(key, raw, catalogue, allow_unknown, findings),
         |quota| &quota.command,
     );
     let backoff_base = findings.duration(
@@ -102,11 +103,12 @@ fn validate_quota(
     key: &str,
     raw: RawQuota,
     catalogue: &Catalogue,
+    allow_unknown: bool,
     findings: &mut Findings,
 ) -> Option<QuotaOverride> {
     let command_key = format!("{key}.command");
     let spec = match &raw.command {
-        Some(command) => findings.catalogued(catalogue, &command_key, command),
+        Some(command) => findings.named(catalogue, &command_key, command, allow_unknown),
         None => findings.refuse(
             &command_key,
             "is required: the command whose quota this sets, e.g. \
@@ -121,19 +123,22 @@ fn validate_quota(
     }
     let per_second = findings.number(&per_second_key, raw.per_second, QUOTAS, " calls/s");
     let (spec, per_second) = (spec?, per_second?);
-    if let Some(documented) = spec.quota_per_second.filter(|&q| per_second > q) {
+    let documented = match spec {
+        Named::Known(spec) => spec.quota_per_second.map(|q| (q, spec.name)),
+        Named::Unknown => None,
+    };
+    if let Some((documented, name)) = documented.filter(|&(q, _)| per_second > q) {
         findings.warning(
             &per_second_key,
             format!(
-                "{per_second} calls/s is above Tencent's documented {documented} for {} \
-                 (reference §4–5); past it Tencent answers 60007, so raise it only if your \
-                 plan's limit is higher",
-                spec.name
+                "{per_second} calls/s is above Tencent's documented {documented} for {name} \
+                 (its page: see the README's catalogue); past it Tencent answers 60007, so \
+                 raise it only if your plan's limit is higher"
             ),
         );
     }
     Some(QuotaOverride {
-        command: spec.name.to_owned(),
+        command: raw.command?,
         per_second,
     })
 }
