@@ -93,7 +93,7 @@ fn the_readme_table_is_generated_from_the_data() {
         "the README's catalogue table differs from src/catalogue/commands.toml: run \
          UPDATE_README=1 cargo test --test catalogue"
     );
-    assert_eq!(table.lines().filter(|l| l.starts_with("| [`")).count(), 144);
+    assert_eq!(table.lines().filter(|l| l.starts_with("| [`")).count(), 172);
 }
 
 /// With pass-through on, each command outside the catalogue gets a budget of its own at
