@@ -16,7 +16,9 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::{Config, Env, Loaded, DEFAULT_SECRET_KEY_ENV as SECRET_KEY_ENV, DEMO_TOML};
+use crate::config::{
+    Config, ConfigError, Env, Loaded, DEFAULT_SECRET_KEY_ENV as SECRET_KEY_ENV, DEMO_TOML,
+};
 use crate::gateway::Gateway;
 use crate::sandbox::{Sandbox, SandboxApp, SandboxOptions};
 use crate::shutdown::Signals;
@@ -113,7 +115,24 @@ pub enum Command {
     CheckConfig {
         #[arg(long, short)]
         config: PathBuf,
+        /// Do not read secret keys (files or variables): check the rest, e.g. in CI where
+        /// the real secret is not available.
+        #[arg(long)]
+        no_secrets: bool,
     },
+}
+
+/// `println!` that ends quietly when stdout is closed (`tim-gateway check-config | head`),
+/// instead of panicking on the broken pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        match writeln!(stdout, $($arg)*).and_then(|()| stdout.flush()) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            written => written.context("cannot write to stdout")?,
+        }
+    }};
 }
 
 /// What the process should exit with.
@@ -142,10 +161,24 @@ fn read_key(key_file: Option<&Path>, env: &Env) -> anyhow::Result<Option<SecretK
 }
 
 /// The configuration at `path`, or `None` once every problem in it is printed to stderr.
-fn load_or_explain(path: &Path, env: &Env) -> Option<Loaded> {
+fn load_or_explain(path: &Path, env: &Env, format: LogFormat) -> Option<Loaded> {
     Config::load(path, env)
-        .map_err(|error| eprintln!("{error}"))
+        .map_err(|error| explain(&error, format))
         .ok()
+}
+
+/// Says why the configuration cannot be used: the list of problems for a person, or with
+/// `--log-format json` one JSON log line per problem (key and message as fields).
+fn explain(error: &ConfigError, format: LogFormat) {
+    match (format, error) {
+        (LogFormat::Human, _) => eprintln!("{error}"),
+        (LogFormat::Json, ConfigError::Invalid(problems)) => {
+            for problem in problems {
+                tracing::error!(key = %problem.key, problem = %problem.message, "invalid configuration");
+            }
+        }
+        (LogFormat::Json, other) => tracing::error!(error = %other, "invalid configuration"),
+    }
 }
 
 /// A subcommand ready for its runtime. `serve` reads its configuration before the runtime
@@ -159,24 +192,24 @@ pub enum Task {
     /// Nothing left to run: the configuration was invalid, and every problem is printed.
     Done(Exit),
     /// Any other subcommand; each reads what it needs once running.
-    Other(Command),
+    Other(Command, LogFormat),
 }
 
 impl Task {
     /// Loads `serve`'s configuration; other subcommands pass through.
-    pub fn prepare(command: Command) -> Task {
+    pub fn prepare(command: Command, format: LogFormat) -> Task {
         match command {
             Command::Serve {
                 config,
                 shutdown_grace,
-            } => match load_or_explain(&config, &Env::from_process()) {
+            } => match load_or_explain(&config, &Env::from_process(), format) {
                 Some(loaded) => Task::Serve {
                     loaded: Box::new(loaded),
                     shutdown_grace,
                 },
                 None => Task::Done(Exit::BadConfig),
             },
-            command => Task::Other(command),
+            command => Task::Other(command, format),
         }
     }
 
@@ -202,7 +235,7 @@ impl Task {
                 shutdown_grace,
             } => serve(&loaded, shutdown_grace).await,
             Task::Done(exit) => Ok(exit),
-            Task::Other(command) => run(command).await,
+            Task::Other(command, format) => run(command, format).await,
         }
     }
 }
@@ -251,13 +284,13 @@ async fn serve(loaded: &Loaded, shutdown_grace: Option<Duration>) -> anyhow::Res
 ///
 /// # Errors
 /// Anything that stops the subcommand, explained for a human.
-async fn run(command: Command) -> anyhow::Result<Exit> {
+async fn run(command: Command, format: LogFormat) -> anyhow::Result<Exit> {
     let env = Env::from_process();
     match command {
         Command::Serve {
             config,
             shutdown_grace,
-        } => match load_or_explain(&config, &env) {
+        } => match load_or_explain(&config, &env, format) {
             Some(loaded) => serve(&loaded, shutdown_grace).await,
             None => Ok(Exit::BadConfig),
         },
@@ -295,8 +328,8 @@ async fn run(command: Command) -> anyhow::Result<Exit> {
             let mut signals = Signals::install().context("cannot install signal handlers")?;
             replace_file(&ca_out, sandbox.ca_pem())
                 .with_context(|| format!("cannot write {}", ca_out.display()))?;
-            println!("sandbox listening on {}", sandbox.endpoint());
-            println!("CA certificate written to {}", ca_out.display());
+            out!("sandbox listening on {}", sandbox.endpoint());
+            out!("CA certificate written to {}", ca_out.display());
             signals.recv().await;
             sandbox.shutdown().await;
             Ok(Exit::Ok)
@@ -312,36 +345,54 @@ async fn run(command: Command) -> anyhow::Result<Exit> {
                 bail!("no secret key: set {SECRET_KEY_ENV} or pass --key-file");
             };
             let time = time.unwrap_or_else(crate::signer::unix_now);
-            println!(
+            out!(
                 "{}",
                 usersig::mint(&key, sdkappid, &identifier, time, expire).expose()
             );
             Ok(Exit::Ok)
         }
         Command::Catalogue => {
-            print!("{}", crate::catalogue::Catalogue::builtin().markdown());
+            out!(
+                "{}",
+                crate::catalogue::Catalogue::builtin().markdown().trim_end()
+            );
             Ok(Exit::Ok)
         }
-        Command::CheckConfig { config } => match load_or_explain(&config, &env) {
-            Some(loaded) => {
-                for warning in &loaded.warnings {
-                    println!("warning: {}: {}", warning.key, warning.message);
-                }
-                let c = &loaded.config;
-                println!(
-                    "{}: valid; {} app(s), default app {:?}; client listener {}, admin listener {}",
-                    config.display(),
-                    c.apps.len(),
-                    c.apps[c.default_app].name,
-                    c.server.listen,
-                    c.server.admin_listen
-                );
-                // Every effective setting, defaults included (secrets shown only by source).
-                println!("{c}");
-                Ok(Exit::Ok)
+        Command::CheckConfig { config, no_secrets } => {
+            let env = if no_secrets {
+                env.without_secrets()
+            } else {
+                env
+            };
+            check_config(&config, &env, format)
+        }
+    }
+}
+
+/// `check-config`: every problem, or the warnings and every effective setting.
+fn check_config(config: &Path, env: &Env, format: LogFormat) -> anyhow::Result<Exit> {
+    match load_or_explain(config, env, format) {
+        Some(loaded) => {
+            for warning in &loaded.warnings {
+                out!("warning: {}: {}", warning.key, warning.message);
             }
-            None => Ok(Exit::BadConfig),
-        },
+            let c = &loaded.config;
+            out!(
+                "{}: valid; {} app(s), default app {:?}; client listener {}, admin listener {}",
+                config.display(),
+                c.apps.len(),
+                c.apps[c.default_app].name,
+                c.server.listen,
+                c.server.admin_listen
+            );
+            // Every effective setting, defaults included (secrets shown only by source).
+            out!("{c}");
+            if env.skips_secrets() {
+                out!("secret keys were not read (--no-secrets): only where they come from was checked");
+            }
+            Ok(Exit::Ok)
+        }
+        None => Ok(Exit::BadConfig),
     }
 }
 
@@ -452,7 +503,7 @@ async fn demo(
     let mut signals = Signals::install().context("cannot install signal handlers")?;
     let gateway = Gateway::start(&loaded.config, loaded.config.server.shutdown_grace).await?;
     let base = format!("http://{}", gateway.client_addr());
-    println!(
+    out!(
         "\ntim-gateway demo: gateway on {base}, admin on http://{admin}, Tencent look-alike on {sandbox}\n\
          Try (Ctrl-C stops the demo):\n\n\
          curl -s {base}/v4/openim_robot_http_svc/get_all_robots -d '{{}}'\n\
@@ -505,7 +556,7 @@ mod tests {
             ("", crate::config::available_cpus()),
         ];
         for (server, expected) in cases {
-            let task = Task::prepare(serve_command(&dir, server));
+            let task = Task::prepare(serve_command(&dir, server), LogFormat::Human);
             assert!(matches!(task, Task::Serve { .. }), "{server}");
             let runtime = task.runtime().build().unwrap();
             assert_eq!(runtime.metrics().num_workers(), expected, "{server}");
@@ -517,7 +568,7 @@ mod tests {
     #[test]
     fn invalid_serve_config_becomes_a_bad_config_exit() {
         let dir = tempfile::tempdir().unwrap();
-        let task = Task::prepare(serve_command(&dir, "worker_threads = 0"));
+        let task = Task::prepare(serve_command(&dir, "worker_threads = 0"), LogFormat::Human);
         assert!(matches!(task, Task::Done(Exit::BadConfig)));
     }
 

@@ -67,9 +67,10 @@ struct LogGuard {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _log_writer = init_tracing(cli.log_format);
+    let format = cli.log_format;
+    let _log_writer = init_tracing(format);
     // `serve` reads its configuration before the runtime exists: it sets the worker threads.
-    let task = cli::Task::prepare(cli.command);
+    let task = cli::Task::prepare(cli.command, format);
     let runtime = match task
         .runtime()
         // A worker that runs out of work hands over its batched access lines, so a quiet
@@ -92,7 +93,11 @@ fn main() -> ExitCode {
         Ok(Exit::BadConfig) => ExitCode::from(2),
         Ok(Exit::DrainCutShort) => ExitCode::from(3),
         Err(error) => {
-            eprintln!("error: {error:#}");
+            match format {
+                LogFormat::Human => eprintln!("error: {error:#}"),
+                // One JSON line, as every other line on stderr is.
+                LogFormat::Json => tracing::error!(error = format!("{error:#}"), "fatal error"),
+            }
             ExitCode::FAILURE
         }
     }

@@ -439,3 +439,129 @@ fn check_config_prints_the_worker_threads() {
     let text = check(Some("5"));
     assert!(text.contains("server.worker_threads = 5\n"), "{text}");
 }
+
+/// A config whose only gap is the secret key (a file that is not there, as in CI).
+fn config_without_its_key(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("ci.toml");
+    std::fs::write(
+        &path,
+        "[apps.main]\nsdkappid = 1400000000\nregion = \"singapore\"\n\
+         secret_key_file = \"/run/secrets/not-here\"\n",
+    )
+    .unwrap();
+    path
+}
+
+/// `check-config --no-secrets` checks everything but the secret keys themselves, so CI can
+/// run it without the real secret: valid (exit 0, saying so); without the flag the missing
+/// key file is a problem (exit 2).
+#[test]
+fn check_config_without_secrets_runs_in_ci() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_without_its_key(dir.path());
+    let checked = Command::new(BIN)
+        .args(["check-config", "--no-secrets", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&checked.stdout);
+    assert_eq!(checked.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("valid; 1 app(s)"), "{stdout}");
+    assert!(
+        stdout.contains("secret keys were not read (--no-secrets)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("/run/secrets/not-here"),
+        "its source is shown: {stdout}"
+    );
+    let strict = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(strict.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&strict.stderr)
+        .contains("apps.main.secret_key_file: cannot read /run/secrets/not-here"));
+}
+
+/// With `--log-format json`, an invalid configuration is one JSON log line per problem
+/// (key and problem as fields), like every other line a gateway writes; a config file that
+/// cannot be read is one line too.
+#[test]
+fn fatal_config_errors_follow_the_log_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[server]\nlisten = \"nope\"\n[apps.main]\nsdkappid = 1400000000\nregion = \"mars\"\n",
+    )
+    .unwrap();
+    for (args, problems) in [
+        (vec!["--log-format", "json", "check-config", "--config"], 2),
+        (vec!["--log-format", "json", "serve", "--config"], 2),
+    ] {
+        let output = Command::new(BIN)
+            .args(&args)
+            .arg(&bad)
+            .env("TIM_GATEWAY_SECRET_KEY", KEY)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let lines: Vec<serde_json::Value> = stderr
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+            .collect();
+        assert_eq!(lines.len(), problems, "{stderr}");
+        let keys: Vec<&str> = lines.iter().map(|l| l["key"].as_str().unwrap()).collect();
+        assert_eq!(keys, ["apps.main.region", "server.listen"], "{stderr}");
+        assert!(lines
+            .iter()
+            .all(|l| l["level"] == "ERROR" && l["message"] == "invalid configuration"));
+    }
+    let missing = Command::new(BIN)
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(dir.path().join("absent.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    let line: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&missing.stderr).trim()).unwrap();
+    assert!(
+        line["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot read config file"),
+        "{line}"
+    );
+}
+
+/// Output piped into a reader that has gone (`check-config | head -0`) ends the command
+/// quietly with exit 0, not a panic on the broken pipe.
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_without_its_key(dir.path());
+    for args in [
+        vec![
+            "check-config",
+            "--no-secrets",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        vec!["catalogue"],
+    ] {
+        // A pipe whose reading end is closed before the command writes anything.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let output = Command::new(BIN)
+            .args(&args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

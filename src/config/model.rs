@@ -71,6 +71,9 @@ pub const DEFAULT_MAX_LATENESS: Duration = Duration::from_millis(25);
 #[derive(Clone, Default)]
 pub struct Env {
     pub(super) vars: HashMap<String, String>,
+    /// `check-config --no-secrets`: secret keys are not read, only where they come from is
+    /// checked (an absent file or variable is not a problem).
+    pub(super) skip_secrets: bool,
 }
 
 impl Env {
@@ -79,11 +82,29 @@ impl Env {
         let vars = std::env::vars_os()
             .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
             .collect();
-        Env { vars }
+        Env {
+            vars,
+            skip_secrets: false,
+        }
     }
 
     pub fn from_map(map: HashMap<String, String>) -> Env {
-        Env { vars: map }
+        Env {
+            vars: map,
+            skip_secrets: false,
+        }
+    }
+
+    /// The same variables, but secret keys are not read (`check-config --no-secrets`).
+    pub fn without_secrets(self) -> Env {
+        Env {
+            skip_secrets: true,
+            ..self
+        }
+    }
+
+    pub fn skips_secrets(&self) -> bool {
+        self.skip_secrets
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
