@@ -54,11 +54,11 @@ REQUIRED_FAMILIES=(
   tim_gateway_usersig_mints_total
   tim_gateway_usersig_expiry_timestamp_seconds
   tim_gateway_build_info
-  tim_gateway_process_cpu_seconds_total
-  tim_gateway_process_resident_memory_bytes
-  tim_gateway_process_open_fds
-  tim_gateway_process_max_fds
-  tim_gateway_process_start_time_seconds
+  process_cpu_seconds_total
+  process_resident_memory_bytes
+  process_open_fds
+  process_max_fds
+  process_start_time_seconds
 )
 
 log() { printf 'prometheus-e2e: %s\n' "$*"; }

@@ -32,7 +32,8 @@ pub const OTHER_COMMAND: &str = "other";
 pub const UNKNOWN_COMMAND: &str = "unknown";
 
 /// A fresh registry whose families all carry the `tim_gateway_` prefix, with
-/// `tim_gateway_build_info` and the process collector registered.
+/// `tim_gateway_build_info` registered. The process's own `process_*` families keep their
+/// standard names (what dashboards and kube-prometheus expect): [`render`] adds them.
 ///
 /// # Errors
 /// A metric's name or labels are invalid (a bug).
@@ -47,23 +48,36 @@ pub fn registry() -> prometheus::Result<Registry> {
     build_info
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
         .set(1);
-    registry.register(Box::new(process::ProcessCollector::new()?))?;
     Ok(registry)
 }
 
-/// The Prometheus text exposition of every family in `registry`; collectors read their
-/// values now.
+/// The process's `process_*` families: one collector per process (however many gateways a
+/// test builds), outside any prefixed registry.
+static PROCESS: std::sync::LazyLock<process::ProcessCollector> = std::sync::LazyLock::new(|| {
+    process::ProcessCollector::new().expect("the process metrics' names are valid")
+});
+
+/// Every family of `registry`, then the process's own.
+fn gather(registry: &Registry) -> Vec<prometheus::proto::MetricFamily> {
+    use prometheus::core::Collector as _;
+    let mut families = registry.gather();
+    families.extend(PROCESS.collect());
+    families
+}
+
+/// The Prometheus text exposition of every family in `registry` and the process's
+/// `process_*`; collectors read their values now.
 pub fn render(registry: &Registry) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 * 1024);
     // Encoding into a Vec fails only on invalid metric families, which registration rules out.
-    let _ = TextEncoder::new().encode(&registry.gather(), &mut out);
+    let _ = TextEncoder::new().encode(&gather(registry), &mut out);
     out
 }
 
-/// Every metric family name in `registry` (with the prefix), for tests and docs.
+/// Every metric family name in `registry` (with the prefix) and the process's, for tests
+/// and docs.
 pub fn family_names(registry: &Registry) -> Vec<String> {
-    registry
-        .gather()
+    gather(registry)
         .iter()
         .map(|family| family.name().to_owned())
         .collect()

@@ -196,7 +196,7 @@ async fn metrics_count_real_traffic() {
         "expires in 24 h: {expiry}, minted between {before} and {after}"
     );
     assert_eq!(value(&s, "tim_gateway_requests_in_flight"), 0.0);
-    assert!(value(&s, "tim_gateway_process_resident_memory_bytes") > 0.0);
+    assert!(value(&s, "process_resident_memory_bytes") > 0.0);
     assert!(text.contains("tim_gateway_build_info{version=\""));
     // No label value comes from client input: the unroutable path is not a label.
     assert!(!text.contains("nowhere"));

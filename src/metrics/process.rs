@@ -1,4 +1,5 @@
-//! `tim_gateway_process_*`: the process's own resource use, read from `/proc/self` when
+//! `process_*` (the standard names, without the `tim_gateway_` prefix): the process's own
+//! resource use, read from `/proc/self` when
 //! `/metrics` is scraped.
 //!
 //! Our own rather than the prometheus crate's collector, whose CPU counter has whole-second
