@@ -72,10 +72,11 @@ COPY --from=builder /usr/local/bin/tim-gateway /usr/local/bin/tim-gateway
 # without a runAsUser (a user *name* in the image cannot be checked by the kubelet).
 USER 65532:65532
 
-# 8080: client listener. The default config binds it to 127.0.0.1 (it signs every request as
+# 18460: client listener. The default config binds it to 127.0.0.1 (it signs every request as
 # the app admin), so it is reachable only from inside the pod / container network namespace.
-# 9090: admin listener (/metrics, /healthz, /readyz, /cache/purge).
-EXPOSE 8080 9090
+# 18461: admin listener (/metrics, /healthz, /readyz, /cache/purge). Uncommon ports on purpose:
+# a sidecar shares the pod's network namespace with an application that may use 8080/9090.
+EXPOSE 18460 18461
 
 # No HEALTHCHECK: the image has no shell or curl; Kubernetes probes /healthz and /readyz.
 # The process writes nothing to disk (a read-only root filesystem is fine) and logs to stderr.

@@ -676,8 +676,8 @@ def cross_references(objects, where):
             gateway_configs.append((cname, text, conf))
             gateways.append((wl, cname, conf))
             server = conf.get("server") or {}
-            listen = server.get("listen", "127.0.0.1:8080")
-            admin = server.get("admin_listen", "127.0.0.1:9090")
+            listen = server.get("listen", "127.0.0.1:18460")
+            admin = server.get("admin_listen", "127.0.0.1:18461")
             if not is_loopback(listen):
                 fail(f"{cname} server.listen", f"{listen} is not loopback: the client port signs as the app admin")
             else:

@@ -23,8 +23,8 @@ pub const ENV_SEPARATOR: &str = "__";
 /// `secret_key_env`.
 pub const DEFAULT_SECRET_KEY_ENV: &str = "TIM_GATEWAY_SECRET_KEY";
 
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:18460";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:18461";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Upper bound of `server.max_body_bytes`.
 pub const MAX_BODY_BYTES_LIMIT: usize = 64 * 1024 * 1024;

@@ -197,7 +197,7 @@ fn single_underscore_variables_are_not_config_keys() {
     );
     assert_eq!(
         loaded.config.server.listen,
-        "127.0.0.1:8080".parse().unwrap()
+        "127.0.0.1:18460".parse().unwrap()
     );
     assert!(loaded.warnings.is_empty());
 }

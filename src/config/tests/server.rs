@@ -12,8 +12,8 @@ fn server_keys_take_their_documented_defaults() {
     let Loaded { config, warnings } = load(MINIMAL, &env(&[]));
     assert!(warnings.is_empty(), "{warnings:?}");
     let s = &config.server;
-    assert_eq!(s.listen, "127.0.0.1:8080".parse().unwrap());
-    assert_eq!(s.admin_listen, "127.0.0.1:9090".parse().unwrap());
+    assert_eq!(s.listen, "127.0.0.1:18460".parse().unwrap());
+    assert_eq!(s.admin_listen, "127.0.0.1:18461".parse().unwrap());
     assert!(!s.allow_non_loopback);
     assert_eq!(s.max_body_bytes, 1_048_576);
     assert!(!s.allow_unknown_commands);
