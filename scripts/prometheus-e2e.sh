@@ -303,6 +303,9 @@ while IFS= read -r expr; do
   promql=${promql//\$__interval/15s}
   promql=${promql//\$app/.*}
   promql=${promql//\$instance/.*}
+  promql=${promql//\$cluster/.*}
+  promql=${promql//\$namespace/.*}
+  promql=${promql//\$pod/.*}
   if ! answer=$(curl -sS --max-time 5 --get "http://$PROM/api/v1/query" --data-urlencode "query=$promql") ||
     [[ $(jq -r '.status' <<<"$answer") != success ]]; then
     fail "a dashboard query does not run: $promql: $(jq -r '.error // empty' <<<"$answer" 2>/dev/null)"

@@ -203,6 +203,19 @@ impl Shared {
                 _ => None,
             },
         )?;
+        // The SDKAppID behind each app name, to join on: Tencent's quota is the SDKAppID's,
+        // whatever each deployment names the app (one per configured app: bounded).
+        let app_info = crate::metrics::gauge_vec(
+            registry,
+            "app_info",
+            "A configured app: its name and the SDKAppID whose quota it spends; always 1.",
+            &["app", "sdkappid"],
+        )?;
+        for app in &config.apps {
+            app_info
+                .with_label_values(&[app.name.as_str(), &app.sdkappid.to_string()])
+                .set(1);
+        }
         registry.register(Box::new(UserSigCollector::new(
             apps.iter()
                 .map(|app| (app.name.clone(), Arc::clone(&app.signer)))
