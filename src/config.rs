@@ -38,6 +38,7 @@ use std::fmt;
 use std::path::Path;
 
 pub use model::*;
+pub use validate::read_key_file;
 
 /// The configuration `tim-gateway demo` runs with; the demo overrides the endpoint, the CA and
 /// the secret key at runtime.

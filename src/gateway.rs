@@ -190,6 +190,23 @@ impl Gateway {
             stopped(&stop_admin),
             admin_limits,
         ));
+        // Keys read from files follow the file (a rotated Secret), without a restart.
+        let watched: Vec<crate::key_file::Watched> = config
+            .apps
+            .iter()
+            .zip(proxy.apps())
+            .filter_map(|(configured, app)| match &configured.secret_key_source {
+                crate::config::KeySource::File(path) => Some(crate::key_file::Watched {
+                    app: app.name.clone(),
+                    path: path.clone(),
+                    signer: Arc::downgrade(&app.signer),
+                }),
+                crate::config::KeySource::Env(_) => None,
+            })
+            .collect();
+        if !watched.is_empty() {
+            tokio::spawn(crate::key_file::watch(watched));
+        }
         for app in proxy.apps() {
             tracing::info!(
                 app = %app.name,

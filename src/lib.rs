@@ -36,6 +36,7 @@ pub mod config;
 pub mod error;
 pub mod fleet;
 pub mod gateway;
+pub mod key_file;
 pub mod limiter;
 pub mod metrics;
 pub mod origin;

@@ -32,6 +32,8 @@ pub enum MintReason {
     Startup = 0,
     Schedule = 1,
     Rejected = 2,
+    /// The secret key changed on disk (`Signer::rotate_key`).
+    KeyRotated = 3,
 }
 
 /// One minted UserSig and when to replace it.
@@ -55,14 +57,15 @@ pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
 pub struct Signer {
     sdkappid: u64,
     identifier: String,
-    key: SecretKey,
+    /// Read only while minting (under `mint_lock`); replaced by [`Signer::rotate_key`].
+    key: Mutex<SecretKey>,
     lifetime: Duration,
     /// The UserSig in use; readers clone the `Arc` and drop the lock at once.
     current: RwLock<Arc<Minted>>,
     /// Held while minting, so concurrent callers that all see a due refresh mint once.
     mint_lock: Mutex<()>,
-    /// Mints so far by reason (startup, schedule, rejected), for tests and metrics.
-    mints: [AtomicU64; 3],
+    /// Mints so far by reason (startup, schedule, rejected, key rotated), for tests and metrics.
+    mints: [AtomicU64; 4],
     /// The wall clock: [`unix_now`] outside tests.
     wall_clock: WallClock,
 }
@@ -112,11 +115,16 @@ impl Signer {
         Signer {
             sdkappid,
             identifier,
-            key,
+            key: Mutex::new(key),
             lifetime,
             current: RwLock::new(Arc::new(first)),
             mint_lock: Mutex::new(()),
-            mints: [AtomicU64::new(1), AtomicU64::new(0), AtomicU64::new(0)],
+            mints: [
+                AtomicU64::new(1),
+                AtomicU64::new(0),
+                AtomicU64::new(0),
+                AtomicU64::new(0),
+            ],
             wall_clock,
         }
     }
@@ -166,8 +174,8 @@ impl Signer {
         self.mints_by_reason().iter().sum()
     }
 
-    /// Mints so far, by [`MintReason`] in the order startup, schedule, rejected.
-    pub fn mints_by_reason(&self) -> [u64; 3] {
+    /// Mints so far, by [`MintReason`] in the order startup, schedule, rejected, key rotated.
+    pub fn mints_by_reason(&self) -> [u64; 4] {
         self.mints.each_ref().map(|m| m.load(Ordering::Relaxed))
     }
 
@@ -193,6 +201,21 @@ impl Signer {
         )
     }
 
+    /// A new secret key (a rotated key file): if it differs from the one in use, it replaces
+    /// it and a UserSig is minted with it at once, so the next call is signed with the new key.
+    /// Returns whether the key changed.
+    pub fn rotate_key(&self, key: SecretKey) -> bool {
+        {
+            let mut current = self.key.lock().unwrap_or_else(|p| p.into_inner());
+            if current.expose() == key.expose() {
+                return false;
+            }
+            *current = key;
+        }
+        self.replace_if(|_| true, MintReason::KeyRotated);
+        true
+    }
+
     fn replace_if(&self, is_due: impl Fn(&Minted) -> bool, reason: MintReason) -> Arc<Minted> {
         let _minting = self.mint_lock.lock().unwrap_or_else(|p| p.into_inner());
         // Second check under the lock: whoever got here first has already minted.
@@ -200,8 +223,9 @@ impl Signer {
         if !is_due(&current) {
             return current;
         }
+        let key = self.key.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let next = Arc::new(Self::mint_with(
-            &self.key,
+            &key,
             self.sdkappid,
             &self.identifier,
             self.lifetime,
@@ -260,7 +284,7 @@ impl Collector for UserSigCollector {
         let _one_at_a_time = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         for (app, signer) in &self.signers {
             let minted = signer.current();
-            for (reason, total) in ["startup", "schedule", "rejected"]
+            for (reason, total) in ["startup", "schedule", "rejected", "key_rotated"]
                 .iter()
                 .zip(signer.mints_by_reason())
             {
@@ -364,5 +388,36 @@ mod tests {
         }
         assert_eq!(signer.mints(), 2);
         assert_eq!(signer.current().reason, MintReason::Rejected);
+    }
+
+    /// A new key replaces the old one and mints at once with it; the same key again is no
+    /// rotation and mints nothing.
+    #[test]
+    fn a_rotated_key_mints_at_once_with_the_new_key() {
+        let signer = Signer::new(
+            1_400_000_000,
+            "admin".into(),
+            SecretKey::new("old-key"),
+            Duration::from_secs(86_400),
+        );
+        assert!(!signer.rotate_key(SecretKey::new("old-key\n")));
+        assert_eq!(signer.mints_by_reason(), [1, 0, 0, 0]);
+        assert!(signer.rotate_key(SecretKey::new("new-key")));
+        assert_eq!(signer.mints_by_reason(), [1, 0, 0, 1]);
+        let minted = signer.current();
+        assert_eq!(minted.reason, MintReason::KeyRotated);
+        assert_eq!(minted.generation, 2);
+        let now = unix_now();
+        let verify = |key: &str| {
+            usersig::verify(
+                &SecretKey::new(key),
+                minted.usersig.expose(),
+                1_400_000_000,
+                "admin",
+                now,
+            )
+        };
+        assert!(verify("new-key").is_ok());
+        assert!(verify("old-key").is_err());
     }
 }

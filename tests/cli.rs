@@ -565,3 +565,45 @@ fn a_closed_stdout_is_not_a_panic() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// A rotated secret key file is in use within seconds, without a restart: a gateway started
+/// with a wrong key gets Tencent's 70009; once the file holds the right key (replaced by a
+/// rename, as the kubelet swaps a Secret), calls succeed within 5 s, a UserSig is minted with
+/// the new key (`reason="key_rotated"`), and the log says so without quoting either key.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_key_file_is_used_without_a_restart() {
+    let sandbox = start_sandbox().await;
+    let served = serve(&sandbox, "the-old-wrong-key");
+    assert_eq!(
+        post(served.addr, GET_ALL_ROBOTS, "{}").await.error_code(),
+        70009
+    );
+    let fresh = served.key_file.with_extension("new");
+    std::fs::write(&fresh, format!("{KEY}\n")).unwrap();
+    std::fs::rename(&fresh, &served.key_file).unwrap();
+    let rotated = Instant::now();
+    loop {
+        let code = post(served.addr, GET_ALL_ROBOTS, "{}").await.error_code();
+        if code == 0 {
+            break;
+        }
+        assert_eq!(code, 70009);
+        assert!(
+            rotated.elapsed() < Duration::from_secs(5),
+            "still the old key 5 s after the rotation"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = support::metrics_text(served.admin).await;
+    assert!(
+        metrics
+            .contains("tim_gateway_usersig_mints_total{app=\"main\",reason=\"key_rotated\"} 1\n"),
+        "{metrics}"
+    );
+    let (_, log) = served.terminate();
+    assert!(
+        log.contains("the secret key file changed: signing with the new key"),
+        "{log}"
+    );
+    assert!(!log.contains(KEY) && !log.contains("the-old-wrong-key"));
+}

@@ -78,7 +78,10 @@ async fn metrics_count_real_traffic() {
     let s = samples(&text);
     // The SDKAppID behind the app's name, to sum quotas by.
     assert_eq!(
-        value(&s, &format!("tim_gateway_app_info{{app=\"main\",sdkappid=\"{SDKAPPID}\"}}")),
+        value(
+            &s,
+            &format!("tim_gateway_app_info{{app=\"main\",sdkappid=\"{SDKAPPID}\"}}")
+        ),
         1.0
     );
     let robots = |rest: &str| format!("{{app=\"main\",{rest}command=\"{ROBOTS}\"");

@@ -6,6 +6,7 @@
 //! type is not reported again here.
 
 mod apps;
+pub use apps::read_key_file;
 mod cache;
 mod fleet;
 mod server;

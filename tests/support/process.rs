@@ -16,6 +16,8 @@ pub struct Served {
     pub log: Arc<Mutex<Vec<String>>>,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The secret key file the gateway reads (and follows: tests may replace it).
+    pub key_file: std::path::PathBuf,
     /// Disconnects when the reader has seen the end of stderr: the process has exited and
     /// every line it wrote is in `log`.
     log_closed: mpsc::Receiver<()>,
@@ -177,6 +179,7 @@ fn spawn(
         log,
         addr: addrs[0].unwrap(),
         admin: addrs[1].unwrap(),
+        key_file,
         log_closed,
         _dir: dir,
     }

@@ -210,6 +210,24 @@ fn origins(
     }
 }
 
+/// Reads a secret key file: its text, trimmed, at most 64 KiB. The error says what is wrong
+/// with the file (naming it), never quoting its contents. Also read again when the file
+/// changes (`key_file`: a rotated Secret).
+///
+/// # Errors
+/// The file cannot be read, is too large, is not UTF-8 or is empty.
+pub fn read_key_file(path: &std::path::Path) -> Result<SecretKey, String> {
+    let shown = path.display();
+    match read_capped(path, MAX_KEY_FILE_BYTES).map(String::from_utf8) {
+        Err(e) => Err(format!("cannot read {shown}: {e}")),
+        Ok(Err(_)) => Err(format!("{shown} is not UTF-8 text")),
+        Ok(Ok(text)) => match SecretKey::new(text) {
+            secret if secret.is_empty() => Err(format!("{shown} is empty")),
+            secret => Ok(secret),
+        },
+    }
+}
+
 /// Stands in for a key `check-config --no-secrets` did not read; never used to sign.
 const UNREAD_SECRET: &str = "not-read-by-check-config";
 
@@ -242,16 +260,9 @@ fn secret_key(
         if env.skips_secrets() {
             return Some((SecretKey::new(UNREAD_SECRET), KeySource::File(path)));
         }
-        let shown = path.display();
-        return match read_capped(&path, MAX_KEY_FILE_BYTES).map(String::from_utf8) {
-            Err(e) => findings.refuse(file_key, format!("cannot read {shown}: {e}")),
-            Ok(Err(_)) => findings.refuse(file_key, format!("{shown} is not UTF-8 text")),
-            Ok(Ok(text)) => match SecretKey::new(text) {
-                secret if secret.is_empty() => {
-                    findings.refuse(file_key, format!("{shown} is empty"))
-                }
-                secret => Some((secret, KeySource::File(path.clone()))),
-            },
+        return match read_key_file(&path) {
+            Err(problem) => findings.refuse(file_key, problem),
+            Ok(secret) => Some((secret, KeySource::File(path.clone()))),
         };
     }
 
