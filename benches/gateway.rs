@@ -116,6 +116,7 @@ fn primed_proxy(runtime: &tokio::runtime::Runtime) -> (Proxy, Sandbox) {
             pool_idle_timeout: config.upstream.pool_idle_timeout,
             pool_max_idle_per_host: config.upstream.pool_max_idle_per_host,
             extra_ca_pem: Some(sandbox.ca_pem().as_bytes().to_vec()),
+            proxy: None,
         })
         .unwrap();
         let proxy = Proxy::new(&config, upstream);

@@ -139,6 +139,19 @@ impl fmt::Display for Config {
         line("upstream.max_retries", &u.max_retries)?;
         line("upstream.retry_base_delay", &human(u.retry_base_delay))?;
         line("upstream.deadline", &human(u.deadline))?;
+        match &u.proxy {
+            Some(proxy) => {
+                line(
+                    "upstream.proxy",
+                    &format!("{} (from {})", proxy.shown(), proxy.source),
+                )?;
+                line("upstream.no_proxy", &format!("{:?}", proxy.no_proxy))?;
+            }
+            None => {
+                line("upstream.proxy", &"(none: Tencent is called directly)")?;
+                line("upstream.no_proxy", &"(no proxy)")?;
+            }
+        }
         let c = &self.cache;
         line("cache.max_bytes", &c.max_bytes)?;
         if c.rules.is_empty() {

@@ -129,6 +129,7 @@ impl Gateway {
             pool_idle_timeout: config.upstream.pool_idle_timeout,
             pool_max_idle_per_host: config.upstream.pool_max_idle_per_host,
             extra_ca_pem: config.upstream.extra_ca_pem.clone(),
+            proxy: config.upstream.proxy.clone(),
         })?;
         let bind = |addr: SocketAddr| {
             server::bind(addr).map_err(|source| StartError::Bind { addr, source })

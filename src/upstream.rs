@@ -40,6 +40,8 @@ pub struct UpstreamSettings {
     pub pool_max_idle_per_host: usize,
     /// Extra CA certificates (PEM) to trust besides the bundled Mozilla roots.
     pub extra_ca_pem: Option<Vec<u8>>,
+    /// An HTTP proxy to reach Tencent through (a CONNECT tunnel), with its exceptions.
+    pub proxy: Option<crate::config::EgressProxy>,
 }
 
 /// The client could not be built.
@@ -234,12 +236,55 @@ pub struct UpstreamClient {
     request_timeout: Duration,
 }
 
+/// TCP to the upstream, directly or through an HTTP proxy's CONNECT tunnel (the TLS to
+/// Tencent runs inside it, end to end): the proxy sees only the host and port.
+#[derive(Clone)]
+pub struct ProxyConnector {
+    http: HttpConnector,
+    /// `None`: no proxy. Otherwise which destinations go through which proxy (`no_proxy`).
+    matcher: Option<Arc<hyper_util::client::proxy::matcher::Matcher>>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<http::Uri> for ProxyConnector {
+    type Response = <HttpConnector as tower_service::Service<http::Uri>>::Response;
+    type Error = BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: http::Uri) -> Self::Future {
+        let proxy = self.matcher.as_ref().and_then(|m| m.intercept(&dst));
+        let mut http = self.http.clone();
+        Box::pin(async move {
+            let Some(proxy) = proxy else {
+                return http.call(dst).await.map_err(Into::into);
+            };
+            let mut tunnel =
+                hyper_util::client::legacy::connect::proxy::Tunnel::new(proxy.uri().clone(), http);
+            if let Some(auth) = proxy.basic_auth() {
+                tunnel = tunnel.with_auth(auth.clone());
+            }
+            std::future::poll_fn(|cx| tunnel.poll_ready(cx)).await?;
+            tunnel.call(dst).await.map_err(Into::into)
+        })
+    }
+}
+
 /// How requests reach the upstream.
 #[derive(Clone)]
 enum Transport {
     /// Pooled HTTPS: Tencent, or the sandbox on a socket.
     /// Boxed: the client is ten times the size of the other variant.
-    Https(Box<Client<HttpsConnector<HttpConnector>, Full<Bytes>>>),
+    Https(Box<Client<HttpsConnector<ProxyConnector>, Full<Bytes>>>),
     /// Handed to a service in this process: the test seam for timing properties under
     /// tokio's paused time, where sockets and TLS would only add real-time noise.
     InProcess(Arc<dyn InProcessUpstream>),
@@ -301,11 +346,20 @@ impl UpstreamClient {
         http.set_connect_timeout(Some(settings.connect_timeout));
         http.set_nodelay(true);
         http.set_keepalive(Some(Duration::from_secs(60)));
+        let matcher = settings.proxy.as_ref().map(|proxy| {
+            Arc::new(
+                hyper_util::client::proxy::matcher::Matcher::builder()
+                    .https(proxy.url.clone())
+                    .http(proxy.url.clone())
+                    .no(proxy.no_proxy.clone())
+                    .build(),
+            )
+        });
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
-            .wrap_connector(http);
+            .wrap_connector(ProxyConnector { http, matcher });
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(settings.pool_idle_timeout)

@@ -25,6 +25,7 @@ fn settings(
         pool_idle_timeout,
         pool_max_idle_per_host: 8,
         extra_ca_pem: Some(sandbox.ca_pem().as_bytes().to_vec()),
+        proxy: None,
     }
 }
 
@@ -150,4 +151,93 @@ async fn untrusted_certificate_is_refused() {
         Err(UpstreamError::Connect(_))
     ));
     assert_eq!(sandbox.calls(GET_ALL_ROBOTS), 0);
+}
+
+/// A CONNECT proxy on loopback: records each request head, opens the tunnel, relays bytes.
+async fn connect_proxy() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&heads);
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let seen = std::sync::Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+                    if client.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let target = head
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_owned();
+                seen.lock().unwrap().push(head);
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(&target).await else {
+                    let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
+                    return;
+                };
+                client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await
+                    .unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    (addr, heads)
+}
+
+/// Through an egress proxy (`upstream.proxy` / `HTTPS_PROXY`): the call goes through one
+/// CONNECT tunnel to Tencent's host and port, with the proxy's credentials, and TLS inside it
+/// end to end (the sandbox answers); with the host in `no_proxy` it goes direct.
+#[tokio::test]
+async fn calls_go_through_an_egress_proxy_unless_excepted() {
+    let sandbox = start_sandbox().await;
+    let (proxy, heads) = connect_proxy().await;
+    let origins = Origins {
+        primary: Origin::parse(&sandbox.endpoint()).unwrap(),
+        backup: None,
+    };
+    let target = sandbox.endpoint().trim_start_matches("https://").to_owned();
+    let through = |no_proxy: &str| UpstreamSettings {
+        proxy: Some(tim_gateway::config::EgressProxy {
+            url: format!("http://gw:s3cret@{proxy}"),
+            source: "upstream.proxy".into(),
+            no_proxy: no_proxy.into(),
+        }),
+        ..settings(&sandbox, Duration::from_secs(90))
+    };
+    let client = UpstreamClient::new(&through("")).unwrap();
+    for _ in 0..2 {
+        assert_eq!(get_all_robots(&client, &origins).await, Ok(0));
+    }
+    let seen = heads.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "one tunnel, kept alive: {seen:?}");
+    assert!(
+        seen[0].starts_with(&format!("CONNECT {target} HTTP/1.1\r\n")),
+        "{}",
+        seen[0]
+    );
+    // base64("gw:s3cret")
+    assert!(
+        seen[0].contains("Proxy-Authorization: Basic Z3c6czNjcmV0\r\n"),
+        "{}",
+        seen[0]
+    );
+    assert_eq!(sandbox.calls(GET_ALL_ROBOTS), 2);
+
+    let direct = UpstreamClient::new(&through("127.0.0.1")).unwrap();
+    assert_eq!(get_all_robots(&direct, &origins).await, Ok(0));
+    assert_eq!(heads.lock().unwrap().len(), 1, "no_proxy: called directly");
+    assert_eq!(sandbox.calls(GET_ALL_ROBOTS), 3);
 }

@@ -226,6 +226,45 @@ pub struct UpstreamConfig {
     /// The whole client request: throttle waits, every call and every retry. At least
     /// `request_timeout`; when unset, 15 s or `request_timeout` if that is longer.
     pub deadline: Duration,
+    /// An HTTP proxy that calls to Tencent go through (a CONNECT tunnel): `upstream.proxy`,
+    /// else `HTTPS_PROXY` / `https_proxy` from the environment.
+    pub proxy: Option<EgressProxy>,
+}
+
+/// The egress proxy: its URL (possibly with credentials, never printed) and which hosts
+/// bypass it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EgressProxy {
+    /// `http://[user:password@]host:port`.
+    pub url: String,
+    /// Where it came from: `upstream.proxy` or the variable's name.
+    pub source: String,
+    /// `upstream.no_proxy`, else `NO_PROXY` / `no_proxy`: comma-separated hosts, domains
+    /// (`.example.com`), IPs or CIDR ranges that are called directly.
+    pub no_proxy: String,
+}
+
+impl EgressProxy {
+    /// The URL with any credentials replaced by `***`.
+    pub fn shown(&self) -> String {
+        match self.url.split_once("://") {
+            Some((scheme, rest)) => match rest.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://***@{host}"),
+                None => self.url.clone(),
+            },
+            None => self.url.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for EgressProxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EgressProxy")
+            .field("url", &self.shown())
+            .field("source", &self.source)
+            .field("no_proxy", &self.no_proxy)
+            .finish()
+    }
 }
 
 impl fmt::Debug for UpstreamConfig {
@@ -246,6 +285,7 @@ impl fmt::Debug for UpstreamConfig {
             .field("max_retries", &self.max_retries)
             .field("retry_base_delay", &self.retry_base_delay)
             .field("deadline", &self.deadline)
+            .field("proxy", &self.proxy)
             .finish()
     }
 }

@@ -79,6 +79,8 @@ pub(super) struct RawUpstream {
     pub max_retries: Option<u64>,
     pub retry_base_delay: Option<String>,
     pub deadline: Option<String>,
+    pub proxy: Option<String>,
+    pub no_proxy: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -32,7 +32,7 @@ pub(super) fn validate(raw: RawConfig, env: &Env, findings: &mut Findings) -> Op
     // Resolved with the apps, once we know which are valid.
     let default_app = raw_server.default_app.take();
     let server = server::validate(raw_server, findings);
-    let upstream = upstream::validate(upstream, findings);
+    let upstream = upstream::validate(upstream, env, findings);
     if upstream.deadline > server.shutdown_grace {
         findings.warning(
             "upstream.deadline",

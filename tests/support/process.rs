@@ -137,6 +137,10 @@ fn spawn(
         .arg(&config)
         .env("RUST_LOG", "trace")
         .env_remove("TIM_GATEWAY_SECRET_KEY")
+        // The sandbox is on loopback: a proxy of the machine running the tests must not be
+        // used for it (tests of the egress proxy set `upstream.proxy` themselves).
+        .env_remove("HTTPS_PROXY")
+        .env_remove("https_proxy")
         .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -17,6 +17,76 @@ fn upstream_keys_take_their_documented_defaults() {
     assert_eq!(u.max_retries, 2);
     assert_eq!(u.retry_base_delay, Duration::from_millis(100));
     assert_eq!(u.deadline, Duration::from_secs(15));
+    assert_eq!(
+        u.proxy, None,
+        "no proxy without upstream.proxy or HTTPS_PROXY"
+    );
+}
+
+/// The egress proxy: `upstream.proxy`, else `HTTPS_PROXY`/`https_proxy` with `NO_PROXY`; an
+/// empty `upstream.proxy` turns the environment's off; only `http://` URLs; credentials are
+/// never shown.
+#[test]
+fn the_egress_proxy_comes_from_the_file_or_the_environment() {
+    let from_env = load(
+        MINIMAL,
+        &env(&[
+            ("HTTPS_PROXY", "http://gw:s3cret@proxy.internal:3128"),
+            ("NO_PROXY", ".svc,10.0.0.0/8"),
+        ]),
+    )
+    .config;
+    let proxy = from_env.upstream.proxy.clone().expect("from HTTPS_PROXY");
+    assert_eq!(proxy.url, "http://gw:s3cret@proxy.internal:3128");
+    assert_eq!(
+        (proxy.source.as_str(), proxy.no_proxy.as_str()),
+        ("HTTPS_PROXY", ".svc,10.0.0.0/8")
+    );
+    assert_eq!(proxy.shown(), "http://***@proxy.internal:3128");
+    let printed = format!("{from_env}");
+    assert!(
+        printed.contains("upstream.proxy = http://***@proxy.internal:3128 (from HTTPS_PROXY)"),
+        "{printed}"
+    );
+    assert!(!printed.contains("s3cret") && !format!("{from_env:?}").contains("s3cret"));
+
+    let configured =
+        format!("{MINIMAL}[upstream]\nproxy = \"http://egress:8080\"\nno_proxy = \"localhost\"\n");
+    let proxy = load(&configured, &env(&[("https_proxy", "http://other:1")]))
+        .config
+        .upstream
+        .proxy
+        .unwrap();
+    assert_eq!(
+        (
+            proxy.url.as_str(),
+            proxy.source.as_str(),
+            proxy.no_proxy.as_str()
+        ),
+        ("http://egress:8080", "upstream.proxy", "localhost")
+    );
+
+    let off = format!("{MINIMAL}[upstream]\nproxy = \"\"\n");
+    assert_eq!(
+        load(&off, &env(&[("HTTPS_PROXY", "http://p:1")]))
+            .config
+            .upstream
+            .proxy,
+        None
+    );
+
+    assert_problem(
+        &format!("{MINIMAL}[upstream]\nproxy = \"https://u:pw@p:443\"\n"),
+        &env(&[]),
+        "upstream.proxy",
+        "https://***@p:443: only an http:// proxy is supported",
+    );
+    assert_problem(
+        MINIMAL,
+        &env(&[("HTTPS_PROXY", "proxy.internal:3128")]),
+        "upstream.proxy (from HTTPS_PROXY)",
+        "is not a proxy URL",
+    );
 }
 
 /// Every kind of `[upstream]` problem is reported under its own key with a message that says

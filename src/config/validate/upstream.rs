@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use crate::config::check::{non_empty, read_capped, Findings, POSITIVE};
 use crate::config::model::{
-    UpstreamConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE, DEFAULT_MAX_RETRIES,
-    DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_POOL_MAX_IDLE_PER_HOST, DEFAULT_REQUEST_TIMEOUT,
-    DEFAULT_RETRY_BASE_DELAY,
+    EgressProxy, Env, UpstreamConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE,
+    DEFAULT_MAX_RETRIES, DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_POOL_MAX_IDLE_PER_HOST,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY_BASE_DELAY,
 };
 use crate::config::raw::RawUpstream;
 
@@ -24,7 +24,8 @@ const RETRY_BASE_DELAYS: RangeInclusive<Duration> =
 const MAX_CA_FILE_BYTES: u64 = 4 * 1024 * 1024;
 const PEM_CERTIFICATE_MARKER: &[u8] = b"-----BEGIN CERTIFICATE-----";
 
-pub(super) fn validate(raw: RawUpstream, findings: &mut Findings) -> UpstreamConfig {
+pub(super) fn validate(raw: RawUpstream, env: &Env, findings: &mut Findings) -> UpstreamConfig {
+    let proxy = egress_proxy(raw.proxy, raw.no_proxy, env, findings);
     let connect_timeout = findings.duration(
         "upstream.connect_timeout",
         raw.connect_timeout,
@@ -109,6 +110,63 @@ pub(super) fn validate(raw: RawUpstream, findings: &mut Findings) -> UpstreamCon
         max_retries,
         retry_base_delay,
         deadline,
+        proxy,
+    }
+}
+
+/// `upstream.proxy`, else `HTTPS_PROXY`/`https_proxy`: an `http://` URL with a host (and
+/// maybe credentials and a port). `upstream.no_proxy`, else `NO_PROXY`/`no_proxy`, lists the
+/// hosts called directly. An empty `upstream.proxy` turns off a proxy from the environment.
+fn egress_proxy(
+    configured: Option<String>,
+    no_proxy: Option<String>,
+    env: &Env,
+    findings: &mut Findings,
+) -> Option<EgressProxy> {
+    const KEY: &str = "upstream.proxy";
+    let from_env = || {
+        ["HTTPS_PROXY", "https_proxy"]
+            .into_iter()
+            .find_map(|name| Some((env.get(name).filter(|v| !v.is_empty())?.to_owned(), name)))
+    };
+    let (url, source) = match configured {
+        Some(url) if url.is_empty() => return None,
+        Some(url) => (url, KEY.to_owned()),
+        None => {
+            let (url, name) = from_env()?;
+            (url, name.to_owned())
+        }
+    };
+    let no_proxy = no_proxy.unwrap_or_else(|| {
+        ["NO_PROXY", "no_proxy"]
+            .into_iter()
+            .find_map(|name| env.get(name))
+            .unwrap_or_default()
+            .to_owned()
+    });
+    let proxy = EgressProxy {
+        url,
+        source,
+        no_proxy,
+    };
+    let shown = proxy.shown();
+    let key = if proxy.source == KEY {
+        KEY.to_owned()
+    } else {
+        format!("{KEY} (from {})", proxy.source)
+    };
+    match proxy.url.parse::<http::Uri>() {
+        Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some_and(|h| !h.is_empty()) => {
+            Some(proxy)
+        }
+        Ok(uri) if uri.scheme_str() == Some("https") => findings.refuse(
+            key,
+            format!("{shown}: only an http:// proxy is supported (the tunnel to Tencent is TLS already)"),
+        ),
+        _ => findings.refuse(
+            key,
+            format!("{shown} is not a proxy URL such as http://proxy.internal:3128"),
+        ),
     }
 }
 
