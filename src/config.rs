@@ -92,6 +92,7 @@ impl fmt::Display for Config {
         let mut line = |key: &str, value: &dyn fmt::Display| writeln!(f, "{key} = {value}");
         let s = &self.server;
         line("server.listen", &s.listen)?;
+        line("server.listen_mode", &format!("{:04o}", s.listen_mode))?;
         line("server.admin_listen", &s.admin_listen)?;
         line("server.allow_non_loopback", &s.allow_non_loopback)?;
         line("server.max_body_bytes", &s.max_body_bytes)?;

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
-use crate::config::Config;
+use crate::config::{Config, ListenAddr};
 use crate::origin::HostPolicy;
 use crate::proxy::Proxy;
 use crate::server::{
@@ -30,7 +30,7 @@ use crate::upstream::{UpstreamBuildError, UpstreamClient, UpstreamSettings};
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: io::Error },
+    Bind { addr: ListenAddr, source: io::Error },
     #[error("cannot build the upstream client: {0}")]
     Upstream(#[from] UpstreamBuildError),
 }
@@ -99,10 +99,17 @@ fn raise_nofile_limit() -> u64 {
     1024
 }
 
+/// The client listener, bound.
+enum ClientListener {
+    Tcp((SocketAddr, tokio::net::TcpListener)),
+    Unix(tokio::net::UnixListener),
+}
+
 /// Handle to a running gateway.
 #[derive(Debug)]
 pub struct Gateway {
-    client_addr: SocketAddr,
+    /// Where the client listener listens (a TCP address with its port bound, or a socket).
+    client_addr: ListenAddr,
     admin_addr: SocketAddr,
     proxy: Arc<Proxy>,
     /// Shared with `/readyz`.
@@ -132,22 +139,29 @@ impl Gateway {
             proxy: config.upstream.proxy.clone(),
         })?;
         let bind = |addr: SocketAddr| {
-            server::bind(addr).map_err(|source| StartError::Bind { addr, source })
+            server::bind(addr).and_then(|listener| Ok((listener.local_addr()?, listener)))
         };
-        let client_listener = bind(config.server.listen)?;
-        let admin_listener = bind(config.server.admin_listen)?;
-        let client_addr = client_listener
-            .local_addr()
-            .map_err(|source| StartError::Bind {
-                addr: config.server.listen,
+        let listen = &config.server.listen;
+        let failed = |source| StartError::Bind {
+            addr: listen.clone(),
+            source,
+        };
+        let client_listener = match listen {
+            ListenAddr::Tcp(addr) => ClientListener::Tcp(bind(*addr).map_err(failed)?),
+            ListenAddr::Unix(path) => ClientListener::Unix(
+                server::bind_unix(path, config.server.listen_mode).map_err(failed)?,
+            ),
+        };
+        let admin_listen = config.server.admin_listen;
+        let (admin_addr, admin_listener) =
+            bind(admin_listen).map_err(|source| StartError::Bind {
+                addr: ListenAddr::Tcp(admin_listen),
                 source,
             })?;
-        let admin_addr = admin_listener
-            .local_addr()
-            .map_err(|source| StartError::Bind {
-                addr: config.server.admin_listen,
-                source,
-            })?;
+        let client_addr = match &client_listener {
+            ClientListener::Tcp((addr, _)) => ListenAddr::Tcp(*addr),
+            ClientListener::Unix(_) => listen.clone(),
+        };
 
         let proxy = Arc::new(Proxy::new(config, upstream));
         let is_draining = Arc::new(AtomicBool::new(false));
@@ -165,12 +179,20 @@ impl Gateway {
             grace,
             header_read_timeout: HEADER_READ_TIMEOUT,
         };
-        let client_task = tokio::spawn(server::run(
-            client_listener,
-            Arc::clone(&proxy),
-            stopped(&stop_client),
-            client_limits,
-        ));
+        let client_task = match client_listener {
+            ClientListener::Tcp((_, listener)) => tokio::spawn(server::run(
+                listener,
+                Arc::clone(&proxy),
+                stopped(&stop_client),
+                client_limits,
+            )),
+            ClientListener::Unix(listener) => tokio::spawn(server::run(
+                listener,
+                Arc::clone(&proxy),
+                stopped(&stop_client),
+                client_limits,
+            )),
+        };
         let admin = Arc::new(Admin {
             proxy: Arc::clone(&proxy),
             is_draining: Arc::clone(&is_draining),
@@ -236,8 +258,9 @@ impl Gateway {
         })
     }
 
-    pub fn client_addr(&self) -> SocketAddr {
-        self.client_addr
+    /// Where the client listener listens: its TCP address (the port bound), or its socket.
+    pub fn client_addr(&self) -> &ListenAddr {
+        &self.client_addr
     }
 
     pub fn admin_addr(&self) -> SocketAddr {

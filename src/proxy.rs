@@ -115,7 +115,15 @@ impl Proxy {
             default_app: config.default_app,
             max_body_bytes: config.server.max_body_bytes,
             allow_unknown_commands: config.server.allow_unknown_commands,
-            hosts: HostPolicy::new(config.server.listen, &config.server.allowed_hosts),
+            // A unix socket is local: its clients are held to a loopback listener's rules.
+            hosts: HostPolicy::new(
+                config
+                    .server
+                    .listen
+                    .tcp()
+                    .unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+                &config.server.allowed_hosts,
+            ),
             unrouted: requests.pair(UNKNOWN_APP, UNKNOWN_COMMAND),
             requests,
             registry,

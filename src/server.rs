@@ -111,10 +111,65 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// A listener [`run`] accepts connections from: TCP, or a unix socket (the client listener
+/// at `unix:/path`). Generic, not an enum: each stream's reads and writes stay direct.
+pub trait Accept: Send + 'static {
+    type Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+
+    /// The next connection.
+    fn accept_stream(&self) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+}
+
+impl Accept for TcpListener {
+    type Stream = tokio::net::TcpStream;
+
+    async fn accept_stream(&self) -> io::Result<Self::Stream> {
+        let (stream, _) = self.accept().await?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+}
+
+impl Accept for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+
+    async fn accept_stream(&self) -> io::Result<Self::Stream> {
+        Ok(self.accept().await?.0)
+    }
+}
+
+/// Binds a unix socket at `path` with permissions `mode`: a socket file left by a process
+/// that is gone is replaced (any other file at the path is an error, not removed).
+///
+/// # Errors
+/// The directory is missing or not writable, the path holds another kind of file, or a
+/// live process listens there.
+pub fn bind_unix(path: &std::path::Path, mode: u32) -> io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the path holds a file that is not a socket",
+            ));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "another process listens on this socket",
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(listener)
+}
+
 /// Serves `handler` on `listener` until `shutdown` resolves, then drains for at most
 /// `limits.grace`. Returns `true` if every connection finished within the grace period.
-pub async fn run<H: Handler>(
-    listener: TcpListener,
+pub async fn run<H: Handler, L: Accept>(
+    listener: L,
     handler: Arc<H>,
     shutdown: impl Future<Output = ()>,
     limits: Limits,
@@ -142,8 +197,8 @@ pub async fn run<H: Handler>(
             () = &mut shutdown => break,
         };
         let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+            accepted = listener.accept_stream() => match accepted {
+                Ok(stream) => stream,
                 Err(error) => {
                     accept_errors.record(&error);
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
@@ -152,7 +207,6 @@ pub async fn run<H: Handler>(
             },
             () = &mut shutdown => break,
         };
-        let _ = stream.set_nodelay(true);
         let watch = connections.watch();
         let service = {
             let handler = Arc::clone(&handler);

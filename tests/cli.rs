@@ -607,3 +607,61 @@ async fn a_rotated_key_file_is_used_without_a_restart() {
     );
     assert!(!log.contains(KEY) && !log.contains("the-old-wrong-key"));
 }
+
+/// `server.listen = "unix:/path"`: the client listener is a unix socket (an `emptyDir` shared
+/// by a pod's containers), with permissions `server.listen_mode`; a client on it is served
+/// as on TCP (curl --unix-socket sends `Host: localhost`), and a stale socket file left by a
+/// gateway that is gone is replaced at start.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_client_listener_can_be_a_unix_socket() {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    let sandbox = start_sandbox().await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("gateway.sock");
+    // A stale socket: bound once, its listener gone.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let listen = format!("unix:{}", socket.display());
+    let served = serve_with_env(
+        &sandbox,
+        KEY,
+        &[
+            ("TIM_GATEWAY__SERVER__LISTEN", listen.as_str()),
+            ("TIM_GATEWAY__SERVER__LISTEN_MODE", "0600"),
+        ],
+    );
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    for _ in 0..2 {
+        let request = http::Request::post(format!("/v4/{GET_ALL_ROBOTS}"))
+            .header("host", "localhost")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+            .unwrap();
+        sender.ready().await.unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["ErrorCode"], 0, "{json}");
+    }
+    assert_eq!(
+        sandbox.calls(GET_ALL_ROBOTS),
+        1,
+        "the second was a cache hit"
+    );
+    let (status, log) = served.terminate();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains(&format!("addr=unix:{}", socket.display())),
+        "{log}"
+    );
+}

@@ -12,6 +12,9 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod net;
+pub use net::{EgressProxy, ListenAddr, DEFAULT_LISTEN_MODE};
+
 use crate::region::Origins;
 use crate::usersig::SecretKey;
 
@@ -137,7 +140,9 @@ pub struct Config {
 /// The client-facing and admin listeners.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
-    pub listen: SocketAddr,
+    pub listen: ListenAddr,
+    /// Permissions of a unix-socket `listen` (e.g. 0o660); unused for TCP.
+    pub listen_mode: u32,
     pub admin_listen: SocketAddr,
     /// Without it, a non-loopback `listen` or `admin_listen` is a problem: the client port signs
     /// every request as the app admin, so whoever reaches it holds admin power.
@@ -229,42 +234,6 @@ pub struct UpstreamConfig {
     /// An HTTP proxy that calls to Tencent go through (a CONNECT tunnel): `upstream.proxy`,
     /// else `HTTPS_PROXY` / `https_proxy` from the environment.
     pub proxy: Option<EgressProxy>,
-}
-
-/// The egress proxy: its URL (possibly with credentials, never printed) and which hosts
-/// bypass it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct EgressProxy {
-    /// `http://[user:password@]host:port`.
-    pub url: String,
-    /// Where it came from: `upstream.proxy` or the variable's name.
-    pub source: String,
-    /// `upstream.no_proxy`, else `NO_PROXY` / `no_proxy`: comma-separated hosts, domains
-    /// (`.example.com`), IPs or CIDR ranges that are called directly.
-    pub no_proxy: String,
-}
-
-impl EgressProxy {
-    /// The URL with any credentials replaced by `***`.
-    pub fn shown(&self) -> String {
-        match self.url.split_once("://") {
-            Some((scheme, rest)) => match rest.rsplit_once('@') {
-                Some((_, host)) => format!("{scheme}://***@{host}"),
-                None => self.url.clone(),
-            },
-            None => self.url.clone(),
-        }
-    }
-}
-
-impl fmt::Debug for EgressProxy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EgressProxy")
-            .field("url", &self.shown())
-            .field("source", &self.source)
-            .field("no_proxy", &self.no_proxy)
-            .finish()
-    }
 }
 
 impl fmt::Debug for UpstreamConfig {

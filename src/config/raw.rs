@@ -34,6 +34,7 @@ pub(super) struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct RawServer {
     pub listen: Option<String>,
+    pub listen_mode: Option<String>,
     pub admin_listen: Option<String>,
     pub allow_non_loopback: Option<bool>,
     pub max_body_bytes: Option<u64>,

@@ -59,7 +59,10 @@ pub struct TestGateway {
 
 impl TestGateway {
     pub fn addr(&self) -> SocketAddr {
-        self.gateway.client_addr()
+        self.gateway
+            .client_addr()
+            .tcp()
+            .expect("a TCP client listener")
     }
 
     pub fn admin_addr(&self) -> SocketAddr {

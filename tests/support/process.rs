@@ -164,6 +164,12 @@ fn spawn(
                         .and_then(|a| a.split_whitespace().next())
                         .or_else(|| line.split(r#""addr":""#).nth(1)?.split('"').next());
                     if let Some(addr) = addr {
+                        // A unix-socket client listener has no address: 0.0.0.0:0 stands in.
+                        let addr = if addr.starts_with("unix:") {
+                            "0.0.0.0:0"
+                        } else {
+                            addr
+                        };
                         let _ = addr_tx.send((which, addr.parse::<SocketAddr>()));
                     }
                 }

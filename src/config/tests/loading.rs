@@ -18,7 +18,7 @@ fn env_overrides_reach_every_kind_of_key() {
     type Check = fn(&Config) -> bool;
     let cases: &[(&str, &str, Check)] = &[
         ("TIM_GATEWAY__SERVER__LISTEN", "127.0.0.1:8081", |c| {
-            c.server.listen.port() == 8081
+            c.server.listen.tcp().map(|a| a.port()) == Some(8081)
         }),
         ("tim_gateway__server__admin_listen", "127.0.0.1:9091", |c| {
             c.server.admin_listen.port() == 9091

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::config::available_cpus;
+use crate::config::{available_cpus, ListenAddr};
 
 /// Absent `[server]` keys take the documented defaults.
 #[test]
@@ -207,5 +207,42 @@ fn worker_threads_can_be_set_from_the_environment() {
         &env(&[("TIM_GATEWAY__SERVER__WORKER_THREADS", "0")]),
         "server.worker_threads",
         "(set by TIM_GATEWAY__SERVER__WORKER_THREADS)",
+    );
+}
+
+/// `server.listen = "unix:/path"`: an absolute socket path (at most 107 bytes), permissions
+/// `server.listen_mode` in octal (default 0660).
+#[test]
+fn the_client_listener_may_be_a_unix_socket() {
+    let s = load(&server("listen = \"unix:/run/tim/gw.sock\""), &env(&[]))
+        .config
+        .server;
+    assert_eq!(s.listen, ListenAddr::Unix("/run/tim/gw.sock".into()));
+    assert_eq!(s.listen.to_string(), "unix:/run/tim/gw.sock");
+    assert_eq!(s.listen_mode, 0o660);
+    let s = load(
+        &server("listen = \"unix:/run/tim/gw.sock\"\nlisten_mode = \"0666\""),
+        &env(&[]),
+    )
+    .config
+    .server;
+    assert_eq!(s.listen_mode, 0o666);
+    assert_problem(
+        &server("listen = \"unix:run/gw.sock\""),
+        &env(&[]),
+        "server.listen",
+        "is not an absolute path",
+    );
+    assert_problem(
+        &server(&format!("listen = \"unix:/{}\"", "a".repeat(120))),
+        &env(&[]),
+        "server.listen",
+        "longer than a socket path may be",
+    );
+    assert_problem(
+        &server("listen_mode = \"rw\""),
+        &env(&[]),
+        "server.listen_mode",
+        "not a file mode in octal",
     );
 }

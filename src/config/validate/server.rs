@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use crate::config::check::{non_empty, read_capped, Findings};
 use crate::config::model::{
-    AdminToken, ServerConfig, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_SHUTDOWN_GRACE, MAX_BODY_BYTES_LIMIT,
+    AdminToken, ListenAddr, ServerConfig, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN,
+    DEFAULT_LISTEN_MODE, DEFAULT_MAX_BODY_BYTES, DEFAULT_SHUTDOWN_GRACE, MAX_BODY_BYTES_LIMIT,
 };
 use crate::config::raw::{RawServer, StringList};
 
@@ -34,14 +34,35 @@ const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
 pub(super) fn validate(raw: RawServer, findings: &mut Findings) -> ServerConfig {
     let allow_non_loopback = raw.allow_non_loopback.unwrap_or(false);
-    let listen = listen_addr(
-        findings,
-        "server.listen",
-        raw.listen,
-        DEFAULT_LISTEN,
-        allow_non_loopback,
-        "it hands out admin power: every request through it is signed as the app admin",
-    );
+    let listen = match raw
+        .listen
+        .as_deref()
+        .map(str::trim)
+        .and_then(|l| l.strip_prefix("unix:"))
+    {
+        Some(path) => unix_listen(findings, path),
+        None => ListenAddr::Tcp(listen_addr(
+            findings,
+            "server.listen",
+            raw.listen,
+            DEFAULT_LISTEN,
+            allow_non_loopback,
+            "it hands out admin power: every request through it is signed as the app admin",
+        )),
+    };
+    let listen_mode = match raw.listen_mode.as_deref() {
+        None => DEFAULT_LISTEN_MODE,
+        Some(text) => match u32::from_str_radix(text.trim_start_matches("0o"), 8) {
+            Ok(mode) if mode <= 0o777 => mode,
+            _ => {
+                findings.problem(
+                    "server.listen_mode",
+                    format!("{text:?} is not a file mode in octal such as \"0660\""),
+                );
+                DEFAULT_LISTEN_MODE
+            }
+        },
+    };
     let admin_listen = listen_addr(
         findings,
         "server.admin_listen",
@@ -50,7 +71,7 @@ pub(super) fn validate(raw: RawServer, findings: &mut Findings) -> ServerConfig 
         allow_non_loopback,
         "it hands out admin power: it can purge the cache and drain the gateway",
     );
-    if listen == admin_listen && listen.port() != 0 {
+    if listen == ListenAddr::Tcp(admin_listen) && admin_listen.port() != 0 {
         findings.problem(
             "server.admin_listen",
             format!("{admin_listen} is also server.listen; give the admin port its own address"),
@@ -99,6 +120,7 @@ pub(super) fn validate(raw: RawServer, findings: &mut Findings) -> ServerConfig 
     }
     ServerConfig {
         listen,
+        listen_mode,
         admin_listen,
         allow_non_loopback,
         max_body_bytes,
@@ -170,6 +192,26 @@ fn admin_token(path: &Path, findings: &mut Findings) -> Option<AdminToken> {
         );
     }
     Some(AdminToken::new(token))
+}
+
+/// `server.listen = "unix:/path"`: an absolute path that fits a socket address (108 bytes).
+fn unix_listen(findings: &mut Findings, path: &str) -> ListenAddr {
+    const MAX_PATH_BYTES: usize = 107;
+    let problem = if !path.starts_with('/') {
+        Some(format!(
+            "unix:{path} is not an absolute path, such as unix:/run/tim-gateway/gateway.sock"
+        ))
+    } else if path.len() > MAX_PATH_BYTES {
+        Some(format!(
+            "unix:{path} is longer than a socket path may be ({MAX_PATH_BYTES} bytes)"
+        ))
+    } else {
+        None
+    };
+    if let Some(problem) = problem {
+        findings.problem("server.listen", problem);
+    }
+    ListenAddr::Unix(PathBuf::from(path))
 }
 
 fn listen_addr(
