@@ -93,6 +93,16 @@ impl fmt::Display for Config {
         let s = &self.server;
         line("server.listen", &s.listen)?;
         line("server.listen_mode", &format!("{:04o}", s.listen_mode))?;
+        match &s.tls {
+            Some((cert, key)) => {
+                line("server.tls_cert_file", &cert.display())?;
+                line("server.tls_key_file", &key.display())?;
+            }
+            None => {
+                line("server.tls_cert_file", &"(none: plain HTTP)")?;
+                line("server.tls_key_file", &"(none: plain HTTP)")?;
+            }
+        }
         line("server.admin_listen", &s.admin_listen)?;
         line("server.allow_non_loopback", &s.allow_non_loopback)?;
         line("server.max_body_bytes", &s.max_body_bytes)?;

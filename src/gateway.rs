@@ -102,6 +102,7 @@ fn raise_nofile_limit() -> u64 {
 /// The client listener, bound.
 enum ClientListener {
     Tcp((SocketAddr, tokio::net::TcpListener)),
+    Tls(SocketAddr, crate::server::tls::TlsListener),
     Unix(tokio::net::UnixListener),
 }
 
@@ -146,9 +147,19 @@ impl Gateway {
             addr: listen.clone(),
             source,
         };
-        let client_listener = match listen {
-            ListenAddr::Tcp(addr) => ClientListener::Tcp(bind(*addr).map_err(failed)?),
-            ListenAddr::Unix(path) => ClientListener::Unix(
+        let client_listener = match (listen, &config.server.tls) {
+            (ListenAddr::Tcp(addr), Some((cert, key))) => {
+                let tls = crate::server::tls::load(cert, key).map_err(|problem| {
+                    failed(io::Error::new(io::ErrorKind::InvalidData, problem))
+                })?;
+                let (addr, tcp) = bind(*addr).map_err(failed)?;
+                ClientListener::Tls(
+                    addr,
+                    crate::server::tls::TlsListener::new(tcp, tls, (cert.clone(), key.clone())),
+                )
+            }
+            (ListenAddr::Tcp(addr), None) => ClientListener::Tcp(bind(*addr).map_err(failed)?),
+            (ListenAddr::Unix(path), _) => ClientListener::Unix(
                 server::bind_unix(path, config.server.listen_mode).map_err(failed)?,
             ),
         };
@@ -159,7 +170,7 @@ impl Gateway {
                 source,
             })?;
         let client_addr = match &client_listener {
-            ClientListener::Tcp((addr, _)) => ListenAddr::Tcp(*addr),
+            ClientListener::Tcp((addr, _)) | ClientListener::Tls(addr, _) => ListenAddr::Tcp(*addr),
             ClientListener::Unix(_) => listen.clone(),
         };
 
@@ -181,6 +192,12 @@ impl Gateway {
         };
         let client_task = match client_listener {
             ClientListener::Tcp((_, listener)) => tokio::spawn(server::run(
+                listener,
+                Arc::clone(&proxy),
+                stopped(&stop_client),
+                client_limits,
+            )),
+            ClientListener::Tls(_, listener) => tokio::spawn(server::run(
                 listener,
                 Arc::clone(&proxy),
                 stopped(&stop_client),
@@ -241,6 +258,7 @@ impl Gateway {
         }
         tracing::info!(
             addr = %client_addr,
+            https = config.server.tls.is_some(),
             max_connections = client_limits.max_connections,
             "client listener bound"
         );

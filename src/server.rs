@@ -39,6 +39,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::{Instant, Sleep};
 
+pub mod tls;
 mod watch;
 
 pub use watch::TICK;
@@ -111,30 +112,57 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// A listener [`run`] accepts connections from: TCP, or a unix socket (the client listener
-/// at `unix:/path`). Generic, not an enum: each stream's reads and writes stay direct.
+/// A listener [`run`] accepts connections from: TCP, a unix socket (the client listener at
+/// `unix:/path`), or TLS over TCP ([`tls`]). Generic, not an enum: each stream's reads and
+/// writes stay direct.
 pub trait Accept: Send + 'static {
+    /// What the accept loop gets.
+    type Raw: Send + 'static;
+    /// What HTTP is served on.
     type Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
 
     /// The next connection.
-    fn accept_stream(&self) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+    fn accept_raw(&self) -> impl Future<Output = io::Result<Self::Raw>> + Send;
+
+    /// Turns a connection into its stream (the TLS handshake), in the connection's own task:
+    /// a slow client holds up no other.
+    fn upgrade(
+        &self,
+        raw: Self::Raw,
+    ) -> impl Future<Output = io::Result<Self::Stream>> + Send + 'static;
 }
 
 impl Accept for TcpListener {
+    type Raw = tokio::net::TcpStream;
     type Stream = tokio::net::TcpStream;
 
-    async fn accept_stream(&self) -> io::Result<Self::Stream> {
+    async fn accept_raw(&self) -> io::Result<Self::Raw> {
         let (stream, _) = self.accept().await?;
         let _ = stream.set_nodelay(true);
         Ok(stream)
     }
+
+    fn upgrade(
+        &self,
+        raw: Self::Raw,
+    ) -> impl Future<Output = io::Result<Self::Stream>> + Send + 'static {
+        std::future::ready(Ok(raw))
+    }
 }
 
 impl Accept for tokio::net::UnixListener {
+    type Raw = tokio::net::UnixStream;
     type Stream = tokio::net::UnixStream;
 
-    async fn accept_stream(&self) -> io::Result<Self::Stream> {
+    async fn accept_raw(&self) -> io::Result<Self::Raw> {
         Ok(self.accept().await?.0)
+    }
+
+    fn upgrade(
+        &self,
+        raw: Self::Raw,
+    ) -> impl Future<Output = io::Result<Self::Stream>> + Send + 'static {
+        std::future::ready(Ok(raw))
     }
 }
 
@@ -196,9 +224,9 @@ pub async fn run<H: Handler, L: Accept>(
             slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
             () = &mut shutdown => break,
         };
-        let stream = tokio::select! {
-            accepted = listener.accept_stream() => match accepted {
-                Ok(stream) => stream,
+        let raw = tokio::select! {
+            accepted = listener.accept_raw() => match accepted {
+                Ok(raw) => raw,
                 Err(error) => {
                     accept_errors.record(&error);
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
@@ -221,12 +249,22 @@ pub async fn run<H: Handler, L: Accept>(
                 }
             })
         };
-        let io = TimedWrites::new(stream, limits.write_timeout, Arc::clone(&watch));
-        let connection = Supervised::new(http.serve_connection(TokioIo::new(io), service), watch);
+        let upgrade = listener.upgrade(raw);
+        let http = http.clone();
         let open = open_tx.clone();
         tokio::spawn(async move {
             let _open = open;
             let _slot = slot;
+            let stream = match upgrade.await {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::debug!(%error, "client connection failed before HTTP");
+                    return;
+                }
+            };
+            let io = TimedWrites::new(stream, limits.write_timeout, Arc::clone(&watch));
+            let connection =
+                Supervised::new(http.serve_connection(TokioIo::new(io), service), watch);
             log_end(connection.await);
         });
     }

@@ -143,6 +143,9 @@ pub struct ServerConfig {
     pub listen: ListenAddr,
     /// Permissions of a unix-socket `listen` (e.g. 0o660); unused for TCP.
     pub listen_mode: u32,
+    /// `server.tls_cert_file` and `server.tls_key_file` (PEM): the client listener speaks
+    /// HTTPS with them (checked to load; read again when they change).
+    pub tls: Option<(PathBuf, PathBuf)>,
     pub admin_listen: SocketAddr,
     /// Without it, a non-loopback `listen` or `admin_listen` is a problem: the client port signs
     /// every request as the app admin, so whoever reaches it holds admin power.

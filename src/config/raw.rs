@@ -35,6 +35,8 @@ pub(super) struct RawConfig {
 pub(super) struct RawServer {
     pub listen: Option<String>,
     pub listen_mode: Option<String>,
+    pub tls_cert_file: Option<String>,
+    pub tls_key_file: Option<String>,
     pub admin_listen: Option<String>,
     pub allow_non_loopback: Option<bool>,
     pub max_body_bytes: Option<u64>,

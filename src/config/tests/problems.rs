@@ -31,7 +31,7 @@ fn unknown_keys_get_a_did_you_mean() {
         (
             server("lissten_addr = 1"),
             "server.lissten_addr",
-            "unknown key (known: listen, listen_mode, admin_listen,",
+            "unknown key (known: listen, listen_mode, tls_cert_file, tls_key_file, admin_listen,",
         ),
         (
             format!("server = 5\n{MINIMAL}"),

@@ -246,3 +246,49 @@ fn the_client_listener_may_be_a_unix_socket() {
         "not a file mode in octal",
     );
 }
+
+/// `server.tls_cert_file` and `server.tls_key_file`: both or neither, and they must load as a
+/// certificate and its key (the message names the file, never its contents).
+#[test]
+fn tls_needs_a_certificate_and_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_file, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let both = format!(
+        "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
+        cert_file.display(),
+        key_file.display()
+    );
+    let s = load(&server(&both), &env(&[])).config.server;
+    assert_eq!(s.tls, Some((cert_file.clone(), key_file.clone())));
+    assert_problem(
+        &server(&format!("tls_cert_file = \"{}\"", cert_file.display())),
+        &env(&[]),
+        "server.tls_key_file",
+        "is required with server.tls_cert_file",
+    );
+    let swapped = format!(
+        "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
+        key_file.display(),
+        cert_file.display()
+    );
+    assert_problem(
+        &server(&swapped),
+        &env(&[]),
+        "server.tls_cert_file",
+        "holds no PEM certificate",
+    );
+    let unix = format!("{both}\nlisten = \"unix:/run/gw.sock\"");
+    assert_problem(
+        &server(&unix),
+        &env(&[]),
+        "server.tls_cert_file",
+        "TLS is for a TCP listen address",
+    );
+}

@@ -50,6 +50,28 @@ pub(super) fn validate(raw: RawServer, findings: &mut Findings) -> ServerConfig 
             "it hands out admin power: every request through it is signed as the app admin",
         )),
     };
+    let tls = match (
+        non_empty(raw.tls_cert_file).map(PathBuf::from),
+        non_empty(raw.tls_key_file).map(PathBuf::from),
+    ) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => match crate::server::tls::load(&cert, &key) {
+            Ok(_) if matches!(listen, ListenAddr::Unix(_)) => findings.refuse(
+                "server.tls_cert_file",
+                "TLS is for a TCP listen address; a unix socket is served as plain HTTP",
+            ),
+            Ok(_) => Some((cert, key)),
+            Err(problem) => findings.refuse("server.tls_cert_file", problem),
+        },
+        (Some(_), None) => findings.refuse(
+            "server.tls_key_file",
+            "is required with server.tls_cert_file: the certificate's private key (PEM)",
+        ),
+        (None, Some(_)) => findings.refuse(
+            "server.tls_cert_file",
+            "is required with server.tls_key_file: the certificate chain (PEM)",
+        ),
+    };
     let listen_mode = match raw.listen_mode.as_deref() {
         None => DEFAULT_LISTEN_MODE,
         Some(text) => match u32::from_str_radix(text.trim_start_matches("0o"), 8) {
@@ -121,6 +143,7 @@ pub(super) fn validate(raw: RawServer, findings: &mut Findings) -> ServerConfig 
     ServerConfig {
         listen,
         listen_mode,
+        tls,
         admin_listen,
         allow_non_loopback,
         max_body_bytes,
