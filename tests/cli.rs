@@ -633,25 +633,8 @@ async fn the_client_listener_can_be_a_unix_socket() {
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
-    for _ in 0..2 {
-        let request = http::Request::post(format!("/v4/{GET_ALL_ROBOTS}"))
-            .header("host", "localhost")
-            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
-            .unwrap();
-        sender.ready().await.unwrap();
-        let response = sender.send_request(request).await.unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        let body = http_body_util::BodyExt::collect(response.into_body())
-            .await
-            .unwrap()
-            .to_bytes();
-        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(json["ErrorCode"], 0, "{json}");
+    for code in post_robots_over(stream, 2).await {
+        assert_eq!(code, 0);
     }
     assert_eq!(
         sandbox.calls(GET_ALL_ROBOTS),
@@ -664,6 +647,36 @@ async fn the_client_listener_can_be_a_unix_socket() {
         log.contains(&format!("addr=unix:{}", socket.display())),
         "{log}"
     );
+}
+
+/// `times` POSTs of `{}` to get_all_robots over one HTTP/1.1 connection on `io` (a unix
+/// socket, TLS): each answer must be 200; their ErrorCodes.
+async fn post_robots_over<I>(io: I, times: usize) -> Vec<i64>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let mut codes = Vec::new();
+    for _ in 0..times {
+        let request = http::Request::post(format!("/v4/{GET_ALL_ROBOTS}"))
+            .header("host", "localhost")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+            .unwrap();
+        sender.ready().await.unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        codes.push(json["ErrorCode"].as_i64().unwrap());
+    }
+    codes
 }
 
 /// A self-signed certificate for 127.0.0.1 and localhost: (certificate PEM, key PEM, DER).
@@ -697,24 +710,7 @@ async fn https_post(addr: SocketAddr, roots: &[Vec<u8>]) -> (i64, Vec<u8>) {
         .await
         .unwrap();
     let presented = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
-    sender.ready().await.unwrap();
-    let request = http::Request::post(format!("/v4/{GET_ALL_ROBOTS}"))
-        .header("host", "localhost")
-        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let body = http_body_util::BodyExt::collect(response.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
-    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    (json["ErrorCode"].as_i64().unwrap(), presented)
+    (post_robots_over(tls, 1).await[0], presented)
 }
 
 /// With `server.tls_cert_file` and `server.tls_key_file` the client listener speaks HTTPS

@@ -70,11 +70,14 @@ pub struct EgressProxy {
 impl EgressProxy {
     /// The URL with any credentials replaced by `***`.
     pub fn shown(&self) -> String {
-        match self.url.split_once("://") {
-            Some((scheme, rest)) => match rest.rsplit_once('@') {
-                Some((_, host)) => format!("{scheme}://***@{host}"),
-                None => self.url.clone(),
-            },
+        // Also without a scheme (`user:pw@proxy:3128`, refused as a URL, but the refusal
+        // quotes it): whatever precedes the last `@` is credentials.
+        let (scheme, rest) = match self.url.split_once("://") {
+            Some((scheme, rest)) => (format!("{scheme}://"), rest),
+            None => (String::new(), self.url.as_str()),
+        };
+        match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}***@{host}"),
             None => self.url.clone(),
         }
     }

@@ -87,6 +87,19 @@ fn the_egress_proxy_comes_from_the_file_or_the_environment() {
         "upstream.proxy (from HTTPS_PROXY)",
         "is not a proxy URL",
     );
+    // A URL without a scheme is refused without quoting its credentials.
+    let found = problems(
+        MINIMAL,
+        &env(&[("HTTPS_PROXY", "gw:s3cret@proxy.internal:3128")]),
+    );
+    let problem = found
+        .iter()
+        .find(|p| p.key == "upstream.proxy (from HTTPS_PROXY)")
+        .expect("refused");
+    assert_eq!(
+        problem.message,
+        "***@proxy.internal:3128 is not a proxy URL such as http://proxy.internal:3128"
+    );
 }
 
 /// Every kind of `[upstream]` problem is reported under its own key with a message that says
