@@ -91,16 +91,27 @@ pub fn install(sender: Sender, format: Format) -> Result<FlushGuard, AlreadyInst
     })
 }
 
+/// Asks the subscriber again whether the access log is on: call it after the log filter
+/// changed. Lines already batched are written either way.
+pub fn refresh_enabled() {
+    if let Some(sink) = SINK.get() {
+        let is_enabled = tracing::enabled!(target: TARGET, tracing::Level::INFO);
+        sink.is_enabled.store(is_enabled, Ordering::Relaxed);
+    }
+}
+
 /// Writes one request's line if tracing enables `info` for [`TARGET`].
 ///
-/// With a sink installed, the subscriber's verdict was taken at [`install`]: `enabled!` asks
-/// the dispatcher and the filter on every call (its callsite cache only short-cuts "never"),
-/// about 90 instructions, and the verdict for one target and level cannot change while the
-/// process runs (EnvFilter's target directives are fixed; nothing reloads them, and the line
+/// With a sink installed, the subscriber's verdict was taken at [`install`] and is taken
+/// again by [`refresh_enabled`] after the filter changes (a reload of `log.level`): `enabled!`
+/// asks the dispatcher and the filter on every call (its callsite cache only short-cuts
+/// "never"), about 90 instructions, while the verdict changes only with the filter (the line
 /// is never inside a span that a span directive could match).
 pub fn write(line: &AccessLine<'_>) {
     match SINK.get() {
-        Some(sink) if sink.is_enabled => sink.write_at(line, SystemTime::now()),
+        Some(sink) if sink.is_enabled.load(Ordering::Relaxed) => {
+            sink.write_at(line, SystemTime::now());
+        }
         Some(_) => {}
         None => tracing_event(line),
     }
@@ -154,8 +165,9 @@ impl Drop for FlushGuard {
 /// Where lines go and the batches of the threads that wrote some.
 #[derive(Debug)]
 struct Sink {
-    /// Whether tracing enabled `info` for [`TARGET`] when the sink was installed.
-    is_enabled: bool,
+    /// Whether tracing enables `info` for [`TARGET`]: asked at install and after each change
+    /// of the filter.
+    is_enabled: AtomicBool,
     /// The layout of every line.
     format: Format,
     /// Cloned into each thread's batch.
@@ -170,7 +182,7 @@ struct Sink {
 impl Sink {
     fn new(sender: Sender, format: Format, is_enabled: bool) -> Self {
         Sink {
-            is_enabled,
+            is_enabled: AtomicBool::new(is_enabled),
             format,
             sender,
             threads: Mutex::new(Vec::new()),

@@ -187,6 +187,8 @@ pub enum Task {
     /// `serve`, with a valid configuration.
     Serve {
         loaded: Box<Loaded>,
+        /// Read again on SIGHUP or when it changes.
+        config: PathBuf,
         shutdown_grace: Option<Duration>,
     },
     /// Nothing left to run: the configuration was invalid, and every problem is printed.
@@ -205,6 +207,7 @@ impl Task {
             } => match load_or_explain(&config, &Env::from_process(), format) {
                 Some(loaded) => Task::Serve {
                     loaded: Box::new(loaded),
+                    config,
                     shutdown_grace,
                 },
                 None => Task::Done(Exit::BadConfig),
@@ -232,8 +235,9 @@ impl Task {
         match self {
             Task::Serve {
                 loaded,
+                config,
                 shutdown_grace,
-            } => serve(&loaded, shutdown_grace).await,
+            } => serve(&loaded, config, shutdown_grace).await,
             Task::Done(exit) => Ok(exit),
             Task::Other(command, format) => run(command, format).await,
         }
@@ -241,14 +245,30 @@ impl Task {
 }
 
 /// Runs `serve` until a stop signal and the drain that follows it.
-async fn serve(loaded: &Loaded, shutdown_grace: Option<Duration>) -> anyhow::Result<Exit> {
+async fn serve(
+    loaded: &Loaded,
+    config: PathBuf,
+    shutdown_grace: Option<Duration>,
+) -> anyhow::Result<Exit> {
+    if let Err(error) = crate::log_level::apply(&loaded.config.log.level) {
+        tracing::warn!(%error, "cannot set log.level; the log filter stays `info`");
+    }
     for warning in &loaded.warnings {
         tracing::warn!(key = %warning.key, "{}", warning.message);
     }
     let shutdown_grace = shutdown_grace.unwrap_or(loaded.config.server.shutdown_grace);
     // Installed before the listeners exist, so an early SIGTERM drains, not kills.
     let mut signals = Signals::install().context("cannot install signal handlers")?;
+    let hangup = crate::reload::Hangup::install().context("cannot install the SIGHUP handler")?;
     let gateway = Gateway::start(&loaded.config, shutdown_grace).await?;
+    // SIGHUP or a changed file reloads the configuration (`crate::reload`).
+    let _reloader = crate::reload::Reloader::new(
+        config,
+        &loaded.config,
+        std::sync::Arc::clone(gateway.proxy()),
+    )
+    .context("cannot register the reload metrics")?
+    .run(hangup);
     signals.recv().await;
     let first_signal = tokio::time::Instant::now();
     tracing::info!(grace = ?shutdown_grace, "draining");
@@ -291,7 +311,7 @@ async fn run(command: Command, format: LogFormat) -> anyhow::Result<Exit> {
             config,
             shutdown_grace,
         } => match load_or_explain(&config, &env, format) {
-            Some(loaded) => serve(&loaded, shutdown_grace).await,
+            Some(loaded) => serve(&loaded, config, shutdown_grace).await,
             None => Ok(Exit::BadConfig),
         },
         Command::Demo {

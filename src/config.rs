@@ -214,6 +214,7 @@ impl fmt::Display for Config {
                 line("fleet.max_lateness", &human(fleet.max_lateness))?;
             }
         }
+        line("log.level", &self.log.level)?;
         for app in &self.apps {
             let key = |field: &str| format!("apps.{}.{field}", app.name);
             line(&key("sdkappid"), &app.sdkappid)?;

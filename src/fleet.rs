@@ -16,8 +16,31 @@ mod metrics;
 mod script;
 
 pub use backend::{Fallback, FleetThrottle, UNAVAILABLE_RETRY};
-pub use budget::{FleetBudget, FleetTiming, Refusal, LOOKAHEAD, MAX_BATCH, MAX_LATE_IN_A_ROW};
+pub use budget::{FleetBudget, LOOKAHEAD, MAX_BATCH, MAX_LATE_IN_A_ROW};
 pub(crate) use control::{next_message, subscribe, PING_EVERY};
 pub use members::{MemberStatus, Membership, FALLBACK_MAX, FORGET_AFTER, HEARTBEAT, SUSPECT_AFTER};
 pub use metrics::{Failure, FleetMetrics, Op};
 pub use script::{BudgetKeys, Gcra, PauseScript, Reservation, ReserveScript};
+
+/// Why a caller got no slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The fleet's budget refused (saturated, queue full, paused).
+    Throttled(crate::throttle::ThrottleError),
+    /// Redis did not answer in time or failed: the limiter falls back.
+    RedisUnavailable,
+}
+
+/// How a fleet budget talks to Redis.
+#[derive(Debug, Clone, Copy)]
+pub struct FleetTiming {
+    /// A reservation slower than this is a failure.
+    pub command_timeout: std::time::Duration,
+    /// A reply later than this is thrown away (its slots count as spent).
+    pub max_lateness: std::time::Duration,
+    /// `fleet.expected_replicas`: the lease guard's shares (see `reserve.lua`).
+    pub expected_replicas: u32,
+    /// `fleet.fallback = "share"`: cut off from Redis, call at 1/`expected_replicas` of the
+    /// rate once the guard has passed; else fail closed.
+    pub is_sharing: bool,
+}

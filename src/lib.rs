@@ -16,6 +16,7 @@
 //! - [`outcome`]: what Tencent's ErrorCode means to the gateway.
 //! - [`proxy`]: the client-facing handler, phase by phase.
 //! - [`region`]: regional domains and upstream origins.
+//! - [`reload`]: live reload of the configuration (SIGHUP or a changed file).
 //! - [`route`]: client path → app and command.
 //! - [`sandbox`]: in-process HTTPS look-alike of Tencent's REST API, with test knobs.
 //! - [`server`]: accept loop, HTTP/1.1 serving, graceful drain.
@@ -38,11 +39,13 @@ pub mod fleet;
 pub mod gateway;
 pub mod key_file;
 pub mod limiter;
+pub mod log_level;
 pub mod metrics;
 pub mod origin;
 pub mod outcome;
 pub mod proxy;
 pub mod region;
+pub mod reload;
 pub mod route;
 pub mod sandbox;
 pub mod server;

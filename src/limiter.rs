@@ -279,6 +279,24 @@ impl Limiter {
         )
     }
 
+    /// New numbers for every budget (a reloaded config), laid out as at creation:
+    /// `command_specs` per catalogue command, `other` for pass-through commands.
+    pub fn set_specs(&self, command_specs: &[BudgetSpec], other: BudgetSpec) {
+        let specs: Vec<BudgetSpec> = with_pass_through(command_specs, other)
+            .into_iter()
+            .chain([other])
+            .collect();
+        let apps = self.handles.len() / specs.len().max(1);
+        for app in 0..apps as u32 {
+            for (slot, spec) in specs.iter().enumerate() {
+                match &*self.backend {
+                    Backend::Local(throttle) => throttle.set_spec(app, slot as u32, *spec),
+                    Backend::Fleet(fleet) => fleet.set_spec(app, slot as u32, *spec),
+                }
+            }
+        }
+    }
+
     /// A fleet limiter: the same budgets as [`Limiter::local`], each shared through Redis
     /// under the app's SDKAppID (`sdkappids`, one per app) and the command's name.
     ///

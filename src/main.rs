@@ -4,8 +4,8 @@ use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tim_gateway::access_log;
 use tim_gateway::cli::{self, Cli, Exit, LogFormat};
+use tim_gateway::{access_log, log_level};
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc instead of glibc's malloc: a request allocates a few small blocks (its header map,
@@ -24,7 +24,14 @@ const LOG_BUFFER_LINES: usize = 64 * 1024;
 /// hands them to the same writer thread in batches (`access_log`); both count what they send
 /// against one byte bound. Keep the guard until exit: dropping it flushes what is buffered.
 fn init_tracing(format: LogFormat) -> LogGuard {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // `RUST_LOG` pins the filter; otherwise `log.level` sets it once the config is read, and
+    // again on every reload.
+    let pinned = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|value| !value.trim().is_empty())
+        .and_then(|_| EnvFilter::try_from_default_env().ok());
+    let is_pinned = pinned.is_some();
+    let filter = pinned.unwrap_or_else(|| EnvFilter::new("info"));
     let backlog = access_log::Backlog::new();
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(LOG_BUFFER_LINES)
@@ -45,9 +52,26 @@ fn init_tracing(format: LogFormat) -> LogGuard {
         .with_env_filter(filter)
         .with_writer(writer.clone())
         .with_ansi(is_ansi);
+    // Reloading wraps the subscriber built so far: it is the last step of each builder.
     match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Human => {
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            log_level::install(
+                Box::new(move |filter| handle.reload(filter).map_err(|e| e.to_string())),
+                is_pinned,
+            );
+        }
+        LogFormat::Json => {
+            let builder = builder.json().flatten_event(true).with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            log_level::install(
+                Box::new(move |filter| handle.reload(filter).map_err(|e| e.to_string())),
+                is_pinned,
+            );
+        }
     }
     // After `init`: the access log asks the subscriber now whether it is on.
     let access = access_log::install(writer, access_format).expect("logging is set up once, here");

@@ -172,6 +172,24 @@ impl Proxy {
         crate::metrics::render(&self.registry)
     }
 
+    /// Where every metric of this gateway is registered.
+    pub fn registry(&self) -> &prometheus::Registry {
+        &self.registry
+    }
+
+    /// Applies a reloaded configuration's live settings (SIGHUP or a changed file).
+    pub fn apply_live(&self, started: &Config, new: &Config) {
+        self.shared.apply_live(started, new);
+        if let Err(error) = crate::log_level::apply(&new.log.level) {
+            tracing::warn!(%error, "cannot apply log.level; the log filter stays as it was");
+        }
+    }
+
+    /// Commands `config` names that the running catalogue does not know (restart needed).
+    pub fn unknown_configured_commands(&self, config: &Config) -> Vec<String> {
+        self.shared.unknown_configured_commands(config)
+    }
+
     /// Every metric family name registered (with the prefix), for tests and docs.
     pub fn metric_family_names(&self) -> Vec<String> {
         crate::metrics::family_names(&self.registry)
@@ -239,7 +257,7 @@ impl Proxy {
             Err(error) => return Reply::Error(error),
             Ok(body) => body,
         };
-        match (target.lane.cache, body.canonical) {
+        match (target.cache, body.canonical) {
             (Some(policy), Some(Canonical::Key(canonical))) => {
                 let key = CacheKey {
                     app: target.lane.app as u32,
@@ -315,7 +333,8 @@ impl Proxy {
             None => return Err(GatewayError::UnknownCommand(parsed.command.to_owned())),
         };
         // A plain GET is accepted for cacheable reads, so `curl URL` works (PRODUCT.md).
-        let is_cacheable = lane.cache.is_some();
+        let cache = lane.policy.load().cache;
+        let is_cacheable = cache.is_some();
         let is_plain_read = *method == Method::GET || *method == Method::HEAD;
         if *method != Method::POST && !(is_cacheable && is_plain_read) {
             return Err(GatewayError::MethodNotAllowed {
@@ -325,6 +344,7 @@ impl Proxy {
         Ok(Target {
             lane,
             command: parsed.command,
+            cache,
         })
     }
 
@@ -365,7 +385,7 @@ impl Proxy {
         } else {
             bytes
         };
-        let canonical = if target.lane.cache.is_some() {
+        let canonical = if target.cache.is_some() {
             Some(body::canonical(&raw)?)
         } else {
             body::validate(&raw)?;
@@ -531,6 +551,7 @@ impl Shared {
         let target = Target {
             lane: &fill.lane,
             command: fill.lane.label,
+            cache: Some(fill.policy),
         };
         let result = self
             .call(&target, fill.body, fill.deadline, fill.may_wait)

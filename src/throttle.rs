@@ -121,8 +121,30 @@ impl BudgetSpec {
     }
 }
 
+/// A budget's numbers and what follows from them; replaced whole by [`Budget::set_spec`].
+#[derive(Debug, Clone, Copy)]
+struct Rates {
+    spec: BudgetSpec,
+    /// Time between two calls at the sustained rate.
+    interval: Duration,
+    /// How far ahead of its theoretical time a call may go: `(burst − 1) × interval`.
+    tolerance: Duration,
+}
+
+impl Rates {
+    fn of(spec: BudgetSpec) -> Rates {
+        let interval = Duration::from_secs(1) / spec.rate();
+        Rates {
+            spec,
+            interval,
+            tolerance: interval * (spec.burst_calls() - 1),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct State {
+    rates: Rates,
     /// GCRA's theoretical arrival time of the next call.
     tat: Instant,
     /// No slot before this instant (Tencent asked us to back off).
@@ -150,11 +172,6 @@ impl State {
 /// One (app, command) budget.
 #[derive(Debug)]
 pub struct Budget {
-    spec: BudgetSpec,
-    /// Time between two calls at the sustained rate.
-    interval: Duration,
-    /// How far ahead of its theoretical time a call may go: `(burst − 1) × interval`.
-    tolerance: Duration,
     state: Mutex<State>,
     /// Callers sleeping until their slot.
     waiters: AtomicUsize,
@@ -193,14 +210,10 @@ impl Drop for Reservation<'_> {
 
 impl Budget {
     pub fn new(spec: BudgetSpec) -> Self {
-        let interval = Duration::from_secs(1) / spec.rate();
-        let tolerance = interval * (spec.burst_calls() - 1);
         let now = Instant::now();
         Budget {
-            spec,
-            interval,
-            tolerance,
             state: Mutex::new(State {
+                rates: Rates::of(spec),
                 tat: now,
                 paused_until: now,
                 pause_reason: PauseReason::FrequencyLimit,
@@ -215,8 +228,15 @@ impl Budget {
         }
     }
 
-    pub fn spec(&self) -> &BudgetSpec {
-        &self.spec
+    pub fn spec(&self) -> BudgetSpec {
+        self.lock().rates.spec
+    }
+
+    /// New numbers (a reloaded config): slots taken already stand, later ones follow `spec`.
+    /// A lower rate therefore holds from the last slot taken before the change, so one
+    /// sliding second around the change holds at most the larger of the two budgets.
+    pub fn set_spec(&self, spec: BudgetSpec) {
+        self.lock().rates = Rates::of(spec);
     }
 
     /// Callers currently waiting for a slot.
@@ -242,7 +262,8 @@ impl Budget {
     /// A [`ThrottleError`] with a `retry_after` when no slot is available in time.
     pub async fn acquire(&self, deadline: Instant) -> Result<Duration, ThrottleError> {
         let started = Instant::now();
-        let limit = deadline.max(started).min(started + self.spec.max_wait);
+        let max_wait = self.lock().rates.spec.max_wait;
+        let limit = deadline.max(started).min(started + max_wait);
         let mut now = started;
         loop {
             let Some(mut reservation) = self.reserve(now, limit)? else {
@@ -289,9 +310,9 @@ impl Budget {
     /// [`ThrottleError::LockedOut`] with the time left.
     pub async fn wait_unblocked(&self, deadline: Instant) -> Result<(), ThrottleError> {
         let now = Instant::now();
-        let limit = deadline.max(now).min(now + self.spec.max_wait);
         let until = {
             let state = self.lock();
+            let limit = deadline.max(now).min(now + state.rates.spec.max_wait);
             let until = state.blocked_until();
             if until <= now {
                 return Ok(());
@@ -331,7 +352,10 @@ impl Budget {
         {
             state.returned.pop();
         }
-        let conforming = state.tat.checked_sub(self.tolerance).unwrap_or(state.tat);
+        let conforming = state
+            .tat
+            .checked_sub(state.rates.tolerance)
+            .unwrap_or(state.tat);
         let fresh_slot = now.max(conforming).max(blocked_until);
         let returned = state.returned.peek().map(|Reverse(slot)| *slot);
         let slot = returned.map_or(fresh_slot, |r| r.min(fresh_slot));
@@ -348,7 +372,7 @@ impl Budget {
                 ThrottleError::Saturated { retry_after }
             });
         }
-        if slot > now && self.waiters.load(Ordering::Acquire) >= self.spec.max_waiters {
+        if slot > now && self.waiters.load(Ordering::Acquire) >= state.rates.spec.max_waiters {
             return Err(ThrottleError::QueueFull {
                 retry_after: slot - now,
             });
@@ -358,7 +382,7 @@ impl Budget {
             None
         } else {
             let before = state.tat;
-            state.tat = slot.max(state.tat) + self.interval;
+            state.tat = slot.max(state.tat) + state.rates.interval;
             Some((before, state.tat))
         };
         if slot <= now {
@@ -416,9 +440,9 @@ impl Budget {
     fn void_reservations(&self, state: &mut State) {
         let resume = state
             .last_granted
-            .map_or(state.blocked_until(), |last| last + self.interval)
+            .map_or(state.blocked_until(), |last| last + state.rates.interval)
             .max(state.blocked_until());
-        state.tat = resume + self.tolerance;
+        state.tat = resume + state.rates.tolerance;
         state.returned.clear();
         state.epoch += 1;
         self.paused.notify_waiters();
@@ -457,6 +481,11 @@ impl Throttle {
             })
             .collect();
         Throttle { budgets, slots }
+    }
+
+    /// New numbers for the budget in `slot` of `app` (see [`Budget::set_spec`]).
+    pub fn set_spec(&self, app: u32, slot: u32, spec: BudgetSpec) {
+        self.at(app, slot).set_spec(spec);
     }
 
     /// Budgets per app: its catalogue commands, then its pass-through slot.

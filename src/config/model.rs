@@ -135,6 +135,23 @@ pub struct Config {
     /// Fleet mode: `Some` when `fleet.redis_url` is set, `None` (each gateway on its own) when
     /// not.
     pub fleet: Option<FleetConfig>,
+    pub log: LogConfig,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// The `tracing` filter for the log (and whether the access log, at `info`, is written);
+    /// `RUST_LOG`, when set, takes its place. Changed by a reload without a restart.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_owned(),
+        }
+    }
 }
 
 /// The client-facing and admin listeners.

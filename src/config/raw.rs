@@ -29,6 +29,13 @@ pub(super) struct RawConfig {
     pub cache: RawCache,
     pub throttle: RawThrottle,
     pub fleet: RawFleet,
+    pub log: RawLog,
+}
+
+/// `[log]`.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawLog {
+    pub level: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -165,7 +172,9 @@ impl fmt::Debug for RawFleet {
     }
 }
 
-const SECTIONS: &[&str] = &["server", "upstream", "apps", "cache", "throttle", "fleet"];
+const SECTIONS: &[&str] = &[
+    "server", "upstream", "apps", "cache", "throttle", "fleet", "log",
+];
 
 /// Merges the file and the environment overrides into one tree.
 ///
@@ -246,6 +255,7 @@ impl RawConfig {
                     raw.throttle = RawThrottle { quotas, ..throttle };
                 }
                 "fleet" => raw.fleet = section(findings, "fleet", value),
+                "log" => raw.log = section(findings, "log", value),
                 _ => unknown_key(findings, &key, &key, SECTIONS),
             }
         }

@@ -28,6 +28,7 @@ pub(super) fn validate(raw: RawConfig, env: &Env, findings: &mut Findings) -> Op
         cache,
         throttle,
         fleet,
+        log,
     } = raw;
     // Resolved with the apps, once we know which are valid.
     let default_app = raw_server.default_app.take();
@@ -51,6 +52,7 @@ pub(super) fn validate(raw: RawConfig, env: &Env, findings: &mut Findings) -> Op
     let cache = cache::validate(cache, &catalogue, unknown, findings);
     let throttle = throttle::validate(throttle, &catalogue, unknown, findings);
     let fleet = fleet::validate(fleet, findings);
+    let log = validate_log(log, findings);
     let (apps, default_app) = apps::validate(apps, default_app, env, findings)?;
     Some(Config {
         server,
@@ -60,5 +62,31 @@ pub(super) fn validate(raw: RawConfig, env: &Env, findings: &mut Findings) -> Op
         cache,
         throttle,
         fleet,
+        log,
     })
+}
+
+/// `[log]`: `level` is a `tracing` filter (`info`, `warn,tim_gateway=debug`); default `info`.
+fn validate_log(raw: super::raw::RawLog, findings: &mut Findings) -> super::model::LogConfig {
+    let level = raw.level.map(|level| level.trim().to_owned());
+    match level {
+        None => super::model::LogConfig::default(),
+        Some(level) => match tracing_subscriber::EnvFilter::builder().parse(&level) {
+            Ok(_) if !level.is_empty() => super::model::LogConfig { level },
+            Ok(_) => {
+                findings.problem("log.level", "empty; use a level such as `info` or `warn`");
+                super::model::LogConfig::default()
+            }
+            Err(error) => {
+                findings.problem(
+                    "log.level",
+                    format!(
+                        "not a log filter ({error}); use a level (error, warn, info, debug, \
+                         trace) or directives such as `warn,tim_gateway=debug`"
+                    ),
+                );
+                super::model::LogConfig::default()
+            }
+        },
+    }
 }

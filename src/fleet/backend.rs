@@ -22,11 +22,12 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use tokio::time::Instant;
 
-use super::budget::{FleetBudget, FleetTiming, Refusal, LOOKAHEAD};
+use super::budget::{FleetBudget, LOOKAHEAD};
 use super::control::Control;
 use super::members::{MemberStatus, FALLBACK_MAX, SUSPECT_AFTER};
 use super::metrics::{Failure, FleetMetrics, Op};
 use super::script::{BudgetKeys, PauseScript};
+use super::{FleetTiming, Refusal};
 use crate::throttle::{BudgetSpec, PauseReason, Throttle, ThrottleError};
 
 /// `Retry-After` while Redis cannot be reached.
@@ -125,6 +126,22 @@ impl FleetThrottle {
 
     pub fn local(&self) -> &Throttle {
         &self.local
+    }
+
+    /// New numbers for the budget in `slot` of `app` (a reloaded config): its local
+    /// bookkeeping, its fleet reservations and its share. A share too small to exist (under
+    /// 2 calls a second) neither appears nor goes away before a restart.
+    pub fn set_spec(&self, app: u32, slot: u32, spec: BudgetSpec) {
+        self.local.at(app, slot).set_spec(spec);
+        let budget = self.budget(app, slot);
+        budget.set_spec(spec);
+        let at = app as usize * self.slots + slot as usize;
+        if let (Some(share), Some(spec)) = (
+            &self.share[at],
+            share_spec(budget, self.timing.expected_replicas),
+        ) {
+            share.set_spec(spec);
+        }
     }
 
     pub fn budget(&self, app: u32, slot: u32) -> &Arc<FleetBudget<ConnectionManager>> {
@@ -336,16 +353,18 @@ fn share_budget(
     budget: &FleetBudget<ConnectionManager>,
     replicas: u32,
 ) -> Option<crate::throttle::Budget> {
+    share_spec(budget, replicas).map(crate::throttle::Budget::new)
+}
+
+/// The numbers of [`share_budget`]; `None` where a share would be under 2 calls a second.
+fn share_spec(budget: &FleetBudget<ConnectionManager>, replicas: u32) -> Option<BudgetSpec> {
     let fleet_rate = 1_000_000 / budget.gcra().interval_us.max(1);
     let per_second = u32::try_from(fleet_rate / u64::from(replicas.max(1))).ok()?;
-    (per_second >= 2).then(|| {
-        let spec = budget.spec();
-        crate::throttle::Budget::new(BudgetSpec {
-            quota: per_second + 1,
-            safety_margin: 0.0,
-            burst: 0.0,
-            ..*spec
-        })
+    (per_second >= 2).then(|| BudgetSpec {
+        quota: per_second + 1,
+        safety_margin: 0.0,
+        burst: 0.0,
+        ..budget.spec()
     })
 }
 

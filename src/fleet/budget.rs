@@ -33,6 +33,7 @@ use tokio::time::Instant;
 
 use super::metrics::{Failure, FleetMetrics, Op};
 use super::script::{BudgetKeys, Gcra, Reservation, ReserveScript};
+use super::{FleetTiming, Refusal};
 use crate::throttle::{BudgetSpec, ThrottleError};
 
 /// Most slots asked for in one call.
@@ -45,29 +46,6 @@ pub const LOOKAHEAD: Duration = Duration::from_millis(250);
 
 /// This many late replies in a row count as Redis being unavailable.
 pub const MAX_LATE_IN_A_ROW: u32 = 3;
-
-/// Why a caller got no slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// The fleet's budget refused (saturated, queue full, paused).
-    Throttled(ThrottleError),
-    /// Redis did not answer in time or failed: the limiter falls back.
-    RedisUnavailable,
-}
-
-/// How a fleet budget talks to Redis.
-#[derive(Debug, Clone, Copy)]
-pub struct FleetTiming {
-    /// A reservation slower than this is a failure.
-    pub command_timeout: Duration,
-    /// A reply later than this is thrown away (its slots count as spent).
-    pub max_lateness: Duration,
-    /// `fleet.expected_replicas`: the lease guard's shares (see `reserve.lua`).
-    pub expected_replicas: u32,
-    /// `fleet.fallback = "share"`: cut off from Redis, call at 1/`expected_replicas` of the
-    /// rate once the guard has passed; else fail closed.
-    pub is_sharing: bool,
-}
 
 /// What a waiting caller is sent.
 type Answer = Result<Instant, Refusal>;
@@ -131,8 +109,8 @@ pub struct FleetBudget<C> {
     /// Set at creation, or for a pass-through command's budget when the command is first
     /// called ([`FleetBudget::name`]); no call is made before.
     keys: std::sync::OnceLock<BudgetKeys>,
-    gcra: Gcra,
-    spec: BudgetSpec,
+    /// Its numbers: replaced whole by [`FleetBudget::set_spec`] (a reloaded config).
+    params: Mutex<(Gcra, BudgetSpec)>,
     timing: FleetTiming,
     script: ReserveScript,
     connection: C,
@@ -148,7 +126,7 @@ impl<C> std::fmt::Debug for FleetBudget<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FleetBudget")
             .field("keys", &self.keys.get())
-            .field("gcra", &self.gcra)
+            .field("params", &self.params.lock().map(|p| p.0).ok())
             .finish_non_exhaustive()
     }
 }
@@ -163,18 +141,10 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
         metrics: Arc<FleetMetrics>,
     ) -> Self {
         FleetBudget {
-            gcra: Gcra {
-                replicas: timing.expected_replicas,
-                ..Gcra::for_fleet(
-                    &spec,
-                    timing.max_lateness,
-                    (spec.max_wait / 2).min(LOOKAHEAD),
-                )
-            },
+            params: Mutex::new((Self::gcra_of(&spec, &timing), spec)),
             keys: keys
                 .into()
                 .map_or_else(std::sync::OnceLock::new, std::sync::OnceLock::from),
-            spec,
             timing,
             script: ReserveScript::default(),
             connection,
@@ -203,12 +173,34 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
         let _ = self.keys.set(keys);
     }
 
-    pub fn gcra(&self) -> &Gcra {
-        &self.gcra
+    fn gcra_of(spec: &BudgetSpec, timing: &FleetTiming) -> Gcra {
+        Gcra {
+            replicas: timing.expected_replicas,
+            ..Gcra::for_fleet(
+                spec,
+                timing.max_lateness,
+                (spec.max_wait / 2).min(LOOKAHEAD),
+            )
+        }
     }
 
-    pub fn spec(&self) -> &BudgetSpec {
-        &self.spec
+    fn params(&self) -> std::sync::MutexGuard<'_, (Gcra, BudgetSpec)> {
+        self.params.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn gcra(&self) -> Gcra {
+        self.params().0
+    }
+
+    pub fn spec(&self) -> BudgetSpec {
+        self.params().1
+    }
+
+    /// New numbers (a reloaded config) for the reservations asked for from now on; slots
+    /// already granted stand. Every gateway of the fleet passes its own numbers with each
+    /// reservation, so during a rollout of the change each gateway's calls follow its own.
+    pub fn set_spec(&self, spec: BudgetSpec) {
+        *self.params() = (Self::gcra_of(&spec, &self.timing), spec);
     }
 
     /// Whether this budget is failing closed: its last reservation call failed (or its
@@ -250,7 +242,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
     /// [`Refusal`]: the fleet's budget refused, or Redis is unavailable.
     pub async fn acquire(self: &Arc<Self>, deadline: Instant) -> Result<Duration, Refusal> {
         let started = Instant::now();
-        let limit = deadline.max(started).min(started + self.spec.max_wait);
+        let limit = deadline.max(started).min(started + self.spec().max_wait);
         let (answer, slot) = oneshot::channel();
         let (spare, may_wait) = {
             let mut state = self.lock();
@@ -273,7 +265,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
                 None => {
                     // As in the local throttle, a caller that may not wait, or would join a
                     // full queue, still takes a slot that is due at once, and only that.
-                    let may_wait = limit > started && state.waiting.len() < self.spec.max_waiters;
+                    let may_wait = limit > started && state.waiting.len() < self.spec().max_waiters;
                     state.waiting.push_back(Waiter {
                         limit: may_wait.then_some(limit),
                         answer,
@@ -351,7 +343,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
                 let latest = state.waiting.iter().filter_map(|w| w.limit).max();
                 let reach =
                     latest.map_or(Duration::ZERO, |limit| limit.saturating_duration_since(now));
-                let reach = reach.min(Duration::from_micros(self.gcra.max_wait_us));
+                let reach = reach.min(Duration::from_micros(self.gcra().max_wait_us));
                 let failures = self.metrics.failures();
                 if failures != state.seen_failures {
                     state.needs_recharge = true;
@@ -420,7 +412,8 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
 
     /// Fewer than 4 slots fit in the look-ahead: batches cannot form, calls go slot by slot.
     fn is_slow(&self) -> bool {
-        self.gcra.max_wait_us / self.gcra.interval_us.max(1) + 1 < 4
+        let gcra = self.gcra();
+        gcra.max_wait_us / gcra.interval_us.max(1) + 1 < 4
     }
 
     /// One reservation call, bounded by `command_timeout`; late replies are thrown away.
@@ -433,7 +426,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
         let mut connection = self.connection.clone();
         let gcra = Gcra {
             max_wait_us: u64::try_from(reach.as_micros()).unwrap_or(u64::MAX),
-            ..self.gcra
+            ..self.gcra()
         };
         let sent = Instant::now();
         self.calls
@@ -520,7 +513,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
             // after the last slot granted (asking at once would find the timeline taken).
             let batch = state.waiting.len().min(MAX_BATCH) as u32;
             let last = reservation.slots.last().copied().unwrap_or_default();
-            let interval = Duration::from_micros(self.gcra.interval_us);
+            let interval = Duration::from_micros(self.gcra().interval_us);
             // A caller that may not wait (no limit, no timer of its own) is asked for at once.
             let is_urgent = state.waiting.iter().any(|w| w.limit.is_none());
             if batch == 0 || self.is_slow() || is_urgent {
@@ -553,7 +546,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
         } else {
             state.waiting.len().min(MAX_BATCH) as u32
         };
-        let interval = Duration::from_micros(self.gcra.interval_us);
+        let interval = Duration::from_micros(self.gcra().interval_us);
         let mut batch_opens = (next_free + interval * batch.saturating_sub(1))
             .checked_sub(reach)
             .unwrap_or(received);
@@ -566,7 +559,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
             // But before the fleet's next free slot can lapse unreserved (a slot is granted up
             // to the burst tolerance after its time), at a random point of that tolerance:
             // without this bound, all of them asleep cost the fleet 10% of its rate.
-            let tolerance = Duration::from_micros(self.gcra.tolerance_us);
+            let tolerance = Duration::from_micros(self.gcra().tolerance_us);
             batch_opens = batch_opens.min(next_free + tolerance.mul_f64(fastrand::f64()));
         }
         Some(batch_opens.max(received))

@@ -32,6 +32,9 @@ pub struct Target<'a> {
     pub lane: &'a Arc<Lane>,
     /// `service/command` as the client named it (a pass-through command is not in the lane).
     pub command: &'a str,
+    /// How its answers are cached (`None`: not cached), as the lane said when the request
+    /// was routed: one request sees one policy, whatever a reload does meanwhile.
+    pub cache: Option<crate::cache::CachePolicy>,
 }
 
 /// One client call's upstream attempts so far: what the retry decision needs.
@@ -298,8 +301,9 @@ impl Shared {
         target: &Target<'_>,
     ) -> crate::cache::TierFuture<'static, ()> {
         let lane = target.lane;
-        let mut passed_on = Vec::with_capacity(lane.invalidates.len());
-        for &read in &lane.invalidates {
+        let policy = lane.policy.load();
+        let mut passed_on = Vec::with_capacity(policy.invalidates.len());
+        for &read in &policy.invalidates {
             passed_on.push(self.cache.invalidate(lane.app as u32, read));
             tracing::debug!(
                 app = %self.apps[lane.app].name,

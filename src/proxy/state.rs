@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use prometheus::Registry;
@@ -49,16 +51,24 @@ pub struct Lane {
     pub label: &'static str,
     /// Commands outside the catalogue are treated as writes: never cached, never retried.
     pub access: Access,
-    /// `Some` if answers are cached.
-    pub cache: Option<CachePolicy>,
-    /// Catalogue indices of the cached reads a success of this command invalidates.
-    pub invalidates: Vec<u32>,
+    /// How it is cached and what it invalidates: replaced whole by a reload. `route` reads it
+    /// once per request.
+    pub policy: ArcSwap<LanePolicy>,
     /// Which budget its upstream calls take permits from.
     pub budget: BudgetKey,
     /// Its client requests' metrics.
     pub requests: RequestMetrics,
     /// Its upstream calls' metrics.
     pub upstream: UpstreamMetrics,
+}
+
+/// What a reload may change of a lane.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LanePolicy {
+    /// `Some` if answers are cached.
+    pub cache: Option<CachePolicy>,
+    /// Catalogue indices of the cached reads a success of this command invalidates.
+    pub invalidates: Vec<u32>,
 }
 
 /// Retry and back-off settings.
@@ -177,10 +187,10 @@ impl Shared {
             config.cache.max_bytes,
             &CacheLabels {
                 apps: app_names.clone(),
-                commands: runtime
+                // Every read, not only those cached now: a reload may cache any of them.
+                commands: catalogue
                     .iter()
-                    .zip(&command_names)
-                    .map(|(rt, name)| rt.cache.is_some().then_some(*name))
+                    .map(|(_, spec)| (spec.access == Access::Read).then_some(spec.name))
                     .collect(),
             },
             registry,
@@ -231,15 +241,14 @@ impl Shared {
                         let spec = catalogue.spec_at(c);
                         (spec.name, spec.access, runtime[c].clone())
                     }
-                    None => (OTHER_COMMAND, Access::Write, CommandRuntime::default()),
+                    None => (OTHER_COMMAND, Access::Write, LanePolicy::default()),
                 };
                 lanes.push(Arc::new(Lane {
                     app: a,
                     command,
                     label,
                     access,
-                    cache: rt.cache,
-                    invalidates: rt.invalidates,
+                    policy: ArcSwap::from_pointee(rt),
                     budget: limiter.key(a, command),
                     requests: requests.pair(&app.name, label),
                     upstream: upstream_families.pair(&app.name, label),
@@ -316,8 +325,7 @@ impl Shared {
                 command: None,
                 label,
                 access: Access::Write,
-                cache: None,
-                invalidates: Vec::new(),
+                policy: ArcSwap::from_pointee(LanePolicy::default()),
                 budget,
                 requests: self.requests.pair(app_name, label),
                 upstream: self.upstream_families.pair(app_name, label),
@@ -325,20 +333,58 @@ impl Shared {
         })
     }
 
+    /// Applies what a reload may change: every budget's numbers, every
+    /// lane's cache policy, and each app's secret key where `started` read it from the same
+    /// place as `new` does. Commands `new` names outside the running catalogue wait for a
+    /// restart.
+    pub fn apply_live(&self, started: &Config, new: &Config) {
+        let (command_specs, other_spec) = budget_specs(&self.catalogue, new);
+        self.limiter.set_specs(&command_specs, other_spec);
+        let runtime = command_runtime(&self.catalogue, new);
+        for app in 0..self.apps.len() {
+            for (c, policy) in runtime.iter().enumerate() {
+                let lane = self.lane(app, Some(c));
+                if lane.policy.load().cache != policy.cache {
+                    // Its answers were kept under other rules (while uncached, no write
+                    // invalidated them): they go, here and in a shared tier.
+                    drop(self.cache.invalidate(app as u32, c as u32));
+                }
+                if **lane.policy.load() != *policy {
+                    lane.policy.store(Arc::new(policy.clone()));
+                }
+            }
+        }
+        for app in &self.apps {
+            let was = started.apps.iter().find(|a| a.name == app.name);
+            let now = new.apps.iter().find(|a| a.name == app.name);
+            if let (Some(was), Some(now)) = (was, now) {
+                if was.secret_key_source == now.secret_key_source
+                    && app.signer.rotate_key(now.secret_key.clone())
+                {
+                    tracing::info!(app = %app.name, "the secret key changed: signing with it");
+                }
+            }
+        }
+    }
+
+    /// The commands `config` names (in quotas and cache rules) that the running catalogue
+    /// does not know: they need a restart.
+    pub fn unknown_configured_commands(&self, config: &Config) -> Vec<String> {
+        let mut unknown: Vec<String> = configured_commands(config)
+            .into_iter()
+            .filter(|(name, _)| self.catalogue.lookup(name).is_none())
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        unknown.sort();
+        unknown.dedup();
+        unknown
+    }
+
     /// The lane of `command` (a catalogue index, `None` for pass-through) in `app`.
     pub fn lane(&self, app: usize, command: Option<usize>) -> &Arc<Lane> {
         let slots = self.catalogue.len() + 1;
         &self.lanes[app * slots + command.unwrap_or(slots - 1)]
     }
-}
-
-/// What the gateway does for one catalogue command beyond forwarding it.
-#[derive(Debug, Clone, Default)]
-struct CommandRuntime {
-    /// `Some` if answers are cached.
-    cache: Option<CachePolicy>,
-    /// Catalogue indices of the cached reads a success of this command invalidates.
-    invalidates: Vec<u32>,
 }
 
 /// The commands outside Tencent's list that the config names (validated: only with
@@ -357,10 +403,10 @@ fn configured_commands(config: &Config) -> Vec<(&str, Access)> {
 }
 
 /// Per-command runtime settings: catalogue defaults, then the config's cache rules.
-fn command_runtime(catalogue: &Catalogue, config: &Config) -> Vec<CommandRuntime> {
-    let mut commands: Vec<CommandRuntime> = catalogue
+fn command_runtime(catalogue: &Catalogue, config: &Config) -> Vec<LanePolicy> {
+    let mut commands: Vec<LanePolicy> = catalogue
         .iter()
-        .map(|(_, spec)| CommandRuntime {
+        .map(|(_, spec)| LanePolicy {
             cache: spec.is_cacheable.then_some(DEFAULT_CACHE_POLICY),
             invalidates: Vec::new(),
         })

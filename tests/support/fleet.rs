@@ -83,6 +83,18 @@ pub async fn until(admin: SocketAddr, series: &str, want: f64) {
     assert_eq!(sample(admin, series).await, want, "{series}");
 }
 
+/// As [`until`], until the sample is at least `want`.
+pub async fn until_at_least(admin: SocketAddr, series: &str, want: f64) {
+    for _ in 0..500 {
+        if sample(admin, series).await >= want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = sample(admin, series).await;
+    assert!(got >= want, "{series}: {got}, want at least {want}");
+}
+
 /// The sum over `gateways` of every `/metrics` sample whose line starts with `prefix`.
 pub async fn total(gateways: &[Served], prefix: &str) -> f64 {
     let mut sum = 0.0;

@@ -18,6 +18,8 @@ pub struct Served {
     pub admin: SocketAddr,
     /// The secret key file the gateway reads (and follows: tests may replace it).
     pub key_file: std::path::PathBuf,
+    /// The config file it was started with (tests may rewrite it and reload).
+    pub config: std::path::PathBuf,
     /// Disconnects when the reader has seen the end of stderr: the process has exited and
     /// every line it wrote is in `log`.
     log_closed: mpsc::Receiver<()>,
@@ -33,6 +35,15 @@ impl Served {
     pub fn terminate(self) -> (std::process::ExitStatus, String) {
         self.send_sigterm();
         self.wait_exit()
+    }
+
+    /// Sends SIGHUP: reload the configuration.
+    pub fn send_sighup(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
     }
 
     pub fn send_sigterm(&self) {
@@ -190,6 +201,7 @@ fn spawn(
         addr: addrs[0].unwrap(),
         admin: addrs[1].unwrap(),
         key_file,
+        config,
         log_closed,
         _dir: dir,
     }

@@ -313,7 +313,7 @@ fn each_fleet_problem_has_an_exact_message() {
             format!("{MINIMAL}[flet]\nredis_url = \"redis://redis:6379\"\n"),
             "flet",
             "unknown key; did you mean `fleet`? (known: server, upstream, apps, cache, \
-             throttle, fleet)"
+             throttle, fleet, log)"
                 .into(),
         ),
         (

@@ -1,0 +1,363 @@
+//! Live reload: on SIGHUP, and when the config file's contents change (read every
+//! [`CONFIG_POLL`]), the file is loaded and validated in full, as at startup.
+//!
+//! - Invalid: every problem is logged, the running configuration stays, and
+//!   `config_last_reload_successful` drops to 0 until a valid one is loaded.
+//! - Valid: the settings that can change live are applied at once, without dropping or failing
+//!   a request in flight (each request keeps the cache policy it was routed with; a budget's
+//!   slots already taken stand): quotas and the other `throttle.*` numbers except the back-off,
+//!   `[[cache.rules]]`, `log.level`, and an app's secret key when it is read from the same
+//!   place. Every other changed setting is named in the log as needing a restart, and
+//!   `config_restart_required` is 1 until the process restarts with it (or the file goes back).
+//!
+//! What changed is found by comparing the effective settings (`check-config`'s lines), so a
+//! change that does not change a setting (a comment, a default written out) is no change.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus::{IntCounter, IntGauge, Registry};
+
+use crate::config::{Config, ConfigError, Env};
+use crate::proxy::Proxy;
+
+/// How often the config file is read again to see whether it changed.
+pub const CONFIG_POLL: Duration = Duration::from_secs(2);
+
+/// Effective settings that a reload applies; any other changed setting needs a restart.
+const LIVE: &[&str] = &[
+    "throttle.safety_margin",
+    "throttle.burst",
+    "throttle.max_wait",
+    "throttle.max_waiters",
+    "throttle.default_quota",
+    "throttle.quotas",
+    "cache.rules",
+    "log.level",
+];
+
+/// What a new configuration changes, by effective setting (`check-config`'s keys).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Applied by a reload.
+    pub live: Vec<String>,
+    /// Kept at their running values until a restart.
+    pub restart: Vec<String>,
+}
+
+impl Changes {
+    /// Compares the effective settings of `running` and `new`. A list (`cache.rules[2].ttl`)
+    /// is named by its key without the index.
+    pub fn between(running: &Config, new: &Config) -> Changes {
+        let (old, new) = (settings(running), settings(new));
+        let mut changes = Changes::default();
+        let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+        for key in keys {
+            if old.get(key) == new.get(key) {
+                continue;
+            }
+            let name = key.split('[').next().unwrap_or(key).to_owned();
+            let list = if LIVE.contains(&name.as_str()) {
+                &mut changes.live
+            } else {
+                &mut changes.restart
+            };
+            if !list.contains(&name) {
+                list.push(name);
+            }
+        }
+        changes
+    }
+}
+
+/// `key → value` of every effective setting.
+fn settings(config: &Config) -> BTreeMap<String, String> {
+    config
+        .to_string()
+        .lines()
+        .filter_map(|line| line.split_once(" = "))
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .collect()
+}
+
+/// The reload metrics.
+struct ReloadMetrics {
+    success: IntCounter,
+    failure: IntCounter,
+    last_success: IntGauge,
+    last_successful: IntGauge,
+    restart_required: IntGauge,
+}
+
+impl ReloadMetrics {
+    fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let reloads = crate::metrics::counter_vec(
+            registry,
+            "config_reloads_total",
+            "Reloads of the configuration (SIGHUP or a changed file), by result.",
+            &["result"],
+        )?;
+        let metrics = ReloadMetrics {
+            // Both series exist from the start, at 0, so an alert on the first failure needs
+            // no `offset` trick.
+            success: reloads.with_label_values(&["success"]),
+            failure: reloads.with_label_values(&["failure"]),
+            last_success: crate::metrics::gauge(
+                registry,
+                "config_last_reload_success_timestamp_seconds",
+                "Unix time of the last successful load of the configuration (the start counts).",
+            )?,
+            last_successful: crate::metrics::gauge(
+                registry,
+                "config_last_reload_successful",
+                "1 if the last load of the configuration succeeded, 0 if it was invalid.",
+            )?,
+            restart_required: crate::metrics::gauge(
+                registry,
+                "config_restart_required",
+                "1 if the configuration on disk changes settings that only a restart applies.",
+            )?,
+        };
+        metrics.last_successful.set(1);
+        metrics.last_success.set(unix_now());
+        Ok(metrics)
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Why a reload was attempted.
+#[derive(Debug, Clone, Copy)]
+enum Trigger {
+    Signal,
+    FileChanged,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Signal => "SIGHUP",
+            Trigger::FileChanged => "file changed",
+        }
+    }
+}
+
+/// The SIGHUP handler. Installed before the listeners exist: from then on a SIGHUP is a reload
+/// request (remembered until the reloader runs), not the default action (exit).
+#[derive(Debug)]
+pub struct Hangup {
+    #[cfg(unix)]
+    signal: tokio::signal::unix::Signal,
+}
+
+impl Hangup {
+    /// Installs the handler now (needs a tokio runtime).
+    ///
+    /// # Errors
+    /// The operating system refused to install it.
+    pub fn install() -> std::io::Result<Hangup> {
+        Ok(Hangup {
+            #[cfg(unix)]
+            signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        let _ = self.signal.recv().await;
+        #[cfg(not(unix))]
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Reloads the configuration of a running gateway.
+pub struct Reloader {
+    path: PathBuf,
+    proxy: Arc<Proxy>,
+    /// What the process started with: settings that need a restart are compared with it.
+    started: Config,
+    /// The configuration last applied.
+    applied: Config,
+    /// The file's contents when last read, to notice a change.
+    last_read: Option<Vec<u8>>,
+    metrics: ReloadMetrics,
+}
+
+impl Reloader {
+    /// For the gateway serving `proxy`, started with `config` read from `path`.
+    ///
+    /// # Errors
+    /// A metric could not be registered (a bug).
+    pub fn new(path: PathBuf, config: &Config, proxy: Arc<Proxy>) -> prometheus::Result<Self> {
+        let metrics = ReloadMetrics::register(proxy.registry())?;
+        let last_read = std::fs::read(&path).ok();
+        Ok(Reloader {
+            path,
+            proxy,
+            started: config.clone(),
+            applied: config.clone(),
+            last_read,
+            metrics,
+        })
+    }
+
+    /// Reloads on every SIGHUP and whenever the file changes, until the process ends.
+    pub fn run(mut self, mut hangup: Hangup) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut poll = tokio::time::interval(CONFIG_POLL);
+            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            poll.tick().await;
+            loop {
+                let trigger = tokio::select! {
+                    () = hangup.recv() => Some(Trigger::Signal),
+                    _ = poll.tick() => self.has_changed().then_some(Trigger::FileChanged),
+                };
+                if let Some(trigger) = trigger {
+                    self.reload(trigger);
+                }
+            }
+        })
+    }
+
+    /// Whether the file's contents differ from the last read (a blocking read of a small
+    /// file, once per [`CONFIG_POLL`]). A file that cannot be read is no change: the reload
+    /// it would cause could only fail.
+    fn has_changed(&mut self) -> bool {
+        match std::fs::read(&self.path) {
+            Ok(contents) if self.last_read.as_ref() != Some(&contents) => {
+                self.last_read = Some(contents);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn reload(&mut self, trigger: Trigger) {
+        if let Ok(contents) = std::fs::read(&self.path) {
+            self.last_read = Some(contents);
+        }
+        let loaded = match Config::load(&self.path, &Env::from_process()) {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                self.metrics.failure.inc();
+                self.metrics.last_successful.set(0);
+                log_invalid(&error, trigger);
+                return;
+            }
+        };
+        for warning in &loaded.warnings {
+            tracing::warn!(key = %warning.key, "{}", warning.message);
+        }
+        let new = loaded.config;
+        let live = Changes::between(&self.applied, &new).live;
+        let restart = Changes::between(&self.started, &new).restart;
+        let unknown = self.proxy.unknown_configured_commands(&new);
+        self.proxy.apply_live(&self.started, &new);
+        self.metrics.success.inc();
+        self.metrics.last_successful.set(1);
+        self.metrics.last_success.set(unix_now());
+        let needs_restart = !restart.is_empty() || !unknown.is_empty();
+        self.metrics.restart_required.set(i64::from(needs_restart));
+        tracing::info!(
+            trigger = trigger.as_str(),
+            applied = %list(&live),
+            "configuration reloaded"
+        );
+        if needs_restart {
+            tracing::warn!(
+                settings = %list(&restart),
+                new_commands = %list(&unknown),
+                "these changed settings need a restart; their running values stay until then"
+            );
+        }
+        self.applied = new;
+    }
+}
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "(none)".to_owned()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// Logs why a reload was refused: one line per problem, then what happens.
+fn log_invalid(error: &ConfigError, trigger: Trigger) {
+    match error {
+        ConfigError::Invalid(problems) => {
+            for problem in problems {
+                tracing::error!(key = %problem.key, problem = %problem.message, "invalid configuration");
+            }
+        }
+        other => tracing::error!(error = %other, "invalid configuration"),
+    }
+    tracing::error!(
+        trigger = trigger.as_str(),
+        "configuration reload failed: the running configuration stays in force"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::config::DEFAULT_SECRET_KEY_ENV;
+
+    const BASE: &str = r#"
+[apps.main]
+sdkappid = 1400000001
+region = "singapore"
+"#;
+
+    fn config(toml: &str) -> Config {
+        let env = Env::from_map(HashMap::from([(
+            DEFAULT_SECRET_KEY_ENV.to_owned(),
+            "a-key".to_owned(),
+        )]));
+        Config::from_toml_str(toml, &env).expect("valid").config
+    }
+
+    #[test]
+    fn changes_are_sorted_into_live_and_restart_by_setting() {
+        let base = config(BASE);
+        assert_eq!(Changes::between(&base, &base), Changes::default());
+        // A default written out, and a comment, change no setting.
+        let same = config(&format!("# a comment\n[throttle]\ndefault_quota = 200\n{BASE}"));
+        assert_eq!(Changes::between(&base, &same), Changes::default());
+        let changed = config(&format!(
+            "[server]\nmax_body_bytes = 1000\n[log]\nlevel = \"warn\"\n\
+             [throttle]\nburst = 0.02\nbackoff_base = \"2s\"\n{BASE}\
+             identifier = \"other_admin\"\n\
+             [[throttle.quotas]]\ncommand = \"im_open_login_svc/account_check\"\nper_second = 10\n\
+             [[cache.rules]]\ncommand = \"im_open_login_svc/account_check\"\nttl = \"1s\"\n"
+        ));
+        assert_eq!(
+            Changes::between(&base, &changed),
+            Changes {
+                live: [
+                    "cache.rules",
+                    "log.level",
+                    "throttle.burst",
+                    "throttle.quotas"
+                ]
+                .map(String::from)
+                .to_vec(),
+                restart: [
+                    "apps.main.identifier",
+                    "server.max_body_bytes",
+                    "throttle.backoff_base"
+                ]
+                .map(String::from)
+                .to_vec(),
+            }
+        );
+    }
+}
