@@ -251,8 +251,8 @@ impl Gateway {
             tracing::info!(
                 app = %app.name,
                 sdkappid = app.signer.sdkappid(),
-                identifier = app.signer.identifier(),
-                upstream = %app.origins.primary,
+                identifier = %app.signer.identifier(),
+                upstream = %app.origins.load().primary,
                 "app ready"
             );
         }

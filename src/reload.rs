@@ -6,8 +6,10 @@
 //! - Valid: the settings that can change live are applied at once, without dropping or failing
 //!   a request in flight (each request keeps the cache policy it was routed with; a budget's
 //!   slots already taken stand): quotas and the other `throttle.*` numbers except the back-off,
-//!   `[[cache.rules]]`, `log.level`, and an app's secret key when it is read from the same
-//!   place. Every other changed setting is named in the log as needing a restart, and
+//!   `[[cache.rules]]`, `log.level`; for each app that keeps its name and SDKAppID, its
+//!   identifier, region or endpoint and UserSig lifetime (a UserSig is minted at once), and its
+//!   secret key when it is read from the same place. Every other changed setting (an app
+//!   added or removed among them) is named in the log as needing a restart, and
 //!   `config_restart_required` is 1 until the process restarts with it (or the file goes back).
 //!
 //! What changed is found by comparing the effective settings (`check-config`'s lines), so a
@@ -38,6 +40,10 @@ const LIVE: &[&str] = &[
     "log.level",
 ];
 
+/// Settings of each app (`apps.NAME.…`) that a reload applies, while the app keeps its name
+/// and SDKAppID.
+const LIVE_APP: &[&str] = &["identifier", "origin", "usersig_lifetime"];
+
 /// What a new configuration changes, by effective setting (`check-config`'s keys).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Changes {
@@ -59,7 +65,15 @@ impl Changes {
                 continue;
             }
             let name = key.split('[').next().unwrap_or(key).to_owned();
-            let list = if LIVE.contains(&name.as_str()) {
+            let is_live_app = name
+                .strip_prefix("apps.")
+                .and_then(|rest| rest.rsplit_once('.'))
+                .is_some_and(|(app, field)| {
+                    LIVE_APP.contains(&field)
+                        && old.get(&format!("apps.{app}.sdkappid"))
+                            == new.get(&format!("apps.{app}.sdkappid"))
+                });
+            let list = if LIVE.contains(&name.as_str()) || is_live_app {
                 &mut changes.live
             } else {
                 &mut changes.restart
@@ -330,7 +344,9 @@ region = "singapore"
         let base = config(BASE);
         assert_eq!(Changes::between(&base, &base), Changes::default());
         // A default written out, and a comment, change no setting.
-        let same = config(&format!("# a comment\n[throttle]\ndefault_quota = 200\n{BASE}"));
+        let same = config(&format!(
+            "# a comment\n[throttle]\ndefault_quota = 200\n{BASE}"
+        ));
         assert_eq!(Changes::between(&base, &same), Changes::default());
         let changed = config(&format!(
             "[server]\nmax_body_bytes = 1000\n[log]\nlevel = \"warn\"\n\
@@ -343,6 +359,7 @@ region = "singapore"
             Changes::between(&base, &changed),
             Changes {
                 live: [
+                    "apps.main.identifier",
                     "cache.rules",
                     "log.level",
                     "throttle.burst",
@@ -350,13 +367,22 @@ region = "singapore"
                 ]
                 .map(String::from)
                 .to_vec(),
-                restart: [
-                    "apps.main.identifier",
-                    "server.max_body_bytes",
-                    "throttle.backoff_base"
-                ]
-                .map(String::from)
-                .to_vec(),
+                restart: ["server.max_body_bytes", "throttle.backoff_base"]
+                    .map(String::from)
+                    .to_vec(),
+            }
+        );
+        // Another SDKAppID under the same name is another app: all of it needs a restart.
+        let other = config(
+            &BASE
+                .replace("1400000001", "1400000002")
+                .replace("region = \"singapore\"", "region = \"frankfurt\""),
+        );
+        assert_eq!(
+            Changes::between(&base, &other),
+            Changes {
+                live: vec![],
+                restart: vec!["apps.main.origin".into(), "apps.main.sdkappid".into()],
             }
         );
     }

@@ -34,12 +34,16 @@ pub enum MintReason {
     Rejected = 2,
     /// The secret key changed on disk (`Signer::rotate_key`).
     KeyRotated = 3,
+    /// A reload changed the identifier or the lifetime (`Signer::update`).
+    Reloaded = 4,
 }
 
 /// One minted UserSig and when to replace it.
 #[derive(Debug)]
 pub struct Minted {
     pub usersig: UserSig,
+    /// The admin account it was minted for.
+    pub identifier: Arc<str>,
     /// Increases by one with every mint; identifies the UserSig a rejection refers to.
     pub generation: u64,
     /// Unix second after which Tencent calls it expired.
@@ -56,26 +60,34 @@ pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
 /// The admin UserSig of one app.
 pub struct Signer {
     sdkappid: u64,
-    identifier: String,
-    /// Read only while minting (under `mint_lock`); replaced by [`Signer::rotate_key`].
-    key: Mutex<SecretKey>,
-    lifetime: Duration,
+    /// Read only while minting (under `mint_lock`); replaced by [`Signer::rotate_key`] and
+    /// [`Signer::update`].
+    credentials: Mutex<Credentials>,
     /// The UserSig in use; readers clone the `Arc` and drop the lock at once.
     current: RwLock<Arc<Minted>>,
     /// Held while minting, so concurrent callers that all see a due refresh mint once.
     mint_lock: Mutex<()>,
     /// Mints so far by reason (startup, schedule, rejected, key rotated), for tests and metrics.
-    mints: [AtomicU64; 4],
+    mints: [AtomicU64; 5],
     /// The wall clock: [`unix_now`] outside tests.
     wall_clock: WallClock,
 }
 
+/// What a UserSig is minted from.
+#[derive(Clone)]
+struct Credentials {
+    key: SecretKey,
+    identifier: Arc<str>,
+    lifetime: Duration,
+}
+
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let credentials = self.credentials();
         f.debug_struct("Signer")
             .field("sdkappid", &self.sdkappid)
-            .field("identifier", &self.identifier)
-            .field("lifetime", &self.lifetime)
+            .field("identifier", &credentials.identifier)
+            .field("lifetime", &credentials.lifetime)
             .finish_non_exhaustive()
     }
 }
@@ -102,25 +114,20 @@ impl Signer {
         lifetime: Duration,
         wall_clock: WallClock,
     ) -> Self {
-        let lifetime = Duration::from_secs(lifetime.as_secs().max(1));
-        let first = Self::mint_with(
-            &key,
-            sdkappid,
-            &identifier,
-            lifetime,
-            1,
-            MintReason::Startup,
-            wall_clock(),
-        );
+        let credentials = Credentials {
+            key,
+            identifier: identifier.into(),
+            lifetime: Duration::from_secs(lifetime.as_secs().max(1)),
+        };
+        let first = Self::mint_with(&credentials, sdkappid, 1, MintReason::Startup, wall_clock());
         Signer {
             sdkappid,
-            identifier,
-            key: Mutex::new(key),
-            lifetime,
+            credentials: Mutex::new(credentials),
             current: RwLock::new(Arc::new(first)),
             mint_lock: Mutex::new(()),
             mints: [
                 AtomicU64::new(1),
+                AtomicU64::new(0),
                 AtomicU64::new(0),
                 AtomicU64::new(0),
                 AtomicU64::new(0),
@@ -129,19 +136,27 @@ impl Signer {
         }
     }
 
+    fn credentials(&self) -> std::sync::MutexGuard<'_, Credentials> {
+        self.credentials.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn mint_with(
-        key: &SecretKey,
+        credentials: &Credentials,
         sdkappid: u64,
-        identifier: &str,
-        lifetime: Duration,
         generation: u64,
         reason: MintReason,
         now: u64,
     ) -> Minted {
+        let Credentials {
+            key,
+            identifier,
+            lifetime,
+        } = credentials;
         let expire = lifetime.as_secs();
         let refresh_after = lifetime.mul_f64(REFRESH_AT_FRACTION);
         Minted {
             usersig: usersig::mint(key, sdkappid, identifier, now, expire),
+            identifier: Arc::clone(identifier),
             generation,
             expires_at_unix: now + expire,
             reason,
@@ -165,8 +180,8 @@ impl Signer {
         self.sdkappid
     }
 
-    pub fn identifier(&self) -> &str {
-        &self.identifier
+    pub fn identifier(&self) -> Arc<str> {
+        Arc::clone(&self.credentials().identifier)
     }
 
     /// How many UserSigs this signer has minted, the first included.
@@ -174,8 +189,9 @@ impl Signer {
         self.mints_by_reason().iter().sum()
     }
 
-    /// Mints so far, by [`MintReason`] in the order startup, schedule, rejected, key rotated.
-    pub fn mints_by_reason(&self) -> [u64; 4] {
+    /// Mints so far, by [`MintReason`] in the order startup, schedule, rejected, key rotated,
+    /// reloaded.
+    pub fn mints_by_reason(&self) -> [u64; 5] {
         self.mints.each_ref().map(|m| m.load(Ordering::Relaxed))
     }
 
@@ -206,13 +222,29 @@ impl Signer {
     /// Returns whether the key changed.
     pub fn rotate_key(&self, key: SecretKey) -> bool {
         {
-            let mut current = self.key.lock().unwrap_or_else(|p| p.into_inner());
-            if current.expose() == key.expose() {
+            let mut current = self.credentials();
+            if current.key.expose() == key.expose() {
                 return false;
             }
-            *current = key;
+            current.key = key;
         }
         self.replace_if(|_| true, MintReason::KeyRotated);
+        true
+    }
+
+    /// A reloaded identifier and lifetime: if either differs, a UserSig is minted with them at
+    /// once. Returns whether anything changed.
+    pub fn update(&self, identifier: &str, lifetime: Duration) -> bool {
+        let lifetime = Duration::from_secs(lifetime.as_secs().max(1));
+        {
+            let mut current = self.credentials();
+            if &*current.identifier == identifier && current.lifetime == lifetime {
+                return false;
+            }
+            current.identifier = identifier.into();
+            current.lifetime = lifetime;
+        }
+        self.replace_if(|_| true, MintReason::Reloaded);
         true
     }
 
@@ -223,12 +255,10 @@ impl Signer {
         if !is_due(&current) {
             return current;
         }
-        let key = self.key.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let credentials = self.credentials().clone();
         let next = Arc::new(Self::mint_with(
-            &key,
+            &credentials,
             self.sdkappid,
-            &self.identifier,
-            self.lifetime,
             current.generation + 1,
             reason,
             (self.wall_clock)(),
@@ -284,7 +314,7 @@ impl Collector for UserSigCollector {
         let _one_at_a_time = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         for (app, signer) in &self.signers {
             let minted = signer.current();
-            for (reason, total) in ["startup", "schedule", "rejected", "key_rotated"]
+            for (reason, total) in ["startup", "schedule", "rejected", "key_rotated", "reloaded"]
                 .iter()
                 .zip(signer.mints_by_reason())
             {
@@ -401,9 +431,9 @@ mod tests {
             Duration::from_secs(86_400),
         );
         assert!(!signer.rotate_key(SecretKey::new("old-key\n")));
-        assert_eq!(signer.mints_by_reason(), [1, 0, 0, 0]);
+        assert_eq!(signer.mints_by_reason(), [1, 0, 0, 0, 0]);
         assert!(signer.rotate_key(SecretKey::new("new-key")));
-        assert_eq!(signer.mints_by_reason(), [1, 0, 0, 1]);
+        assert_eq!(signer.mints_by_reason(), [1, 0, 0, 1, 0]);
         let minted = signer.current();
         assert_eq!(minted.reason, MintReason::KeyRotated);
         assert_eq!(minted.generation, 2);

@@ -83,11 +83,13 @@ pub struct UpstreamResponse {
 #[derive(Debug)]
 pub struct SignedCall<'a> {
     permit: Permit,
-    origins: &'a Origins,
+    /// The app's origins when it was signed (a reload may replace the app's).
+    origins: Arc<Origins>,
     /// `service/command`.
     command: &'a str,
     sdkappid: u64,
-    identifier: &'a str,
+    /// The admin account its UserSig was minted for.
+    identifier: Arc<str>,
     usersig: UserSig,
     /// The signer's generation of `usersig`, to name it if Tencent refuses it.
     usersig_generation: u64,
@@ -99,9 +101,9 @@ impl<'a> SignedCall<'a> {
     /// `usersig_generation`), spending `permit`.
     pub fn new(
         permit: Permit,
-        origins: &'a Origins,
+        origins: Arc<Origins>,
         command: &'a str,
-        (sdkappid, identifier): (u64, &'a str),
+        (sdkappid, identifier): (u64, Arc<str>),
         usersig: UserSig,
         usersig_generation: u64,
         body: Bytes,
@@ -493,7 +495,7 @@ fn signed_uri(origin: &Origin, call: &SignedCall<'_>, random: u32) -> String {
         call.command,
         call.sdkappid
     );
-    percent_encode_into(&mut uri, call.identifier);
+    percent_encode_into(&mut uri, &call.identifier);
     // The UserSig's alphabet (`A-Za-z0-9*-_`) is URL safe: it goes in raw (reference §1).
     let _ = write!(uri, "&usersig={usersig}&random={random}&contenttype=json");
     uri
@@ -551,12 +553,12 @@ mod tests {
     #[test]
     fn signed_uri_has_exactly_the_five_parameters() {
         let usersig = mint(&SecretKey::new("k"), 1_400_000_000, "admin", 1, 2);
-        let origins = crate::region::Region::Singapore.origins();
+        let origins = Arc::new(crate::region::Region::Singapore.origins());
         let call = SignedCall::new(
             Permit::for_tests(),
-            &origins,
+            Arc::clone(&origins),
             "openim_robot_http_svc/get_all_robots",
-            (1_400_000_000, "admin@x y"),
+            (1_400_000_000, "admin@x y".into()),
             usersig.clone(),
             1,
             Bytes::new(),

@@ -99,6 +99,49 @@ async fn a_changed_file_applies_quotas_and_cache_rules_and_names_what_needs_a_re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_s_identifier_changes_without_a_restart() {
+    let sandbox = start_sandbox().await;
+    let gateway = serve_with(&sandbox, KEY, Extra::default());
+    let identifiers = || {
+        sandbox
+            .requests(ACCOUNT_CHECK)
+            .iter()
+            .map(|r| {
+                r.query
+                    .iter()
+                    .find(|(name, _)| name == "identifier")
+                    .map(|(_, v)| v.clone())
+                    .unwrap()
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        post(gateway.addr, ACCOUNT_CHECK, CHECK_BODY)
+            .await
+            .error_code(),
+        0
+    );
+    rewrite(&gateway, |text| {
+        text.replace(
+            "identifier = \"administrator\"",
+            "identifier = \"ops_admin\"",
+        )
+    });
+    until(
+        gateway.admin,
+        r#"tim_gateway_usersig_mints_total{app="main",reason="reloaded"}"#,
+        1.0,
+    )
+    .await;
+    // The sandbox knows only `administrator` as an admin: it refuses the new identifier,
+    // which shows the call was signed as it.
+    let answer = post(gateway.addr, ACCOUNT_CHECK, CHECK_BODY).await;
+    assert_ne!(answer.error_code(), 0);
+    assert_eq!(identifiers(), ["administrator", "ops_admin"]);
+    assert_eq!(sample(gateway.admin, RESTART).await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_file_keeps_the_running_configuration() {
     let sandbox = start_sandbox().await;
     let gateway = serve_with(&sandbox, KEY, Extra::default());

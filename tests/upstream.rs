@@ -54,9 +54,9 @@ async fn get_all_robots(client: &UpstreamClient, origins: &Origins) -> Result<i6
     let usersig = mint(&SecretKey::new(KEY), SDKAPPID, ADMIN, unix_now(), 3600);
     let call = SignedCall::new(
         permit().await,
-        origins,
+        std::sync::Arc::new(origins.clone()),
         GET_ALL_ROBOTS,
-        (SDKAPPID, ADMIN),
+        (SDKAPPID, ADMIN.into()),
         usersig,
         1,
         Bytes::from_static(b"{}"),

@@ -153,9 +153,9 @@ impl Shared {
         let minted = app.signer.current();
         SignedCall::new(
             permit,
-            &app.origins,
+            app.origins.load_full(),
             target.command,
-            (app.signer.sdkappid(), app.signer.identifier()),
+            (app.signer.sdkappid(), Arc::clone(&minted.identifier)),
             minted.usersig.clone(),
             minted.generation,
             body.clone(),

@@ -33,7 +33,8 @@ pub const DEFAULT_CACHE_POLICY: CachePolicy = CachePolicy {
 #[derive(Debug)]
 pub struct App {
     pub name: String,
-    pub origins: Origins,
+    /// Replaced by a reload that changes the app's region or endpoint.
+    pub origins: ArcSwap<Origins>,
     pub signer: Arc<Signer>,
     /// Unix second of the last configuration alarm logged for this app.
     pub(super) last_alarm: AtomicU64,
@@ -137,7 +138,7 @@ impl Shared {
             .iter()
             .map(|app| App {
                 name: app.name.clone(),
-                origins: app.origins.clone(),
+                origins: ArcSwap::from_pointee(app.origins.clone()),
                 signer: Arc::new(Signer::new(
                     app.sdkappid,
                     app.identifier.clone(),
@@ -357,12 +358,23 @@ impl Shared {
         for app in &self.apps {
             let was = started.apps.iter().find(|a| a.name == app.name);
             let now = new.apps.iter().find(|a| a.name == app.name);
-            if let (Some(was), Some(now)) = (was, now) {
-                if was.secret_key_source == now.secret_key_source
-                    && app.signer.rotate_key(now.secret_key.clone())
-                {
-                    tracing::info!(app = %app.name, "the secret key changed: signing with it");
-                }
+            let (Some(was), Some(now)) = (was, now) else {
+                continue; // an app added or removed: a restart
+            };
+            if was.sdkappid != now.sdkappid {
+                continue; // another app under the same name: a restart
+            }
+            if was.secret_key_source == now.secret_key_source
+                && app.signer.rotate_key(now.secret_key.clone())
+            {
+                tracing::info!(app = %app.name, "the secret key changed: signing with it");
+            }
+            if app.signer.update(&now.identifier, now.usersig_lifetime) {
+                tracing::info!(app = %app.name, identifier = %now.identifier, "UserSig re-minted for the reloaded identifier or lifetime");
+            }
+            if **app.origins.load() != now.origins {
+                app.origins.store(Arc::new(now.origins.clone()));
+                tracing::info!(app = %app.name, upstream = %now.origins.primary, "upstream changed");
             }
         }
     }

@@ -265,14 +265,23 @@ async fn a_new_spec_applies_to_slots_taken_after_it() {
     let budget = Budget::new(spec(6));
     let start = Instant::now();
     budget.acquire(start).await.unwrap();
-    budget.acquire(start + Duration::from_secs(1)).await.unwrap();
+    budget
+        .acquire(start + Duration::from_secs(1))
+        .await
+        .unwrap();
     assert_eq!(Instant::now() - start, Duration::from_millis(250));
     // 3/s: budget 2, burst 1, rate 1 → the next slot is 250 ms after the last (reserved
     // under the old spec), the one after it a whole second later.
     budget.set_spec(spec(3));
     assert_eq!(budget.spec().quota, 3);
-    budget.acquire(start + Duration::from_secs(5)).await.unwrap();
+    budget
+        .acquire(start + Duration::from_secs(5))
+        .await
+        .unwrap();
     assert_eq!(Instant::now() - start, Duration::from_millis(500));
-    budget.acquire(start + Duration::from_secs(5)).await.unwrap();
+    budget
+        .acquire(start + Duration::from_secs(5))
+        .await
+        .unwrap();
     assert_eq!(Instant::now() - start, Duration::from_millis(1500));
 }
