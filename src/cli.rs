@@ -267,7 +267,6 @@ async fn serve(
         &loaded.config,
         std::sync::Arc::clone(gateway.proxy()),
     )
-    .context("cannot register the reload metrics")?
     .run(hangup);
     signals.recv().await;
     let first_signal = tokio::time::Instant::now();

@@ -14,8 +14,8 @@
 pub mod process;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Latency buckets from a microsecond cache hit to a multi-second upstream call, in seconds.
@@ -156,4 +156,60 @@ pub fn scrape_gauge_vec(
 /// Saturating `u64`/`usize` → `i64` for gauges.
 pub fn as_gauge(value: impl TryInto<i64>) -> i64 {
     value.try_into().unwrap_or(i64::MAX)
+}
+
+/// The configuration's metrics: loads at start and on reload (SIGHUP or a changed file).
+#[derive(Debug)]
+pub struct ConfigMetrics {
+    pub success: IntCounter,
+    pub failure: IntCounter,
+    pub last_success: IntGauge,
+    pub last_successful: IntGauge,
+    pub restart_required: IntGauge,
+}
+
+impl ConfigMetrics {
+    /// Registers them; the start counts as a successful load.
+    ///
+    /// # Errors
+    /// Invalid name, or a name taken.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let reloads = counter_vec(
+            registry,
+            "config_reloads_total",
+            "Reloads of the configuration (SIGHUP or a changed file), by result.",
+            &["result"],
+        )?;
+        let metrics = ConfigMetrics {
+            // Both series exist from the start, at 0, so an alert on the first failure needs
+            // no `offset` trick.
+            success: reloads.with_label_values(&["success"]),
+            failure: reloads.with_label_values(&["failure"]),
+            last_success: gauge(
+                registry,
+                "config_last_reload_success_timestamp_seconds",
+                "Unix time of the last successful load of the configuration (the start counts).",
+            )?,
+            last_successful: gauge(
+                registry,
+                "config_last_reload_successful",
+                "1 if the last load of the configuration succeeded, 0 if it was invalid.",
+            )?,
+            restart_required: gauge(
+                registry,
+                "config_restart_required",
+                "1 if the configuration on disk changes settings that only a restart applies.",
+            )?,
+        };
+        metrics.last_successful.set(1);
+        metrics.last_success.set(unix_now());
+        Ok(metrics)
+    }
+}
+
+/// Seconds since the Unix epoch, for timestamp gauges (0 before 1970).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

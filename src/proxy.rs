@@ -93,6 +93,7 @@ pub struct Proxy {
     requests: RequestFamilies,
     /// Requests that could not be routed (app and command `unknown`).
     unrouted: RequestMetrics,
+    config_metrics: crate::metrics::ConfigMetrics,
 }
 
 impl Proxy {
@@ -125,6 +126,7 @@ impl Proxy {
                 &config.server.allowed_hosts,
             ),
             unrouted: requests.pair(UNKNOWN_APP, UNKNOWN_COMMAND),
+            config_metrics: crate::metrics::ConfigMetrics::register(&registry).expect(FIXED),
             requests,
             registry,
         }
@@ -172,9 +174,9 @@ impl Proxy {
         crate::metrics::render(&self.registry)
     }
 
-    /// Where every metric of this gateway is registered.
-    pub fn registry(&self) -> &prometheus::Registry {
-        &self.registry
+    /// The configuration's load and reload metrics.
+    pub fn config_metrics(&self) -> &crate::metrics::ConfigMetrics {
+        &self.config_metrics
     }
 
     /// Applies a reloaded configuration's live settings (SIGHUP or a changed file).

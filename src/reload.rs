@@ -18,9 +18,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use prometheus::{IntCounter, IntGauge, Registry};
+use std::time::Duration;
 
 use crate::config::{Config, ConfigError, Env};
 use crate::proxy::Proxy;
@@ -96,56 +94,6 @@ fn settings(config: &Config) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The reload metrics.
-struct ReloadMetrics {
-    success: IntCounter,
-    failure: IntCounter,
-    last_success: IntGauge,
-    last_successful: IntGauge,
-    restart_required: IntGauge,
-}
-
-impl ReloadMetrics {
-    fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let reloads = crate::metrics::counter_vec(
-            registry,
-            "config_reloads_total",
-            "Reloads of the configuration (SIGHUP or a changed file), by result.",
-            &["result"],
-        )?;
-        let metrics = ReloadMetrics {
-            // Both series exist from the start, at 0, so an alert on the first failure needs
-            // no `offset` trick.
-            success: reloads.with_label_values(&["success"]),
-            failure: reloads.with_label_values(&["failure"]),
-            last_success: crate::metrics::gauge(
-                registry,
-                "config_last_reload_success_timestamp_seconds",
-                "Unix time of the last successful load of the configuration (the start counts).",
-            )?,
-            last_successful: crate::metrics::gauge(
-                registry,
-                "config_last_reload_successful",
-                "1 if the last load of the configuration succeeded, 0 if it was invalid.",
-            )?,
-            restart_required: crate::metrics::gauge(
-                registry,
-                "config_restart_required",
-                "1 if the configuration on disk changes settings that only a restart applies.",
-            )?,
-        };
-        metrics.last_successful.set(1);
-        metrics.last_success.set(unix_now());
-        Ok(metrics)
-    }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 /// Why a reload was attempted.
 #[derive(Debug, Clone, Copy)]
 enum Trigger {
@@ -200,25 +148,19 @@ pub struct Reloader {
     applied: Config,
     /// The file's contents when last read, to notice a change.
     last_read: Option<Vec<u8>>,
-    metrics: ReloadMetrics,
 }
 
 impl Reloader {
     /// For the gateway serving `proxy`, started with `config` read from `path`.
-    ///
-    /// # Errors
-    /// A metric could not be registered (a bug).
-    pub fn new(path: PathBuf, config: &Config, proxy: Arc<Proxy>) -> prometheus::Result<Self> {
-        let metrics = ReloadMetrics::register(proxy.registry())?;
+    pub fn new(path: PathBuf, config: &Config, proxy: Arc<Proxy>) -> Self {
         let last_read = std::fs::read(&path).ok();
-        Ok(Reloader {
+        Reloader {
             path,
             proxy,
             started: config.clone(),
             applied: config.clone(),
             last_read,
-            metrics,
-        })
+        }
     }
 
     /// Reloads on every SIGHUP and whenever the file changes, until the process ends.
@@ -259,8 +201,8 @@ impl Reloader {
         let loaded = match Config::load(&self.path, &Env::from_process()) {
             Ok(loaded) => loaded,
             Err(error) => {
-                self.metrics.failure.inc();
-                self.metrics.last_successful.set(0);
+                self.proxy.config_metrics().failure.inc();
+                self.proxy.config_metrics().last_successful.set(0);
                 log_invalid(&error, trigger);
                 return;
             }
@@ -273,11 +215,17 @@ impl Reloader {
         let restart = Changes::between(&self.started, &new).restart;
         let unknown = self.proxy.unknown_configured_commands(&new);
         self.proxy.apply_live(&self.started, &new);
-        self.metrics.success.inc();
-        self.metrics.last_successful.set(1);
-        self.metrics.last_success.set(unix_now());
+        self.proxy.config_metrics().success.inc();
+        self.proxy.config_metrics().last_successful.set(1);
+        self.proxy
+            .config_metrics()
+            .last_success
+            .set(crate::metrics::unix_now());
         let needs_restart = !restart.is_empty() || !unknown.is_empty();
-        self.metrics.restart_required.set(i64::from(needs_restart));
+        self.proxy
+            .config_metrics()
+            .restart_required
+            .set(i64::from(needs_restart));
         tracing::info!(
             trigger = trigger.as_str(),
             applied = %list(&live),
