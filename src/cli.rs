@@ -40,7 +40,7 @@ pub const DEMO_SECRET_KEY: &str =
     about = "A caching, signing reverse proxy for Tencent Cloud Chat's REST API"
 )]
 pub struct Cli {
-    /// Log format on stderr. The filter comes from RUST_LOG (default: info).
+    /// Log format on stderr. The filter is the config's `log.level` (default info); RUST_LOG, when set, overrides it.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "TIM_GATEWAY_LOG_FORMAT")]
     pub log_format: LogFormat,
     #[command(subcommand)]

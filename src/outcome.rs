@@ -70,6 +70,14 @@ const KNOWN_CODES: &[&str] = &[
     "70052", "70169", "70206", "70402", "70403", "70500", "80001", "80002",
 ];
 
+/// The codes the alerts on single Tencent codes watch (`deploy/prometheus`): counted in
+/// `tencent_signals_total{app,code}` too, whose every (app, code) exists at 0 from the start,
+/// so that `increase()` sees a code's very first occurrence.
+pub const ALERTED_CODES: &[&str] = &[
+    "60006", "60007", "60010", "60011", "60016", "60018", "60019", "60020", "60021", "70003",
+    "70005", "70009", "70013", "70014", "70016", "70020", "70050", "70403",
+];
+
 /// The metric label of a non-zero ErrorCode: the code itself if known, else `other`.
 pub fn code_label(error_code: i64) -> &'static str {
     let mut digits = itoa::Buffer::new();

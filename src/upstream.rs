@@ -23,7 +23,7 @@ use serde::Deserialize;
 
 use crate::limiter::Permit;
 use crate::metrics::{counter_vec, histogram_vec};
-use crate::outcome::code_label;
+use crate::outcome::{code_label, ALERTED_CODES};
 use crate::region::{Origin, Origins};
 use crate::usersig::UserSig;
 
@@ -138,6 +138,7 @@ pub struct UpstreamFamilies {
     requests: IntCounterVec,
     duration: HistogramVec,
     tencent_errors: IntCounterVec,
+    signals: IntCounterVec,
 }
 
 impl UpstreamFamilies {
@@ -163,7 +164,20 @@ impl UpstreamFamilies {
                 "Non-zero ErrorCodes in Tencent's answers, by app, command and code.",
                 &["app", "command", "code"],
             )?,
+            signals: counter_vec(
+                registry,
+                "tencent_signals_total",
+                "Tencent's ErrorCodes that alerts watch, by app and code; each exists at 0 from the start.",
+                &["app", "code"],
+            )?,
         })
+    }
+
+    /// Creates `app`'s `tencent_signals_total` series at 0, one per alerted code.
+    pub fn precreate_signals(&self, app: &str) {
+        for code in ALERTED_CODES {
+            self.signals.with_label_values(&[app, code]);
+        }
     }
 
     /// The handles of one (app, command) pair.
@@ -220,6 +234,12 @@ impl UpstreamMetrics {
                     .tencent_errors
                     .with_label_values(&[app.as_str(), command, code])
                     .inc();
+                if ALERTED_CODES.contains(&code) {
+                    self.families
+                        .signals
+                        .with_label_values(&[app.as_str(), code])
+                        .inc();
+                }
             }
         }
     }

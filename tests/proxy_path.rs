@@ -233,10 +233,22 @@ async fn wrong_secret_key_passes_70009_through_without_retry() {
         key: "not-the-right-key",
         ..Extra::default()
     });
+    // The alerts' series exists from the start at 0, so the first 70009 is an increase.
+    let signal = r#"tim_gateway_tencent_signals_total{app="main",code="70009"}"#;
+    let value = |text: String| {
+        text.lines().find_map(|line| {
+            line.strip_prefix(signal)?
+                .strip_prefix(' ')?
+                .parse::<u64>()
+                .ok()
+        })
+    };
+    assert_eq!(value(gw.metrics()), Some(0));
     let answer = gw.post(GET_ALL_ROBOTS, "{}").await;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.error_code(), 70009);
     assert_eq!(gw.sandbox.calls(GET_ALL_ROBOTS), 1);
+    assert_eq!(value(gw.metrics()), Some(1));
 }
 
 /// Commands outside the catalogue reach Tencent only when the config allows pass-through.

@@ -233,6 +233,9 @@ impl Shared {
                 .collect(),
         )?))?;
         let upstream_families = UpstreamFamilies::register(registry)?;
+        for app in &apps {
+            upstream_families.precreate_signals(&app.name);
+        }
         let mut lanes = Vec::new();
         for (a, app) in apps.iter().enumerate() {
             for c in 0..=catalogue.len() {
