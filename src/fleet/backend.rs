@@ -449,4 +449,24 @@ mod tests {
         closed.members.heard(now, 3);
         assert_eq!(closed.fallback(now + guard), Fallback::Closed);
     }
+
+    /// A reload's new numbers reach the local budget, the fleet's GCRA and the share: quota
+    /// 100 → 50 with a 5% margin, a burst of 2 and 25 ms lateness: fleet rate
+    /// floor((47 − 2) / 1.025) = 43/s (interval 23,256 µs), a share of floor(42 / 3) = 14.
+    #[tokio::test(start_paused = true)]
+    async fn a_new_spec_reaches_every_part_of_a_budget() {
+        let sharing = throttle(true, Arc::new(MemberStatus::default()));
+        let halved = BudgetSpec {
+            quota: 50,
+            ..spec()
+        };
+        sharing.set_spec(0, 0, halved);
+        assert_eq!(sharing.local().at(0, 0).spec(), halved);
+        assert_eq!(sharing.budget(0, 0).spec(), halved);
+        assert_eq!(
+            sharing.budget(0, 0).gcra().interval_us,
+            1_000_000u64.div_ceil(43)
+        );
+        assert_eq!(sharing.share[0].as_ref().unwrap().spec().budget(), 14);
+    }
 }
