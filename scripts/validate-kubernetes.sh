@@ -128,7 +128,9 @@ echo "==> validating ${dirs[*]#$repo_root/} against Kubernetes ${K8S_VERSIONS:-1
 # Not exec: the EXIT trap removes $workdir afterwards.
 status=0
 "$py" - "${K8S_VERSIONS:-1.29.0 1.37.0}" "$gateway_bin" "$workdir" "${dirs[@]}" <<'PYTHON' || status=$?
+import base64
 import copy
+import hashlib
 import json
 import os
 import re
@@ -253,6 +255,15 @@ def core_errors(doc, version):
     return sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
 
 
+def only_required(error):
+    """Whether a schema error is only about missing required fields (for patches)."""
+    if error.validator == "required":
+        return True
+    return bool(error.context) and error.validator in ("anyOf", "oneOf", "allOf") \
+        and all(only_required(e) or (e.validator == "type" and list(e.absolute_path) == list(error.absolute_path))
+                for e in error.context)
+
+
 # --- 3. PodMonitor: the CRD's schema, strict ----------------------------------------------------
 _podmonitor_schema = None
 
@@ -279,8 +290,10 @@ def podmonitor_schema():
     return _podmonitor_schema
 
 
-def validate_object(doc, label):
-    """Checks 2-3 for one object. Returns True if it is valid."""
+def validate_object(doc, label, patch=False):
+    """Checks 2-3 for one object. Returns True if it is valid. A patch (a file a kustomization
+    lists under patches) holds only the fields it changes: its fields must be known to the
+    schema, but required ones may be missing."""
     if str(doc.get("apiVersion", "")).startswith("kustomize.config.k8s.io/"):
         return True  # check 4
     for key in ("apiVersion", "kind", "metadata"):
@@ -308,8 +321,12 @@ def validate_object(doc, label):
     valid = True
     for version in versions:
         what = f"{label} {name_of(doc)} against Kubernetes {version} (strict)"
+        if patch:
+            what = f"{label} {name_of(doc)} (a patch) against Kubernetes {version} (strict, required fields not enforced)"
         try:
             errors = core_errors(doc, version)
+            if patch:
+                errors = [e for e in errors if not only_required(e)]
         except kv.SchemaNotFoundError as e:
             fail(what, e.message)
             valid = False
@@ -370,89 +387,377 @@ def render(directory):
     return (copy.deepcopy(docs) if docs is not None else None), why
 
 
-KUSTOMIZE_OFFLINE = {"apiVersion", "kind", "resources", "configMapGenerator", "replicas"}
+KUSTOMIZE_OFFLINE = {"apiVersion", "kind", "resources", "components", "configMapGenerator",
+                     "secretGenerator", "patches", "replicas"}
+# Set on the objects a generator made (or merged into) while compose() runs: whether kustomize
+# gives them a hash suffix at the end. Removed before compose() returns.
+GENERATED = "__validate_kubernetes_generated__"
+# Strategic merge patches merge these lists element by element, on the key named (the
+# x-kubernetes-patch-merge-key of the pod template's fields); every other list is replaced.
+MERGE_KEYS = {"containers": "name", "initContainers": "name", "ephemeralContainers": "name",
+              "volumes": "name", "env": "name", "imagePullSecrets": "name",
+              "volumeMounts": "mountPath", "volumeDevices": "devicePath",
+              "ports": "containerPort", "hostAliases": "ip"}
+WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet")
+# Patches of a Component that merged into an element the target already had, e.g. a
+# container or volume of the app with the sidecar's name: (component, object, what). check 4
+# reports them.
+component_collisions = []
+
+
+class Unsupported(Exception):
+    """Something the build here does not do; its message says what."""
 
 
 def compose(directory, visited=None):
     """What `kubectl kustomize directory` renders, built here for the subset of kustomize this
     repository uses: resources (files, and directories with their own kustomization.yaml),
-    configMapGenerator entries with behavior: merge (files and literals, name kept) and
-    replicas. Returns (objects, directories drawn on, None) or (None, [], why not)."""
+    components (directories with a kind: Component kustomization.yaml), configMapGenerator and
+    secretGenerator (files and literals; behavior create, merge or replace; options labels,
+    annotations and disableNameSuffixHash), patches (strategic merge, from a file or inline, with
+    a target by kind, name and labelSelector, or by the patch's own kind and name) and replicas;
+    then, as kustomize does last, the hash suffixes of generated names and the references to
+    them in pod templates. Returns (objects, directories drawn on, None) or (None, [], why not)."""
     visited = [] if visited is None else visited
+    try:
+        objects = accumulate(directory, [], visited, component=False)
+        rename_generated(objects)
+    except Unsupported as e:
+        return None, [], str(e)
+    return objects, visited, None
+
+
+def accumulate(directory, objects, visited, component):
+    """kustomize's accumulateTarget: this directory's resources, its own generators, its
+    components (each working on the same objects), then its patches and replicas. A Component
+    adds to and changes its parent's `objects`; a Kustomization starts from none and its result
+    is added to its parent's."""
     visited.append(directory)
     docs = load_quiet(directory / "kustomization.yaml")
     if not docs:
-        return None, [], f"{directory / 'kustomization.yaml'} does not parse"
+        raise Unsupported(f"{directory / 'kustomization.yaml'} does not parse")
     k = docs[0]
+    kind = k.get("kind", "Kustomization")
+    if kind != ("Component" if component else "Kustomization"):
+        raise Unsupported(f"{directory.name}/kustomization.yaml is a {kind}, listed as a "
+                          f"{'component' if component else 'resource'}")
     unsupported = sorted(set(k) - KUSTOMIZE_OFFLINE)
     if unsupported:
-        return None, [], f"{directory.name}/kustomization.yaml uses {', '.join(unsupported)}"
-    objects = []
+        raise Unsupported(f"{directory.name}/kustomization.yaml uses {', '.join(unsupported)}")
     for resource in k.get("resources") or []:
         path = (directory / resource).resolve()
         if path.is_dir():
-            sub, _, why = compose(path, visited)
-            if sub is None:
-                return None, [], why
-            objects += sub
+            objects += accumulate(path, [], visited, component=False)
         else:
             sub = load_quiet(path)
             if sub is None:
-                return None, [], f"resource {resource} is missing or does not parse"
+                raise Unsupported(f"resource {resource} is missing or does not parse")
             objects += sub
-    for gen in k.get("configMapGenerator") or []:
-        options = gen.get("options") or {}
-        if gen.get("behavior") != "merge" or set(gen) - {"name", "behavior", "files", "literals", "options"} \
-                or set(options) - {"disableNameSuffixHash"}:
-            return None, [], f"configMapGenerator {gen.get('name')!r}: only behavior: merge with files and literals is built here"
-        targets = [o for o in objects if o.get("kind") == "ConfigMap"
-                   and (o.get("metadata") or {}).get("name") == gen.get("name")]
-        if len(targets) != 1:
-            return None, [], f"configMapGenerator {gen.get('name')!r}: no single ConfigMap of that name to merge into"
-        data = targets[0].setdefault("data", {})
-        for entry in gen.get("files") or []:
-            key, _, file = entry.rpartition("=")
-            try:
-                data[key or Path(file).name] = (directory / file).read_text()
-            except OSError as e:
-                return None, [], f"configMapGenerator file {file}: {e.strerror}"
-        for literal in gen.get("literals") or []:
-            key, _, value = literal.partition("=")
-            data[key] = value
+    for kind, field in (("ConfigMap", "configMapGenerator"), ("Secret", "secretGenerator")):
+        for gen in k.get(field) or []:
+            generate(directory, kind, gen, objects)
+    for path in k.get("components") or []:
+        accumulate((directory / path).resolve(), objects, visited, component=True)
+    for patch in k.get("patches") or []:
+        apply_patch(directory, patch, objects, directory.name if component else None)
     for r in k.get("replicas") or []:
-        targets = [o for o in objects if o.get("kind") in ("Deployment", "StatefulSet", "ReplicaSet")
+        targets = [o for o in objects if o.get("kind") in WORKLOADS
                    and (o.get("metadata") or {}).get("name") == r.get("name")]
         if not targets:
-            return None, [], f"replicas: no workload named {r.get('name')!r}"
+            raise Unsupported(f"replicas: no workload named {r.get('name')!r}")
         for t in targets:
             t.setdefault("spec", {})["replicas"] = r.get("count")
-    return objects, visited, None
+    return objects
+
+
+def generate(directory, kind, gen, objects):
+    """One configMapGenerator or secretGenerator entry."""
+    name, behavior = gen.get("name"), gen.get("behavior", "create")
+    options = gen.get("options") or {}
+    allowed = {"name", "behavior", "files", "literals", "options"} | ({"type"} if kind == "Secret" else set())
+    if set(gen) - allowed or set(options) - {"disableNameSuffixHash", "labels", "annotations"} \
+            or behavior not in ("create", "merge", "replace"):
+        raise Unsupported(f"{kind} generator {name!r}: only name, behavior, files, literals, "
+                          "options (labels, annotations, disableNameSuffixHash) are built here")
+    data = {}
+    for entry in gen.get("files") or []:
+        key, _, file = entry.rpartition("=")
+        try:
+            raw = (directory / file).read_bytes()
+        except OSError as e:
+            raise Unsupported(f"{kind} generator file {file}: {e.strerror}")
+        if kind == "Secret":
+            data[key or Path(file).name] = kustomize_base64(raw)
+        else:
+            try:
+                data[key or Path(file).name] = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise Unsupported(f"configMapGenerator file {file} is not UTF-8 (kustomize makes it binaryData)")
+    for literal in gen.get("literals") or []:
+        key, _, value = literal.partition("=")
+        data[key] = kustomize_base64(value.encode()) if kind == "Secret" else value
+    hashed = not options.get("disableNameSuffixHash", False)
+    existing = [o for o in objects if o.get("kind") == kind and (o.get("metadata") or {}).get("name") == name]
+    if behavior == "create":
+        if existing:
+            raise Unsupported(f"{kind} generator {name!r}: a {kind} of that name exists (kustomize refuses)")
+        obj = {"apiVersion": "v1", "kind": kind, "metadata": {"name": name}, "data": data}
+        if kind == "Secret":
+            obj["type"] = gen.get("type", "Opaque")
+        for field in ("labels", "annotations"):
+            if options.get(field):
+                obj["metadata"][field] = dict(options[field])
+        obj[GENERATED] = hashed
+        objects.append(obj)
+        return
+    if len(existing) != 1:
+        raise Unsupported(f"{kind} generator {name!r}: no single {kind} of that name to {behavior} "
+                          "(a kustomization's generators run before its components)")
+    target = existing[0]
+    if behavior == "merge":
+        target.setdefault("data", {}).update(data)
+    else:
+        target["data"] = data
+    for field in ("labels", "annotations"):
+        if options.get(field):
+            target["metadata"].setdefault(field, {}).update(options[field])
+    # A plain resource stays unhashed; disableNameSuffixHash takes a generated one's hash away.
+    target[GENERATED] = target.get(GENERATED, False) and hashed
+
+
+def kustomize_base64(raw):
+    """Base64 as kustomize writes a Secret's data (kyaml encodeBase64): in lines of 70
+    characters, each ending in a newline once there is more than one line."""
+    text = base64.b64encode(raw).decode()
+    if len(text) // 70 + 1 == 1:
+        return text
+    return "".join(text[i:i + 70] + "\n" for i in range(0, len(text), 70))
+
+
+def label_selected(selector, labels):
+    """kustomize's labelSelector, in its equality-based form: k=v, k==v, k!=v, k, !k."""
+    for term in (t.strip() for t in selector.split(",")):
+        if re.search(r"\s(in|notin)\s*\(", term):
+            raise Unsupported(f"labelSelector {selector!r}: set-based terms are not evaluated here")
+        if "!=" in term:
+            key, value = (s.strip() for s in term.split("!=", 1))
+            if labels.get(key) == value:
+                return False
+        elif "=" in term:
+            key, value = (s.strip() for s in re.split("==?", term, maxsplit=1))
+            if labels.get(key) != value:
+                return False
+        elif term.startswith("!"):
+            if term[1:].strip() in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+def patch_targets(entry, patch, objects):
+    """The objects a `patches:` entry applies to."""
+    target = entry.get("target")
+    if target is None:
+        meta = patch.get("metadata") or {}
+        found = [o for o in objects if o.get("kind") == patch.get("kind")
+                 and (o.get("metadata") or {}).get("name") == meta.get("name")]
+        if len(found) != 1:
+            raise Unsupported(f"patch {name_of(patch)}: no single target of that kind and name")
+        return found
+    if set(target) - {"kind", "name", "labelSelector"}:
+        raise Unsupported(f"patch target {target}: only kind, name and labelSelector are evaluated here")
+    found = []
+    for o in objects:
+        meta = o.get("metadata") or {}
+        if "kind" in target and not re.fullmatch(target["kind"], o.get("kind", "")):
+            continue
+        if "name" in target and not re.fullmatch(target["name"], meta.get("name", "")):
+            continue
+        if "labelSelector" in target and not label_selected(target["labelSelector"], meta.get("labels") or {}):
+            continue
+        found.append(o)
+    return found
+
+
+def apply_patch(directory, entry, objects, component):
+    """One `patches:` entry, strategic merge only. component names the Component it comes from
+    (None in a Kustomization): its merges into existing list elements are collisions."""
+    if set(entry) - {"path", "patch", "target"}:
+        raise Unsupported(f"patch {entry}: only path, patch and target are built here")
+    if "path" in entry:
+        docs = load_quiet(directory / entry["path"])
+        where = entry["path"]
+    else:
+        try:
+            docs = [d for d in yaml.load_all(entry.get("patch") or "", Loader=StrictLoader) if d is not None]
+        except yaml.YAMLError:
+            docs = None
+        where = "an inline patch"
+    if not docs or len(docs) != 1 or not isinstance(docs[0], dict) or "kind" not in docs[0]:
+        raise Unsupported(f"{where}: only a single strategic merge patch (an object with a kind) is "
+                          "built here, not JSON 6902 operations")
+    patch = docs[0]
+    for target in patch_targets(entry, patch, objects):
+        if target.get("kind") not in WORKLOADS:
+            raise Unsupported(f"{where}: strategic merge into a {target.get('kind')} is not built here")
+        body = {k: v for k, v in patch.items() if k not in ("apiVersion", "kind")}
+        meta = dict(body.get("metadata") or {})
+        meta.pop("name", None)
+        meta.pop("namespace", None)
+        body["metadata"] = meta
+        trail = f"{component}/{where} → {name_of(target)}" if component else None
+        strategic_merge(target, body, trail)
+
+
+def strategic_merge(dest, patch, trail, path=""):
+    """Merges patch into dest as kustomize's strategic merge does: maps key by key, null
+    deletes, lists in MERGE_KEYS element by element (the patch's elements first, in its order,
+    then the rest of dest's), other lists and scalars replaced."""
+    for key, value in patch.items():
+        if isinstance(key, str) and key.startswith("$"):
+            raise Unsupported(f"strategic merge directive {key} is not built here")
+        if value is None:
+            dest.pop(key, None)
+        elif isinstance(value, dict) and isinstance(dest.get(key), dict):
+            strategic_merge(dest[key], value, trail, f"{path}.{key}")
+        elif isinstance(value, list) and key in MERGE_KEYS and isinstance(dest.get(key), list) \
+                and all(isinstance(i, dict) for i in value + dest[key]):
+            mk = MERGE_KEYS[key]
+            old = {item.get(mk): item for item in dest[key]}
+            merged, keys = [], set()
+            for item in value:
+                keys.add(item.get(mk))
+                if item.get(mk) in old:
+                    if trail:
+                        component_collisions.append((trail, f"{path}.{key}[{mk}={item.get(mk)}]"))
+                    strategic_merge(old[item.get(mk)], item, trail, f"{path}.{key}[{item.get(mk)}]")
+                    merged.append(old[item.get(mk)])
+                else:
+                    merged.append(without_nulls(item))
+            dest[key] = merged + [item for item in dest[key] if item.get(mk) not in keys]
+        else:
+            dest[key] = without_nulls(value)
+
+
+def without_nulls(value):
+    if isinstance(value, dict):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_nulls(v) for v in value]
+    return copy.deepcopy(value)
+
+
+def kustomize_hash(obj):
+    """The suffix kustomize gives a generated ConfigMap or Secret (api/hasher): the first 10 hex
+    digits of the SHA-256 of Go's json.Marshal of {kind, name, data[, type]}, with 0, 1, 3, a,
+    e mapped to g, h, k, m, t. kustomize looks the name up as a field literally called
+    "metadata/name", finds none and hashes "": the suffix depends on the content only."""
+    m = {"kind": obj["kind"], "name": "", "data": obj.get("data") or {}}
+    if obj["kind"] == "Secret":
+        m["type"] = obj.get("type", "")
+    for extra in ("binaryData", "stringData"):
+        if isinstance(obj.get(extra), dict):
+            m[extra] = obj[extra]
+    text = json.dumps(m, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    for char, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
+                          ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(char, escaped)  # Go escapes these in JSON strings
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+    return digest.translate(str.maketrans("013ae", "ghkmt"))
+
+
+def rename_generated(objects):
+    """kustomize's last steps: generated names get their hash, and the pod templates that
+    name them follow (volumes, projected sources, env, envFrom, imagePullSecrets)."""
+    renamed = {}  # (kind, old name) -> new name
+    for o in objects:
+        if o.pop(GENERATED, False):
+            new = f"{o['metadata']['name']}-{kustomize_hash(o)}"
+            renamed[(o["kind"], o["metadata"]["name"])] = new
+            o["metadata"]["name"] = new
+    if not renamed:
+        return
+
+    def follow(ref, field, kind):
+        if isinstance(ref, dict) and (kind, ref.get(field)) in renamed:
+            ref[field] = renamed[(kind, ref[field])]
+
+    for o in objects:
+        if o.get("kind") not in WORKLOADS:
+            continue
+        pod = (((o.get("spec") or {}).get("template") or {}).get("spec")) or {}
+        for v in pod.get("volumes") or []:
+            follow(v.get("configMap"), "name", "ConfigMap")
+            follow(v.get("secret"), "secretName", "Secret")
+            for source in (v.get("projected") or {}).get("sources") or []:
+                follow(source.get("configMap"), "name", "ConfigMap")
+                follow(source.get("secret"), "name", "Secret")
+        for s in pod.get("imagePullSecrets") or []:
+            follow(s, "name", "Secret")
+        for c in (pod.get("initContainers") or []) + (pod.get("containers") or []):
+            for e in c.get("env") or []:
+                follow((e.get("valueFrom") or {}).get("configMapKeyRef"), "name", "ConfigMap")
+                follow((e.get("valueFrom") or {}).get("secretKeyRef"), "name", "Secret")
+            for e in c.get("envFrom") or []:
+                follow(e.get("configMapRef"), "name", "ConfigMap")
+                follow(e.get("secretRef"), "name", "Secret")
+
+
+def check_files(directory, k, manifests):
+    """Check 4's file checks on a kustomization.yaml (Kustomization or Component): what it lists
+    exists, and it lists every manifest of its directory (as a resource or a patch)."""
+    listed = k.get("resources") or []
+    if listed or k.get("kind", "Kustomization") == "Kustomization":
+        missing = [r for r in listed if not ((directory / r).is_file()
+                                             or (directory / r / "kustomization.yaml").is_file())]
+        if missing:
+            fail("kustomization.yaml resources exist", f"missing (or a directory without a kustomization.yaml): {', '.join(missing)}")
+        else:
+            ok(f"kustomization.yaml resources exist ({', '.join(listed)})")
+    for field in ("configMapGenerator", "secretGenerator"):
+        generated = [entry.rpartition("=")[2] for gen in k.get(field) or []
+                     for entry in gen.get("files") or []]
+        if generated:
+            absent = [f for f in generated if not (directory / f).is_file()]
+            if absent:
+                fail(f"kustomization.yaml {field} files exist", f"missing: {', '.join(absent)}")
+            else:
+                ok(f"kustomization.yaml {field} files exist ({', '.join(generated)})")
+    patches = patch_files(k)
+    if patches:
+        absent = [p for p in patches if not (directory / p).is_file()]
+        if absent:
+            fail("kustomization.yaml patch files exist", f"missing: {', '.join(absent)}")
+        else:
+            ok(f"kustomization.yaml patch files exist ({', '.join(patches)})")
+    components = k.get("components") or []
+    if components:
+        wrong = []
+        for c in components:
+            docs = load_quiet(directory / c / "kustomization.yaml") if (directory / c / "kustomization.yaml").is_file() else None
+            if not docs or docs[0].get("kind") != "Component":
+                wrong.append(c)
+        if wrong:
+            fail("kustomization.yaml components are directories with a kind: Component kustomization.yaml", f"not: {', '.join(wrong)}")
+        else:
+            ok(f"kustomization.yaml components are Components ({', '.join(components)})")
+    unlisted = sorted(m for m in manifests if m not in listed and m not in patches and ".example." not in m)
+    if unlisted:
+        fail("kustomization.yaml lists every manifest", f"not listed (and not *.example.*): {', '.join(unlisted)}")
+    else:
+        excluded = sorted(m for m in manifests if m not in listed and m not in patches)
+        ok("kustomization.yaml lists every manifest" + (f" (left out on purpose: {', '.join(excluded)})" if excluded else ""))
+
+
+def patch_files(k):
+    return [p["path"] for p in k.get("patches") or [] if isinstance(p, dict) and "path" in p]
 
 
 def check_kustomization(directory, k, manifests):
     """Check 4 on one kustomization.yaml. Returns the objects it renders (kubectl's when it is
     installed, else the offline build; None if neither works) and the directories drawn on."""
-    listed = k.get("resources") or []
-    missing = [r for r in listed if not ((directory / r).is_file()
-                                         or (directory / r / "kustomization.yaml").is_file())]
-    if missing:
-        fail("kustomization.yaml resources exist", f"missing (or a directory without a kustomization.yaml): {', '.join(missing)}")
-    else:
-        ok(f"kustomization.yaml resources exist ({', '.join(listed)})")
-    generated = [entry.rpartition("=")[2] for gen in k.get("configMapGenerator") or []
-                 for entry in gen.get("files") or []]
-    if generated:
-        absent = [f for f in generated if not (directory / f).is_file()]
-        if absent:
-            fail("kustomization.yaml configMapGenerator files exist", f"missing: {', '.join(absent)}")
-        else:
-            ok(f"kustomization.yaml configMapGenerator files exist ({', '.join(generated)})")
-    unlisted = sorted(m for m in manifests if m not in listed and ".example." not in m)
-    if unlisted:
-        fail("kustomization.yaml lists every manifest", f"not listed (and not *.example.*): {', '.join(unlisted)}")
-    else:
-        excluded = sorted(m for m in manifests if m not in listed)
-        ok("kustomization.yaml lists every manifest" + (f" (left out on purpose: {', '.join(excluded)})" if excluded else ""))
+    check_files(directory, k, manifests)
 
     rendered, why = render(directory)
     if why and why.startswith("SKIPPED:"):
@@ -466,13 +771,17 @@ def check_kustomization(directory, k, manifests):
         for doc in rendered:
             validate_object(doc, "rendered")
 
+    component_collisions.clear()
     composed, visited, why_not = compose(directory)
+    for trail, what in component_collisions:
+        fail(f"component patch {trail}", f"merges into the target's existing {what} instead of adding "
+             "one: the app already uses that name; rename the app's")
     if composed is None:
         if rendered is None:
             fail("kustomization built without kubectl", why_not)
         else:
             skip("kustomization built without kubectl", why_not)
-        return rendered, [directory]
+        return rendered, [directory] + [(directory / c).resolve() for c in k.get("components") or []]
     if rendered is not None:
         mine = sorted((object_key(d), json.dumps(d, sort_keys=True)) for d in composed)
         theirs = sorted((object_key(d), json.dumps(d, sort_keys=True)) for d in rendered)
@@ -483,7 +792,128 @@ def check_kustomization(directory, k, manifests):
             fail("the build without kubectl equals kubectl kustomize's output", f"differs in {', '.join(diff)}")
         return rendered, visited
     ok(f"built without kubectl: {len(composed)} object(s): {', '.join(name_of(d) for d in composed)}")
+    for doc in composed:
+        validate_object(doc, "built")
     return composed, visited
+
+
+def check_components(directory, k, objects):
+    """Each target of a component's patches matches an object of the kustomization, and each
+    object it matches carries what the patch adds (a target label added after the component
+    ran, by this kustomization's own labels or patches, matches without a patch)."""
+    for path in k.get("components") or []:
+        comp_dir = (directory / path).resolve()
+        comp = (load_quiet(comp_dir / "kustomization.yaml") or [None])[0]
+        if not comp:
+            continue  # reported by check_files
+        for entry in comp.get("patches") or []:
+            if not isinstance(entry, dict) or "path" not in entry or "target" not in entry:
+                continue
+            patch = (load_quiet(comp_dir / entry["path"]) or [None])[0]
+            if not patch:
+                continue
+            what = f"component {path}: {entry['path']} (target {entry['target']})"
+            try:
+                hits = patch_targets(entry, patch, objects)
+            except Unsupported as e:
+                skip(what, str(e))
+                continue
+            if not hits:
+                fail(what, "matches no object here, so nothing gets the sidecar: label the Deployment "
+                     "in its own manifest (see the component's kustomization.yaml)")
+                continue
+            pod = ((patch.get("spec") or {}).get("template") or {}).get("spec") or {}
+            for hit in hits:
+                hit_pod = ((hit.get("spec") or {}).get("template") or {}).get("spec") or {}
+                absent = [f"{field} {item.get('name')}" for field in ("initContainers", "containers", "volumes")
+                          for item in pod.get(field) or []
+                          if item.get("name") not in {i.get("name") for i in hit_pod.get(field) or []}]
+                if absent:
+                    fail(f"{what} patched {name_of(hit)}", f"it has no {', '.join(absent)}: its label was "
+                         "set after the component ran; set it in the Deployment's manifest")
+                else:
+                    added = "; ".join(f"{field}: {', '.join(i.get('name') for i in pod.get(field))}"
+                                      for field in ("initContainers", "containers", "volumes") if pod.get(field))
+                    ok(f"{what} patched {name_of(hit)} ({added})")
+
+
+def check_component(directory, k, manifests):
+    """Check 4 on a Component's own directory. It cannot be built on its own: its generators and
+    patches are built (and checks 2-6 run) through the overlays that list it, and at least one
+    must. Its sidecar must stay ../kubernetes/'s and its gateway.toml set what the base's does."""
+    check_files(directory, k, manifests)
+    users = []
+    for other in sorted(directory.parent.glob("*/kustomization.yaml")):
+        docs = load_quiet(other)
+        if docs and any((other.parent / c).resolve() == directory for c in docs[0].get("components") or []):
+            users.append(f"{other.parent.name}/")
+    if users:
+        ok(f"Component used by {', '.join(users)}: rendered and checked there")
+    else:
+        fail("Component used by an overlay", f"no {directory.parent.name}/*/kustomization.yaml lists it "
+             "in components, so its patches are never rendered or checked")
+
+    base_dir = directory.parent / "kubernetes"
+    base, why = render(base_dir) if (base_dir / "kustomization.yaml").is_file() else (None, "SKIPPED:no ../kubernetes/")
+    if base is None and (base_dir / "kustomization.yaml").is_file():
+        base, _, why = compose(base_dir)
+    if base is None:
+        skip("Component compared with ../kubernetes/", str(why).split(":", 1)[-1])
+        return
+
+    def sidecar(pod):
+        volumes = {v.get("name"): {x: y for x, y in v.items() if x != "name"} for v in pod.get("volumes") or []}
+        for c in (pod.get("initContainers") or []) + (pod.get("containers") or []):
+            if "tim-gateway" in str(c.get("image", "")):
+                c = copy.deepcopy(c)
+                for m in c.get("volumeMounts") or []:  # a mount is known by its volume's source
+                    m["name"] = volumes.get(m.get("name"))
+                return c
+        return None
+
+    base_pods = [((d.get("spec") or {}).get("template") or {}).get("spec") or {}
+                 for d in base if d.get("kind") in WORKLOADS]
+    base_sidecar = next((s for s in map(sidecar, base_pods) if s), None)
+    for patch_file in patch_files(k):
+        for patch in load_quiet(directory / patch_file) or []:
+            mine = sidecar(((patch.get("spec") or {}).get("template") or {}).get("spec") or {})
+            if mine is None or base_sidecar is None:
+                continue
+            what = f"{patch_file} container {mine.get('name')} is ../kubernetes/'s (volume names aside)"
+            if json.dumps(mine, sort_keys=True) == json.dumps(base_sidecar, sort_keys=True):
+                ok(what)
+            else:
+                fields = sorted(f for f in set(mine) | set(base_sidecar) if mine.get(f) != base_sidecar.get(f))
+                fail(what, f"differs in {', '.join(fields)}; make the same change in both")
+    base_toml = next(((d.get("data") or {}).get("gateway.toml") for d in base
+                      if d.get("kind") == "ConfigMap" and "gateway.toml" in (d.get("data") or {})), None)
+    for gen in k.get("configMapGenerator") or []:
+        for entry in gen.get("files") or []:
+            key, _, file = entry.rpartition("=")
+            if (key or Path(file).name) != "gateway.toml" or base_toml is None or not (directory / file).is_file():
+                continue
+            what = f"{file} sets what ../kubernetes/'s gateway.toml sets (comments aside)"
+            try:
+                mine, theirs = tomllib.loads((directory / file).read_text()), tomllib.loads(base_toml)
+            except tomllib.TOMLDecodeError as e:
+                fail(what, f"does not parse: {e}")
+                continue
+            if mine == theirs:
+                ok(what)
+            else:
+                mine, theirs = _flat(mine), _flat(theirs)
+                differ = sorted(x for x in set(mine) | set(theirs) if mine.get(x) != theirs.get(x))
+                fail(what, f"differs in {', '.join(differ)}; make the same change in both")
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def check_overlay_configs(directory, k, objects):
@@ -569,10 +999,17 @@ def under(path, mount):
 
 
 
-def cross_references(objects, where):
+def generated_from(name, generators):
+    """The generator (configMapGenerator/secretGenerator name) that made `name`, if it is that
+    name with kustomize's hash suffix."""
+    return next((g for g in generators if re.fullmatch(re.escape(str(g)) + r"-[245-9bcdfghkmt]{10}", str(name))), None)
+
+
+def cross_references(objects, where, generators=()):
     """Check 5 on the objects one kustomization renders (plus the example files); `where`
-    names their directory in messages. Returns the gateway configurations found, as
-    (label, toml text, parsed), for check 6."""
+    names their directory in messages, `generators` the names its generators give (with a
+    hash suffix). Returns the gateway configurations found, as (label, toml text, parsed),
+    for check 6."""
     by_kind = {}
     for doc in objects:
         by_kind.setdefault(doc.get("kind"), []).append(doc)
@@ -604,8 +1041,12 @@ def cross_references(objects, where):
                 if ref in configmaps:
                     keys = set((configmaps[ref].get("data") or {}))
                     missing = [i["key"] for i in v["configMap"].get("items") or [] if i.get("key") not in keys]
+                    gen = generated_from(ref, generators)
                     if missing:
                         fail(f"{label} volume {v['name']}", f"ConfigMap {ref} has no key(s) {missing}")
+                    elif gen:
+                        ok(f"{label} volume {v['name']} → ConfigMap {ref} (generated from {gen}; "
+                           "the hash follows its content, so a change rolls the pods)")
                     else:
                         ok(f"{label} volume {v['name']} → ConfigMap {ref}")
                 else:
@@ -615,8 +1056,12 @@ def cross_references(objects, where):
                 if ref in secrets:
                     keys = set(secrets[ref].get("data") or {}) | set(secrets[ref].get("stringData") or {})
                     missing = [i["key"] for i in v["secret"].get("items") or [] if i.get("key") not in keys]
+                    gen = generated_from(ref, generators)
                     if missing:
                         fail(f"{label} volume {v['name']}", f"Secret {ref} has no key(s) {missing}")
+                    elif gen:
+                        ok(f"{label} volume {v['name']} → Secret {ref} (generated from {gen}; "
+                           "the hash follows its content, so a change rolls the pods)")
                     else:
                         ok(f"{label} volume {v['name']} → Secret {ref} (example in {where})")
                 else:
@@ -1049,17 +1494,28 @@ def validate_dir(directory):
     for path in files:
         for doc in load_docs(path, path.name):
             objects.append((path.name, doc))
+    kustomizations = [d for f, d in objects if d.get("kind") in ("Kustomization", "Component")]
+    patches = set(patch_files(kustomizations[0])) if kustomizations else set()
     for fname, doc in objects:
-        validate_object(doc, fname)
+        validate_object(doc, fname, patch=fname in patches)
 
-    kustomizations = [d for f, d in objects if d.get("kind") == "Kustomization"]
+    if kustomizations and kustomizations[0].get("kind") == "Component":
+        manifests = {f for f, d in objects if d.get("kind") != "Component"}
+        check_component(directory, kustomizations[0], manifests)
+        return
+    generators = []
     if kustomizations:
         manifests = {f for f, d in objects if d.get("kind") != "Kustomization"}
         rendered, visited = check_kustomization(directory, kustomizations[0], manifests)
         if rendered is None:  # neither kubectl nor the build here: the files as they are
-            rendered = [d for f, d in objects if d.get("kind") != "Kustomization"]
+            rendered = [d for f, d in objects if d.get("kind") != "Kustomization" and f not in patches]
         else:
             check_overlay_configs(directory, kustomizations[0], rendered)
+            check_components(directory, kustomizations[0], rendered)
+            for d in visited:
+                k = (load_quiet(d / "kustomization.yaml") or [{}])[0]
+                generators += [g.get("name") for field in ("configMapGenerator", "secretGenerator")
+                               for g in k.get(field) or []]
             # The examples the kustomization leaves out on purpose (the Secret) still tell
             # which keys the real objects must have.
             for d in visited:
@@ -1069,7 +1525,7 @@ def validate_dir(directory):
     else:
         rendered, visited = [d for f, d in objects], [directory]
     where = ", ".join(f"{d.name}/" for d in visited)
-    check_configs(cross_references(rendered, where))
+    check_configs(cross_references(rendered, where, generators))
 
 
 for number, directory in enumerate(directories):

@@ -51,7 +51,8 @@ pub struct AccessLine<'a> {
     pub method: Option<&'a str>,
     /// Only for requests the gateway refused or failed.
     pub path: Option<&'a str>,
-    /// `-` when the request named no known app.
+    /// `-` when the request named no known app. App, command and cache are written as they
+    /// are, unescaped: they must be tokens (`[A-Za-z0-9_/-]`), as validated names are.
     pub app: &'a str,
     pub command: Option<&'a str>,
     /// `HIT`, `MISS`, `STALE` or `BYPASS`.

@@ -167,11 +167,11 @@ fn human(line: &AccessLine<'_>, timestamp: &[u8; 27], is_ansi: bool, out: &mut V
         out.extend_from_slice(b"\x1b[2m");
         out.extend_from_slice(timestamp);
         out.extend_from_slice(ANSI_HEAD);
-        fields(line, &ANSI_KEYS, logfmt_value, out);
+        fields(line, &ANSI_KEYS, logfmt_value, false, out);
     } else {
         out.extend_from_slice(timestamp);
         out.extend_from_slice(HUMAN_HEAD);
-        fields(line, &HUMAN_KEYS, logfmt_value, out);
+        fields(line, &HUMAN_KEYS, logfmt_value, false, out);
     }
     out.push(b'\n');
 }
@@ -180,20 +180,38 @@ fn json(line: &AccessLine<'_>, timestamp: &[u8; 27], out: &mut Vec<u8>) {
     out.extend_from_slice(br#"{"timestamp":""#);
     out.extend_from_slice(timestamp);
     out.extend_from_slice(JSON_HEAD);
-    fields(line, &JSON_KEYS, json_string, out);
+    fields(line, &JSON_KEYS, json_string, true, out);
     out.extend_from_slice(JSON_TAIL);
 }
 
 /// Each present field as its key then its value; absent ones are left out. Numbers are bare
-/// in both formats; `text` writes a string value. Inlined, so that the keys' lengths are
-/// constants at each copy.
+/// in both formats; `text` writes a string value; the app, command and cache result are plain
+/// tokens (`[A-Za-z0-9_/-]`: validated names), copied as they are (in quotes where `is_json`).
+/// Inlined, so that the keys' lengths are constants at each copy.
 #[inline(always)]
 fn fields(
     line: &AccessLine<'_>,
     keys: &Keys,
     text: impl Fn(&str, &mut Vec<u8>),
+    is_json: bool,
     out: &mut Vec<u8>,
 ) {
+    let token = |value: &str, out: &mut Vec<u8>| {
+        debug_assert!(
+            !value.is_empty()
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_/-".contains(&b)),
+            "not a token: {value:?}"
+        );
+        if is_json {
+            out.push(b'"');
+            out.extend_from_slice(value.as_bytes());
+            out.push(b'"');
+        } else {
+            out.extend_from_slice(value.as_bytes());
+        }
+    };
     let mut number = itoa::Buffer::new();
     out.extend_from_slice(keys[0]);
     text(line.request_id, out);
@@ -206,14 +224,14 @@ fn fields(
         text(path, out);
     }
     out.extend_from_slice(keys[3]);
-    text(line.app, out);
+    token(line.app, out);
     if let Some(command) = line.command {
         out.extend_from_slice(keys[4]);
-        text(command, out);
+        token(command, out);
     }
     if let Some(cache) = line.cache {
         out.extend_from_slice(keys[5]);
-        text(cache, out);
+        token(cache, out);
     }
     out.extend_from_slice(keys[6]);
     out.extend_from_slice(number.format(line.status).as_bytes());
