@@ -4,8 +4,9 @@
 #   scripts/validate-kubernetes.sh [DIR...]
 #
 # Without DIR: deploy/kubernetes/ (the base) and every deploy/kubernetes-*/ with a
-# kustomization.yaml (the overlays: deploy/kubernetes-fleet/). Each directory is validated on
-# its own; the counts at the end are for all of them.
+# kustomization.yaml (the overlays deploy/kubernetes-fleet/ and
+# deploy/kubernetes-component-example/, and the kustomize Component deploy/kubernetes-component/).
+# Each directory is validated on its own; the counts at the end are for all of them.
 #
 # What it checks, each failure listed and counted (exit 1 if any):
 #   1. Every *.yaml parses (duplicate keys are errors, as they are for kubectl).
@@ -16,17 +17,28 @@
 #   3. The PodMonitor against prometheus-operator's CRD schema, taken from the models that
 #      PyPI's `cloudcoil-models-prometheus-operator` generates from the CRDs, made strict the
 #      same way (additionalProperties: false on every object with declared properties).
-#   4. kustomization.yaml: its resources (files, or directories with a kustomization.yaml) and
-#      generator files exist, every non-example manifest is listed, and `kubectl kustomize`
-#      renders it (when kubectl is installed; the rendered objects go through checks 2-3
-#      again). The same objects are also built without kubectl, for the subset of kustomize
-#      used here (resources, configMapGenerator with behavior: merge, replicas), and must
-#      equal kubectl's: that build stands in for kubectl where it is missing.
+#   4. kustomization.yaml: its resources (files, or directories with a kustomization.yaml),
+#      components (directories with a kind: Component kustomization.yaml), generator files and
+#      patch files exist, every non-example manifest is listed (as a resource or a patch), and
+#      `kubectl kustomize` renders it (when kubectl is installed; the rendered objects go
+#      through checks 2-3 again). The same objects are also built without kubectl, for the
+#      subset of kustomize used here (resources, components, configMapGenerator and
+#      secretGenerator with their hash suffixes, strategic merge patches with a target,
+#      replicas), and must equal kubectl's: that build stands in for kubectl where it is
+#      missing (its objects then go through checks 2-3). A patch file is checked against the
+#      schemas without their required fields. For a kustomization that lists components: every
+#      target of a component's patch matches an object and the objects it matches carry what
+#      it adds, and the patch adds its containers and volumes rather than merging into ones of
+#      the same name. A Component's own directory cannot be rendered on its own: an overlay
+#      must list it; its sidecar container must be deploy/kubernetes/'s (volume names aside)
+#      and its gateway.toml must set what the base's sets.
 #   5. Cross-references schemas cannot see, on the objects the kustomization renders (plus
 #      the *.example.* files of every directory it draws on): selectors match the pod labels,
-#      probe and PodMonitor ports exist, volumes resolve to the ConfigMap/Secret, the
-#      gateway's --config and secret_key_file lie under their mounts, listen ports match the
-#      declared container ports, terminationGracePeriodSeconds > server.shutdown_grace;
+#      probe and PodMonitor ports exist, volumes resolve to the ConfigMap/Secret (generated
+#      ones by their hash-suffixed names), the gateway's --config and secret_key_file lie
+#      under their mounts (a non-root gateway needs a pod fsGroup to read the key), listen
+#      ports match the declared container ports, terminationGracePeriodSeconds >
+#      server.shutdown_grace;
 #      Services and NetworkPolicies select a pod template and name its ports. In fleet mode:
 #      fleet.redis_url names a Service and port of the kustomization (a host outside the
 #      cluster is skipped), its NetworkPolicy admits the gateway's pods, and
@@ -877,7 +889,10 @@ def check_component(directory, k, manifests):
     for patch_file in patch_files(k):
         for patch in load_quiet(directory / patch_file) or []:
             mine = sidecar(((patch.get("spec") or {}).get("template") or {}).get("spec") or {})
-            if mine is None or base_sidecar is None:
+            if mine is None:
+                continue
+            if base_sidecar is None:
+                skip(f"{patch_file} container {mine.get('name')} compared with ../kubernetes/'s", "no tim-gateway container there")
                 continue
             what = f"{patch_file} container {mine.get('name')} is ../kubernetes/'s (volume names aside)"
             if json.dumps(mine, sort_keys=True) == json.dumps(base_sidecar, sort_keys=True):

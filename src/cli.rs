@@ -189,6 +189,8 @@ pub enum Task {
         loaded: Box<Loaded>,
         /// Read again on SIGHUP or when it changes.
         config: PathBuf,
+        /// Its contents, read just before `loaded` was loaded from it.
+        read_at_start: Option<Vec<u8>>,
         shutdown_grace: Option<Duration>,
     },
     /// Nothing left to run: the configuration was invalid, and every problem is printed.
@@ -204,14 +206,18 @@ impl Task {
             Command::Serve {
                 config,
                 shutdown_grace,
-            } => match load_or_explain(&config, &Env::from_process(), format) {
-                Some(loaded) => Task::Serve {
-                    loaded: Box::new(loaded),
-                    config,
-                    shutdown_grace,
-                },
-                None => Task::Done(Exit::BadConfig),
-            },
+            } => {
+                let read_at_start = std::fs::read(&config).ok();
+                match load_or_explain(&config, &Env::from_process(), format) {
+                    Some(loaded) => Task::Serve {
+                        loaded: Box::new(loaded),
+                        config,
+                        read_at_start,
+                        shutdown_grace,
+                    },
+                    None => Task::Done(Exit::BadConfig),
+                }
+            }
             command => Task::Other(command, format),
         }
     }
@@ -236,8 +242,9 @@ impl Task {
             Task::Serve {
                 loaded,
                 config,
+                read_at_start,
                 shutdown_grace,
-            } => serve(&loaded, config, shutdown_grace).await,
+            } => serve(&loaded, (config, read_at_start), shutdown_grace).await,
             Task::Done(exit) => Ok(exit),
             Task::Other(command, format) => run(command, format).await,
         }
@@ -247,7 +254,7 @@ impl Task {
 /// Runs `serve` until a stop signal and the drain that follows it.
 async fn serve(
     loaded: &Loaded,
-    config: PathBuf,
+    (config, read_at_start): (PathBuf, Option<Vec<u8>>),
     shutdown_grace: Option<Duration>,
 ) -> anyhow::Result<Exit> {
     if let Err(error) = crate::log_level::apply(&loaded.config.log.level) {
@@ -265,6 +272,7 @@ async fn serve(
     let _reloader = crate::reload::Reloader::new(
         config,
         &loaded.config,
+        read_at_start,
         std::sync::Arc::clone(gateway.proxy()),
     )
     .run(hangup);
@@ -309,10 +317,13 @@ async fn run(command: Command, format: LogFormat) -> anyhow::Result<Exit> {
         Command::Serve {
             config,
             shutdown_grace,
-        } => match load_or_explain(&config, &env, format) {
-            Some(loaded) => serve(&loaded, config, shutdown_grace).await,
-            None => Ok(Exit::BadConfig),
-        },
+        } => {
+            let read_at_start = std::fs::read(&config).ok();
+            match load_or_explain(&config, &env, format) {
+                Some(loaded) => serve(&loaded, (config, read_at_start), shutdown_grace).await,
+                None => Ok(Exit::BadConfig),
+            }
+        }
         Command::Demo {
             listen,
             admin_listen,

@@ -16,7 +16,7 @@ mod metrics;
 mod script;
 
 pub use backend::{Fallback, FleetThrottle, UNAVAILABLE_RETRY};
-pub use budget::{FleetBudget, LOOKAHEAD, MAX_BATCH, MAX_LATE_IN_A_ROW};
+pub use budget::{FleetBudget, LOOKAHEAD, MAX_BATCH, MAX_LATE_IN_A_ROW, SETTLE};
 pub(crate) use control::{next_message, subscribe, PING_EVERY};
 pub use members::{MemberStatus, Membership, FALLBACK_MAX, FORGET_AFTER, HEARTBEAT, SUSPECT_AFTER};
 pub use metrics::{Failure, FleetMetrics, Op};

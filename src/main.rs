@@ -26,10 +26,13 @@ const LOG_BUFFER_LINES: usize = 64 * 1024;
 fn init_tracing(format: LogFormat) -> LogGuard {
     // `RUST_LOG` pins the filter; otherwise `log.level` sets it once the config is read, and
     // again on every reload.
-    let pinned = std::env::var("RUST_LOG")
+    let rust_log = std::env::var("RUST_LOG")
         .ok()
-        .filter(|value| !value.trim().is_empty())
+        .filter(|value| !value.trim().is_empty());
+    let pinned = rust_log
+        .as_ref()
         .and_then(|_| EnvFilter::try_from_default_env().ok());
+    let is_rust_log_invalid = rust_log.is_some() && pinned.is_none();
     let is_pinned = pinned.is_some();
     let filter = pinned.unwrap_or_else(|| EnvFilter::new("info"));
     let backlog = access_log::Backlog::new();
@@ -72,6 +75,9 @@ fn init_tracing(format: LogFormat) -> LogGuard {
                 is_pinned,
             );
         }
+    }
+    if is_rust_log_invalid {
+        tracing::warn!("RUST_LOG is not a valid log filter: it is ignored and log.level applies");
     }
     // After `init`: the access log asks the subscriber now whether it is on.
     let access = access_log::install(writer, access_format).expect("logging is set up once, here");

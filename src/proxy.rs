@@ -179,12 +179,20 @@ impl Proxy {
         &self.config_metrics
     }
 
-    /// Applies a reloaded configuration's live settings (SIGHUP or a changed file).
-    pub fn apply_live(&self, started: &Config, new: &Config) {
+    /// Applies a reloaded configuration's live settings (SIGHUP or a changed file); says
+    /// what became of `log.level`.
+    ///
+    /// # Errors
+    /// The log filter could not be replaced (logged; it stays as it was).
+    pub fn apply_live(
+        &self,
+        started: &Config,
+        new: &Config,
+    ) -> Result<crate::log_level::Applied, String> {
         self.shared.apply_live(started, new);
-        if let Err(error) = crate::log_level::apply(&new.log.level) {
+        crate::log_level::apply(&new.log.level).inspect_err(|error| {
             tracing::warn!(%error, "cannot apply log.level; the log filter stays as it was");
-        }
+        })
     }
 
     /// Commands `config` names that the running catalogue does not know (restart needed).

@@ -55,33 +55,53 @@ impl Changes {
     /// Compares the effective settings of `running` and `new`. A list (`cache.rules[2].ttl`)
     /// is named by its key without the index.
     pub fn between(running: &Config, new: &Config) -> Changes {
-        let (old, new) = (settings(running), settings(new));
-        let mut changes = Changes::default();
-        let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
-        for key in keys {
-            if old.get(key) == new.get(key) {
-                continue;
-            }
-            let name = key.split('[').next().unwrap_or(key).to_owned();
-            let is_live_app = name
-                .strip_prefix("apps.")
-                .and_then(|rest| rest.rsplit_once('.'))
-                .is_some_and(|(app, field)| {
-                    LIVE_APP.contains(&field)
-                        && old.get(&format!("apps.{app}.sdkappid"))
-                            == new.get(&format!("apps.{app}.sdkappid"))
-                });
-            let list = if LIVE.contains(&name.as_str()) || is_live_app {
-                &mut changes.live
-            } else {
-                &mut changes.restart
-            };
-            if !list.contains(&name) {
-                list.push(name);
-            }
-        }
-        changes
+        Changes::plan(running, running, new)
     }
+
+    /// What a reload to `new` applies (live settings that differ from `applied`, the last
+    /// configuration applied) and what waits for a restart (other settings that differ from
+    /// `started`, what the process started with). An app's settings are live only while it
+    /// keeps the SDKAppID it started with, as `Proxy::apply_live` does.
+    pub fn plan(started: &Config, applied: &Config, new: &Config) -> Changes {
+        let (started, applied, new) = (settings(started), settings(applied), settings(new));
+        Changes {
+            live: changed(&applied, &new)
+                .into_iter()
+                .filter(|name| is_live(name, &started, &new))
+                .collect(),
+            restart: changed(&started, &new)
+                .into_iter()
+                .filter(|name| !is_live(name, &started, &new))
+                .collect(),
+        }
+    }
+}
+
+/// The settings whose values differ, by name (a list's entries under the list's name).
+fn changed(old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) -> Vec<String> {
+    let mut names: Vec<String> = old
+        .keys()
+        .chain(new.keys())
+        .filter(|key| old.get(*key) != new.get(*key))
+        .map(|key| key.split('[').next().unwrap_or(key).to_owned())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Whether a reload from a process started with `started` to `new` applies setting `name`.
+fn is_live(name: &str, started: &BTreeMap<String, String>, new: &BTreeMap<String, String>) -> bool {
+    let is_live_app = name
+        .strip_prefix("apps.")
+        .and_then(|rest| rest.rsplit_once('.'))
+        .is_some_and(|(app, field)| {
+            let sdkappid = format!("apps.{app}.sdkappid");
+            LIVE_APP.contains(&field)
+                && started.get(&sdkappid).is_some()
+                && started.get(&sdkappid) == new.get(&sdkappid)
+        });
+    LIVE.contains(&name) || is_live_app
 }
 
 /// `key → value` of every effective setting.
@@ -99,6 +119,8 @@ fn settings(config: &Config) -> BTreeMap<String, String> {
 enum Trigger {
     Signal,
     FileChanged,
+    /// The last reload failed: tried again at each poll.
+    Retry,
 }
 
 impl Trigger {
@@ -106,6 +128,7 @@ impl Trigger {
         match self {
             Trigger::Signal => "SIGHUP",
             Trigger::FileChanged => "file changed",
+            Trigger::Retry => "retry after a failure",
         }
     }
 }
@@ -148,18 +171,29 @@ pub struct Reloader {
     applied: Config,
     /// The file's contents when last read, to notice a change.
     last_read: Option<Vec<u8>>,
+    /// Why the last reload failed: it is tried again at every poll (a key or certificate
+    /// file caught mid-swap, a file back as it was), and logged again only if the reason
+    /// changes.
+    failed: Option<String>,
 }
 
 impl Reloader {
-    /// For the gateway serving `proxy`, started with `config` read from `path`.
-    pub fn new(path: PathBuf, config: &Config, proxy: Arc<Proxy>) -> Self {
-        let last_read = std::fs::read(&path).ok();
+    /// For the gateway serving `proxy`, started with `config`, read from `path` whose
+    /// contents were `read_at_start` (read before the load: a change during startup is a
+    /// change, and reloads).
+    pub fn new(
+        path: PathBuf,
+        config: &Config,
+        read_at_start: Option<Vec<u8>>,
+        proxy: Arc<Proxy>,
+    ) -> Self {
         Reloader {
             path,
             proxy,
             started: config.clone(),
             applied: config.clone(),
-            last_read,
+            last_read: read_at_start,
+            failed: None,
         }
     }
 
@@ -172,7 +206,13 @@ impl Reloader {
             loop {
                 let trigger = tokio::select! {
                     () = hangup.recv() => Some(Trigger::Signal),
-                    _ = poll.tick() => self.has_changed().then_some(Trigger::FileChanged),
+                    _ = poll.tick() => {
+                        if self.has_changed() {
+                            Some(Trigger::FileChanged)
+                        } else {
+                            self.failed.is_some().then_some(Trigger::Retry)
+                        }
+                    }
                 };
                 if let Some(trigger) = trigger {
                     self.reload(trigger);
@@ -182,8 +222,8 @@ impl Reloader {
     }
 
     /// Whether the file's contents differ from the last read (a blocking read of a small
-    /// file, once per [`CONFIG_POLL`]). A file that cannot be read is no change: the reload
-    /// it would cause could only fail.
+    /// file, once per [`CONFIG_POLL`]). A file that cannot be read is no change here (a
+    /// failed reload is tried again anyway).
     fn has_changed(&mut self) -> bool {
         match std::fs::read(&self.path) {
             Ok(contents) if self.last_read.as_ref() != Some(&contents) => {
@@ -198,34 +238,37 @@ impl Reloader {
         if let Ok(contents) = std::fs::read(&self.path) {
             self.last_read = Some(contents);
         }
+        let metrics = self.proxy.config_metrics();
         let loaded = match Config::load(&self.path, &Env::from_process()) {
             Ok(loaded) => loaded,
             Err(error) => {
-                self.proxy.config_metrics().failure.inc();
-                self.proxy.config_metrics().last_successful.set(0);
-                log_invalid(&error, trigger);
+                let reason = error.to_string();
+                let is_new = self.failed.as_ref() != Some(&reason);
+                if is_new || !matches!(trigger, Trigger::Retry) {
+                    log_invalid(&error, trigger);
+                    metrics.last_successful.set(0);
+                    metrics.failure.inc();
+                }
+                self.failed = Some(reason);
                 return;
             }
         };
+        self.failed = None;
         for warning in &loaded.warnings {
             tracing::warn!(key = %warning.key, "{}", warning.message);
         }
         let new = loaded.config;
-        let live = Changes::between(&self.applied, &new).live;
-        let restart = Changes::between(&self.started, &new).restart;
-        let unknown = self.proxy.unknown_configured_commands(&new);
-        self.proxy.apply_live(&self.started, &new);
-        self.proxy.config_metrics().success.inc();
-        self.proxy.config_metrics().last_successful.set(1);
-        self.proxy
-            .config_metrics()
-            .last_success
-            .set(crate::metrics::unix_now());
-        let needs_restart = !restart.is_empty() || !unknown.is_empty();
-        self.proxy
-            .config_metrics()
-            .restart_required
-            .set(i64::from(needs_restart));
+        let Changes { mut live, restart } = Changes::plan(&self.started, &self.applied, &new);
+        let new_commands = self.proxy.unknown_configured_commands(&new);
+        let log_level = self.proxy.apply_live(&self.started, &new);
+        if log_level == Ok(crate::log_level::Applied::Pinned) {
+            for name in &mut live {
+                if name == "log.level" {
+                    name.push_str(" (not applied: RUST_LOG is set)");
+                }
+            }
+        }
+        let needs_restart = !restart.is_empty() || !new_commands.is_empty();
         tracing::info!(
             trigger = trigger.as_str(),
             applied = %list(&live),
@@ -234,10 +277,15 @@ impl Reloader {
         if needs_restart {
             tracing::warn!(
                 settings = %list(&restart),
-                new_commands = %list(&unknown),
+                new_commands = %list(&new_commands),
                 "these changed settings need a restart; their running values stay until then"
             );
         }
+        // The counter last: whoever waits for it sees every other effect.
+        metrics.restart_required.set(i64::from(needs_restart));
+        metrics.last_successful.set(1);
+        metrics.last_success.set(crate::metrics::unix_now());
+        metrics.success.inc();
         self.applied = new;
     }
 }
@@ -332,6 +380,42 @@ region = "singapore"
                 live: vec![],
                 restart: vec!["apps.main.origin".into(), "apps.main.sdkappid".into()],
             }
+        );
+    }
+
+    /// After several reloads, what is applied and what waits for a restart follow the same
+    /// rule as `apply_live`: an app's settings are live only under the SDKAppID it started
+    /// with.
+    #[test]
+    fn several_reloads_report_what_was_really_applied() {
+        let started = config(BASE);
+        let other_id = config(&BASE.replace("1400000001", "1400000002"));
+        let other_id_and_admin = config(&format!(
+            "{}identifier = \"ops\"\n",
+            BASE.replace("1400000001", "1400000002")
+        ));
+        // Another SDKAppID: a restart; then an identifier under it: not applied either.
+        assert_eq!(
+            Changes::plan(&started, &other_id, &other_id_and_admin),
+            Changes {
+                live: vec![],
+                restart: vec!["apps.main.identifier".into(), "apps.main.sdkappid".into()],
+            }
+        );
+        // Back to the SDKAppID it started with, with the new identifier: applied, no restart.
+        let admin = config(&format!("{BASE}identifier = \"ops\"\n"));
+        assert_eq!(
+            Changes::plan(&started, &other_id, &admin),
+            Changes {
+                live: vec!["apps.main.identifier".into()],
+                restart: vec![],
+            }
+        );
+        // A restart-only change reverted: nothing left to restart for.
+        let bigger = config(&format!("[server]\nmax_body_bytes = 1000\n{BASE}"));
+        assert_eq!(
+            Changes::plan(&started, &bigger, &started),
+            Changes::default()
         );
     }
 }

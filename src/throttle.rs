@@ -233,10 +233,17 @@ impl Budget {
     }
 
     /// New numbers (a reloaded config): slots taken already stand, later ones follow `spec`.
-    /// A lower rate therefore holds from the last slot taken before the change, so one
-    /// sliding second around the change holds at most the larger of the two budgets.
+    /// The next conforming instant (`tat − tolerance`) stays where it was: a larger burst is
+    /// earned by idle time under the new numbers, never granted at once on top of the calls
+    /// of the last second. So one sliding second around the change holds at most the larger
+    /// of the two budgets.
     pub fn set_spec(&self, spec: BudgetSpec) {
-        self.lock().rates = Rates::of(spec);
+        let mut state = self.lock();
+        let rates = Rates::of(spec);
+        state.tat = (state.tat + rates.tolerance)
+            .checked_sub(state.rates.tolerance)
+            .unwrap_or(state.tat);
+        state.rates = rates;
     }
 
     /// Callers currently waiting for a slot.

@@ -26,6 +26,12 @@ fn rewrite(served: &Served, edit: impl FnOnce(&str) -> String) {
     std::fs::rename(&next, &served.config).unwrap();
 }
 
+/// Waits until the gateway's log has a line containing `text` (lines reach the log through
+/// the writer thread and a pipe, after the metrics that tests wait for).
+async fn logged(served: &Served, text: &str) {
+    support::eventually(text, || served.log_text().contains(text)).await;
+}
+
 /// `tail` appended to the config the gateway started with.
 fn with_tail(original: &str, tail: &str) -> String {
     format!("{original}\n{tail}\n")
@@ -149,9 +155,11 @@ async fn an_invalid_file_keeps_the_running_configuration() {
     // SIGHUP with the file unchanged: a reload that changes nothing (no poll would see it).
     gateway.send_sighup();
     until(admin, SUCCESS, 1.0).await;
-    assert!(gateway
-        .log_text()
-        .contains("configuration reloaded trigger=\"SIGHUP\" applied=(none)"));
+    logged(
+        &gateway,
+        "configuration reloaded trigger=\"SIGHUP\" applied=(none)",
+    )
+    .await;
 
     let original = std::fs::read_to_string(&gateway.config).unwrap();
     rewrite(&gateway, |text| {
@@ -164,12 +172,12 @@ async fn an_invalid_file_keeps_the_running_configuration() {
     assert_eq!(sample(admin, LAST_OK).await, 0.0);
     assert_eq!(sample(admin, SUCCESS).await, 1.0);
     assert_eq!(sample(admin, CHECK_BUDGET).await, 95.0);
-    let log = gateway.log_text();
-    assert!(log.contains("key=throttle.quotas[0].per_second"), "{log}");
-    assert!(
-        log.contains("configuration reload failed: the running configuration stays in force"),
-        "{log}"
-    );
+    logged(&gateway, "key=throttle.quotas[0].per_second").await;
+    logged(
+        &gateway,
+        "configuration reload failed: the running configuration stays in force",
+    )
+    .await;
     let answer = post(gateway.addr, ACCOUNT_CHECK, CHECK_BODY).await;
     assert_eq!((answer.status.as_u16(), answer.error_code()), (200, 0));
 
@@ -183,6 +191,18 @@ async fn an_invalid_file_keeps_the_running_configuration() {
     assert_eq!(sample(admin, LAST_OK).await, 1.0);
     assert_eq!(sample(admin, SUCCESS).await, 2.0);
     assert_eq!(sample(admin, FAILURE).await, 1.0);
+
+    // The file gone (caught mid-swap): a SIGHUP fails; the same bytes back are loaded again
+    // at the next poll, though they are what was read last.
+    let contents = std::fs::read(&gateway.config).unwrap();
+    std::fs::remove_file(&gateway.config).unwrap();
+    gateway.send_sighup();
+    until(admin, FAILURE, 2.0).await;
+    assert_eq!(sample(admin, LAST_OK).await, 0.0);
+    std::fs::write(&gateway.config, &contents).unwrap();
+    until(admin, LAST_OK, 1.0).await;
+    assert_eq!(sample(admin, SUCCESS).await, 3.0);
+    logged(&gateway, "trigger=\"retry after a failure\"").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,25 +233,34 @@ async fn reloads_under_load_fail_no_request() {
             })
         })
         .collect();
+    // Each variant and the budget of account_check it gives (quota less the 5% margin).
     let variants = [
-        format!(
-            "[[throttle.quotas]]\ncommand = \"{ACCOUNT_CHECK}\"\nper_second = 60\n\n\
-             [[cache.rules]]\ncommand = \"{GET_ALL_ROBOTS}\"\nenabled = false\n"
+        (
+            format!(
+                "[[throttle.quotas]]\ncommand = \"{ACCOUNT_CHECK}\"\nper_second = 60\n\n\
+                 [[cache.rules]]\ncommand = \"{GET_ALL_ROBOTS}\"\nenabled = false\n"
+            ),
+            57.0,
         ),
-        format!(
-            "[[throttle.quotas]]\ncommand = \"{ACCOUNT_CHECK}\"\nper_second = 200\n\n\
-             [[cache.rules]]\ncommand = \"{GET_ALL_ROBOTS}\"\nttl = \"1s\"\n\n\
-             [log]\nlevel = \"warn\"\n"
+        (
+            format!(
+                "[[throttle.quotas]]\ncommand = \"{ACCOUNT_CHECK}\"\nper_second = 200\n\n\
+                 [[cache.rules]]\ncommand = \"{GET_ALL_ROBOTS}\"\nttl = \"1s\"\n\n\
+                 [log]\nlevel = \"warn\"\n"
+            ),
+            190.0,
         ),
-        String::new(),
+        (String::new(), 95.0),
     ];
     for round in 0..6 {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let reloads = sample(admin, SUCCESS).await;
-        rewrite(&gateway, |_| with_tail(&original, &variants[round % 3]));
+        let (tail, budget) = &variants[round % 3];
+        rewrite(&gateway, |_| with_tail(&original, tail));
         // The signal, or the file's poll if it comes first (then both count).
         gateway.send_sighup();
         support::fleet::until_at_least(admin, SUCCESS, reloads + 1.0).await;
+        assert_eq!(sample(admin, CHECK_BUDGET).await, *budget, "round {round}");
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     done.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -293,6 +322,7 @@ async fn log_level_follows_the_file_unless_rust_log_pins_it() {
     let pinned = serve_with(&sandbox, KEY, Extra::default());
     rewrite(&pinned, |text| with_tail(text, "[log]\nlevel = \"warn\"\n"));
     until(pinned.admin, SUCCESS, 1.0).await;
+    logged(&pinned, "applied=log.level (not applied: RUST_LOG is set)").await;
     let before = access_lines(&pinned);
     post(pinned.addr, GET_ALL_ROBOTS, "{}").await;
     support::eventually("an access line after the reload", || {

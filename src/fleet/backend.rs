@@ -371,7 +371,7 @@ fn share_spec(budget: &FleetBudget<ConnectionManager>, replicas: u32) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fleet::BudgetKeys;
+    use crate::fleet::{BudgetKeys, Gcra};
 
     fn spec() -> BudgetSpec {
         BudgetSpec {
@@ -468,5 +468,38 @@ mod tests {
             1_000_000u64.div_ceil(43)
         );
         assert_eq!(sharing.share[0].as_ref().unwrap().spec().budget(), 14);
+    }
+
+    /// Until the fleet has settled, a budget reserves with the stricter of its old and new
+    /// numbers: a larger burst waits, a higher rate waits; then both apply.
+    #[tokio::test(start_paused = true)]
+    async fn a_fleet_budget_takes_the_stricter_numbers_until_the_fleet_settles() {
+        let sharing = throttle(true, Arc::new(MemberStatus::default()));
+        let budget = sharing.budget(0, 0);
+        let old = budget.gcra();
+        // A larger burst (lower rate): the old tolerance until SETTLE, the new rate at once.
+        let bursty = BudgetSpec {
+            burst: 0.1,
+            ..spec()
+        };
+        let new = Gcra {
+            replicas: 3,
+            ..Gcra::for_fleet(&bursty, Duration::from_millis(25), crate::fleet::LOOKAHEAD)
+        };
+        assert!(new.tolerance_us > old.tolerance_us && new.interval_us > old.interval_us);
+        sharing.set_spec(0, 0, bursty);
+        let during = budget.gcra();
+        assert_eq!(during.tolerance_us, old.tolerance_us);
+        assert_eq!(during.interval_us, new.interval_us);
+        tokio::time::advance(crate::fleet::SETTLE - Duration::from_millis(1)).await;
+        assert_eq!(budget.gcra(), during);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(budget.gcra(), new);
+        // Back to the smaller burst (higher rate): the new tolerance at once, the rate later.
+        sharing.set_spec(0, 0, spec());
+        assert_eq!(budget.gcra().tolerance_us, old.tolerance_us);
+        assert_eq!(budget.gcra().interval_us, new.interval_us);
+        tokio::time::advance(crate::fleet::SETTLE).await;
+        assert_eq!(budget.gcra(), old);
     }
 }

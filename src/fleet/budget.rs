@@ -34,10 +34,18 @@ use tokio::time::Instant;
 use super::metrics::{Failure, FleetMetrics, Op};
 use super::script::{BudgetKeys, Gcra, Reservation, ReserveScript};
 use super::{FleetTiming, Refusal};
+use state::{State, Waiter};
+
+mod state;
 use crate::throttle::{BudgetSpec, ThrottleError};
 
 /// Most slots asked for in one call.
 pub const MAX_BATCH: usize = 16;
+
+/// How long a fleet budget keeps the stricter of its old and new numbers after a reload: the
+/// time for every gateway to pick up the same change (a ConfigMap reaches pods within about
+/// two minutes; each gateway reads its file every 2 s).
+pub const SETTLE: Duration = Duration::from_secs(180);
 
 /// How far ahead of Redis's now one call reserves at most (half of `max_wait` if that is
 /// shorter). Shorter than callers may wait, so that under load callers queue here and each
@@ -47,61 +55,11 @@ pub const LOOKAHEAD: Duration = Duration::from_millis(250);
 /// This many late replies in a row count as Redis being unavailable.
 pub const MAX_LATE_IN_A_ROW: u32 = 3;
 
-/// What a waiting caller is sent.
-type Answer = Result<Instant, Refusal>;
-
-struct Waiter {
-    /// The latest slot this caller takes; `None`: only a slot due at once (it may not wait,
-    /// or the queue was full), judged on Redis's clock (offset 0).
-    limit: Option<Instant>,
-    answer: oneshot::Sender<Answer>,
-}
-
-impl Waiter {
-    /// Whether it takes a slot `offset` after Redis's now, mapped to `slot` here.
-    fn takes(&self, offset: Duration, slot: Instant) -> bool {
-        match self.limit {
-            None => offset.is_zero(),
-            Some(limit) => slot <= limit,
-        }
-    }
-
-    /// Whether its limit is before `at` (one that may not wait always is).
-    fn gives_up_before(&self, at: Instant) -> bool {
-        self.limit.is_none_or(|limit| limit < at)
-    }
-}
-
-impl State {
-    /// Keeps a slot nobody took, in order: the earliest is handed out first.
-    fn keep_spare(&mut self, slot: Instant) {
-        let at = self.spare.partition_point(|spare| *spare <= slot);
-        self.spare.insert(at, slot);
-    }
-}
-
-#[derive(Default)]
-struct State {
-    waiting: VecDeque<Waiter>,
-    /// Granted slots no caller took (their caller left), earliest first.
-    spare: VecDeque<Instant>,
-    /// Whether a reservation call is running (at most one per budget and process).
-    is_calling: bool,
-    /// This process's slots of the last second, for the re-charge after a failure.
-    recent: VecDeque<Instant>,
-    needs_recharge: bool,
-    /// The process's failed Redis commands when this budget last charged its debt: any
-    /// failure since (on any budget) means Redis may have lost this budget's state too.
-    seen_failures: u64,
-    /// Replies in a row that came after `max_lateness`.
-    late_in_a_row: u32,
-    /// The fleet's next free slot as of the last reply that ran out, and why: a caller whose
-    /// limit is before it is refused here, without asking Redis (the fleet's timeline only
-    /// moves forward, so this is never too strict for long).
-    next_free: Option<(Instant, ThrottleError)>,
-    /// The last reservation call failed (or its replies kept coming late): callers are being
-    /// refused until one succeeds.
-    is_unavailable: bool,
+/// A budget's numbers, and the new ones it moves to once the fleet has settled.
+struct Params {
+    gcra: Gcra,
+    spec: BudgetSpec,
+    pending: Option<(Instant, Gcra)>,
 }
 
 /// One budget of the fleet.
@@ -109,8 +67,8 @@ pub struct FleetBudget<C> {
     /// Set at creation, or for a pass-through command's budget when the command is first
     /// called ([`FleetBudget::name`]); no call is made before.
     keys: std::sync::OnceLock<BudgetKeys>,
-    /// Its numbers: replaced whole by [`FleetBudget::set_spec`] (a reloaded config).
-    params: Mutex<(Gcra, BudgetSpec)>,
+    /// Its numbers: replaced by [`FleetBudget::set_spec`] (a reloaded config).
+    params: Mutex<Params>,
     timing: FleetTiming,
     script: ReserveScript,
     connection: C,
@@ -126,7 +84,7 @@ impl<C> std::fmt::Debug for FleetBudget<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FleetBudget")
             .field("keys", &self.keys.get())
-            .field("params", &self.params.lock().map(|p| p.0).ok())
+            .field("gcra", &self.params.lock().map(|p| p.gcra).ok())
             .finish_non_exhaustive()
     }
 }
@@ -141,7 +99,11 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
         metrics: Arc<FleetMetrics>,
     ) -> Self {
         FleetBudget {
-            params: Mutex::new((Self::gcra_of(&spec, &timing), spec)),
+            params: Mutex::new(Params {
+                gcra: Self::gcra_of(&spec, &timing),
+                spec,
+                pending: None,
+            }),
             keys: keys
                 .into()
                 .map_or_else(std::sync::OnceLock::new, std::sync::OnceLock::from),
@@ -184,23 +146,47 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> FleetBudget<C> {
         }
     }
 
-    fn params(&self) -> std::sync::MutexGuard<'_, (Gcra, BudgetSpec)> {
+    fn params(&self) -> std::sync::MutexGuard<'_, Params> {
         self.params.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The GCRA its reservations use now.
     pub fn gcra(&self) -> Gcra {
-        self.params().0
+        let mut params = self.params();
+        if let Some((at, gcra)) = params.pending {
+            if Instant::now() >= at {
+                params.gcra = gcra;
+                params.pending = None;
+            }
+        }
+        params.gcra
     }
 
     pub fn spec(&self) -> BudgetSpec {
-        self.params().1
+        self.params().spec
     }
 
     /// New numbers (a reloaded config) for the reservations asked for from now on; slots
-    /// already granted stand. Every gateway of the fleet passes its own numbers with each
-    /// reservation, so during a rollout of the change each gateway's calls follow its own.
+    /// already granted stand. The gateways of a fleet pick up a config change one by one,
+    /// each sending its own numbers with its reservations on the shared timeline, and a
+    /// mix of one gateway's larger burst with another's higher rate could exceed both
+    /// budgets. So for [`SETTLE`] the budget reserves with the stricter of old and new (the
+    /// longer interval, the smaller tolerance), then with the new numbers.
     pub fn set_spec(&self, spec: BudgetSpec) {
-        *self.params() = (Self::gcra_of(&spec, &self.timing), spec);
+        let new = Self::gcra_of(&spec, &self.timing);
+        let old = self.gcra();
+        let mut params = self.params();
+        params.spec = spec;
+        if new == old {
+            params.pending = None;
+            return;
+        }
+        params.gcra = Gcra {
+            interval_us: old.interval_us.max(new.interval_us),
+            tolerance_us: old.tolerance_us.min(new.tolerance_us),
+            ..new
+        };
+        params.pending = Some((Instant::now() + SETTLE, new));
     }
 
     /// Whether this budget is failing closed: its last reservation call failed (or its

@@ -345,19 +345,32 @@ impl Shared {
         let (command_specs, other_spec) = budget_specs(&self.catalogue, new);
         self.limiter.set_specs(&command_specs, other_spec);
         let runtime = command_runtime(&self.catalogue, new);
-        for app in 0..self.apps.len() {
-            for (c, policy) in runtime.iter().enumerate() {
-                let lane = self.lane(app, Some(c));
-                if lane.policy.load().cache != policy.cache {
-                    // Its answers were kept under other rules (while uncached, no write
-                    // invalidated them): they go, here and in a shared tier.
-                    drop(self.cache.invalidate(app as u32, c as u32));
-                }
-                if **lane.policy.load() != *policy {
+        // Uncached lanes first (writes get their new invalidation lists, reads stop being
+        // cached), then the cached reads: a read starts being cached only once every write
+        // that must invalidate it does. A read whose caching changed drops what it had (kept
+        // under other rules; while uncached, no write invalidated it), after its new policy
+        // is in place.
+        for is_cached in [false, true] {
+            for app in 0..self.apps.len() {
+                for (c, policy) in runtime.iter().enumerate() {
+                    if policy.cache.is_some() != is_cached {
+                        continue;
+                    }
+                    let lane = self.lane(app, Some(c));
+                    let previous = lane.policy.load_full();
+                    if *previous == *policy {
+                        continue;
+                    }
                     lane.policy.store(Arc::new(policy.clone()));
+                    if previous.cache != policy.cache {
+                        drop(self.cache.invalidate(app as u32, c as u32));
+                    }
                 }
             }
         }
+        // Keys are left to `key_file`'s watcher (a key from the environment cannot change):
+        // a reload reading a key file just before the watcher saw it rotate would put the
+        // old key back.
         for app in &self.apps {
             let was = started.apps.iter().find(|a| a.name == app.name);
             let now = new.apps.iter().find(|a| a.name == app.name);
@@ -366,11 +379,6 @@ impl Shared {
             };
             if was.sdkappid != now.sdkappid {
                 continue; // another app under the same name: a restart
-            }
-            if was.secret_key_source == now.secret_key_source
-                && app.signer.rotate_key(now.secret_key.clone())
-            {
-                tracing::info!(app = %app.name, "the secret key changed: signing with it");
             }
             if app.signer.update(&now.identifier, now.usersig_lifetime) {
                 tracing::info!(app = %app.name, identifier = %now.identifier, "UserSig re-minted for the reloaded identifier or lifetime");
@@ -383,12 +391,26 @@ impl Shared {
     }
 
     /// The commands `config` names (in quotas and cache rules) that the running catalogue
-    /// does not know: they need a restart.
+    /// does not know, or knows as a write where a cache rule now makes it a read (or the
+    /// reverse): they need a restart.
     pub fn unknown_configured_commands(&self, config: &Config) -> Vec<String> {
-        let mut unknown: Vec<String> = configured_commands(config)
-            .into_iter()
-            .filter(|(name, _)| self.catalogue.lookup(name).is_none())
-            .map(|(name, _)| name.to_owned())
+        let builtin = Catalogue::builtin();
+        let configured = configured_commands(config);
+        let mut unknown: Vec<String> = configured
+            .iter()
+            .filter(|(name, _)| match self.catalogue.lookup(name) {
+                None => true,
+                Some(id) if builtin.lookup(name).is_none() => {
+                    // Read if any cache rule names it (as `with_configured` decides).
+                    let is_read = configured
+                        .iter()
+                        .any(|(other, access)| other == name && *access == Access::Read);
+                    let access = if is_read { Access::Read } else { Access::Write };
+                    self.catalogue.spec_at(id.index()).access != access
+                }
+                Some(_) => false,
+            })
+            .map(|(name, _)| (*name).to_owned())
             .collect();
         unknown.sort();
         unknown.dedup();
@@ -435,11 +457,16 @@ fn command_runtime(catalogue: &Catalogue, config: &Config) -> Vec<LanePolicy> {
             .filter_map(|w| catalogue.lookup(w));
         invalidated_by.insert(read.index(), writes.map(|w| w.index()).collect());
     }
-    // Config rules replace the defaults of their command (validated by `config`).
+    // Config rules replace the defaults of their command (validated by `config`). A command
+    // the running catalogue holds as a write stays uncached until a restart (a reload whose
+    // rule makes a pass-through command a read).
     for rule in &config.cache.rules {
         let Some(read) = catalogue.lookup(&rule.command) else {
             continue;
         };
+        if catalogue.spec_at(read.index()).access != Access::Read {
+            continue;
+        }
         commands[read.index()].cache = rule.enabled.then_some(CachePolicy {
             ttl: rule.ttl,
             stale_while_revalidate: rule.stale_while_revalidate,

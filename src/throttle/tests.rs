@@ -285,3 +285,48 @@ async fn a_new_spec_applies_to_slots_taken_after_it() {
         .unwrap();
     assert_eq!(Instant::now() - start, Duration::from_millis(1500));
 }
+
+/// A larger burst is earned by idle time under the new numbers, not granted at once: raising
+/// the burst of a saturated budget keeps every sliding second at the budget.
+#[tokio::test(start_paused = true)]
+async fn a_larger_burst_does_not_add_calls_to_a_busy_second() {
+    let spec = |burst| BudgetSpec {
+        quota: 101,
+        safety_margin: 0.05,
+        burst,
+        max_wait: Duration::from_secs(10),
+        max_waiters: 100,
+    };
+    // Budget 95 either way: burst 1 and rate 94, then burst 9 and rate 86.
+    let budget = Budget::new(spec(0.0));
+    let start = Instant::now();
+    let mut grants = Vec::new();
+    // A caller every millisecond takes a slot if one is free at once (no waiting).
+    while Instant::now() < start + Duration::from_secs(4) {
+        if Instant::now() >= start + Duration::from_secs(2) && budget.spec().burst == 0.0 {
+            budget.set_spec(spec(0.1));
+        }
+        if budget.acquire(Instant::now()).await.is_ok() {
+            grants.push(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let busiest = grants
+        .iter()
+        .map(|&from| {
+            grants
+                .iter()
+                .filter(|&&t| t >= from && t < from + Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert_eq!(spec(0.1).budget(), 95);
+    assert!(busiest <= 95, "{busiest} calls in one second");
+    // And the budget is used: the new rate holds after the change.
+    let last_second = grants
+        .iter()
+        .filter(|&&t| t >= start + Duration::from_secs(3))
+        .count();
+    assert!(last_second >= 85, "{last_second}");
+}
