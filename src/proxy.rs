@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::Bytes;
-use http::{header, Method, Request, Response};
+use http::{Method, Request, Response};
 use http_body_util::Full;
 use hyper::body::Body;
 use prometheus::Registry;
@@ -255,7 +255,7 @@ impl Proxy {
         // A client trickling its body is bounded by the same deadline as the request. Most
         // bodies arrive with the headers: then the first poll finishes and no timer is armed.
         let deadline = ctx.started + self.shared.retry.deadline;
-        let mut read = std::pin::pin!(self.read_body(&target, &parts.headers, body));
+        let mut read = std::pin::pin!(self.read_body(&target, body));
         let read = match std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
             Poll::Ready(read) => read,
             Poll::Pending => match tokio::time::timeout_at(deadline, read).await {
@@ -362,23 +362,15 @@ impl Proxy {
     /// linear pass that also builds the cache key's canonical form for cacheable reads. The
     /// same rules hold for every command (issue 7, F8). An early return means it was too
     /// large (413), unreadable, not JSON, not an object or nested too deep (400).
-    async fn read_body<B>(
-        &self,
-        target: &Target<'_>,
-        headers: &http::HeaderMap,
-        body: B,
-    ) -> Result<ValidBody, GatewayError>
+    async fn read_body<B>(&self, target: &Target<'_>, body: B) -> Result<ValidBody, GatewayError>
     where
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let limit = self.max_body_bytes;
-        // Refuse a declared oversized body before reading a byte of it.
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > limit as u64) {
+        // Refuse a declared oversized body before reading a byte of it: hyper's body knows
+        // its `Content-Length` (its size hint's lower bound), without a header lookup.
+        if body.size_hint().lower() > limit as u64 {
             return Err(GatewayError::BodyTooLarge { limit });
         }
         let bytes = match read::read_limited(body, limit).await {
