@@ -308,6 +308,7 @@ impl Gateway {
         hard_stop.abort();
         let _ = self.stop_admin.send(true);
         let admin = self.admin_task.await.unwrap_or(false);
+        self.proxy.left_fleet().await;
         client && admin
     }
 }

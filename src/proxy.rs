@@ -217,6 +217,20 @@ impl Proxy {
         self.shared.drain.send_replace(DrainStage::Stopping);
     }
 
+    /// Waits until this gateway has left the fleet (fleet mode; the drain began). Bounded by
+    /// `fleet.command_timeout` per app: the goodbye is one script call each.
+    pub async fn left_fleet(&self) {
+        let task = self
+            .shared
+            .membership
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+
     /// Answers one client request. Never fails: every error becomes an envelope.
     pub async fn handle<B>(&self, request: Request<B>) -> Response<Full<Bytes>>
     where

@@ -118,6 +118,9 @@ pub struct Shared {
     pub retry: RetrySettings,
     /// How far shutdown has come: throttle waiters and calls give up with a clean 503.
     pub drain: tokio::sync::watch::Sender<DrainStage>,
+    /// Fleet mode: the heartbeat task, which leaves the fleet once the drain begins; the
+    /// shutdown waits for it so the process does not exit before Redis has heard the goodbye.
+    pub membership: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Shared {
@@ -260,6 +263,7 @@ impl Shared {
             }
         }
         let drain = tokio::sync::watch::Sender::new(DrainStage::Running);
+        let mut leaving = None;
         if let (Some((redis, _)), Some(fleet)) = (&fleet_redis, &config.fleet) {
             let membership = crate::fleet::Membership::new(
                 redis.connection.clone(),
@@ -277,9 +281,9 @@ impl Shared {
             )?;
             // A draining gateway leaves the fleet at once rather than turning suspect.
             let mut stage = drain.subscribe();
-            tokio::spawn(membership.run(async move {
+            leaving = Some(tokio::spawn(membership.run(async move {
                 let _ = stage.wait_for(|s| *s != DrainStage::Running).await;
-            }));
+            })));
         }
         Ok(Shared {
             pass_through: (0..apps.len() * PASS_THROUGH_BUDGETS)
@@ -299,6 +303,7 @@ impl Shared {
                 deadline: config.upstream.deadline,
             },
             drain,
+            membership: std::sync::Mutex::new(leaving),
         })
     }
 
