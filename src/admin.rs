@@ -109,7 +109,7 @@ impl Admin {
 }
 
 impl Handler for Admin {
-    async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Full<Bytes>> {
         if let Err(refused) = self.hosts.check(request.headers()) {
             return GatewayError::from(refused).into_response();
         }

@@ -337,6 +337,26 @@ impl ResponseCache {
         self.pair(app, command).generation.load(Ordering::Acquire)
     }
 
+    /// The synchronous start of [`lookup`](Self::lookup): a fresh answer from this thread's
+    /// hot slots, counted as a hit. `None` says nothing (the answer may still be in moka):
+    /// ask [`lookup`](Self::lookup), which looks at the hot slots again.
+    pub fn lookup_hot(
+        &self,
+        key: &CacheKey,
+        policy: &CachePolicy,
+        now: Instant,
+    ) -> Option<Arc<Cached>> {
+        let cached = hot::get(
+            self.id,
+            key,
+            self.generation(key.app, key.command),
+            policy.ttl,
+            now,
+        )?;
+        self.count_lookup(key, LookupResult::Hit);
+        Some(cached)
+    }
+
     /// Looks `key` up (moka, then the second tier if any), classifies the entry by `policy`
     /// at `now`, and counts the lookup.
     pub async fn lookup(&self, key: &CacheKey, policy: &CachePolicy, now: Instant) -> Lookup {

@@ -36,11 +36,13 @@ pub enum StartError {
 }
 
 impl Handler for Proxy {
-    async fn handle(
-        &self,
+    fn handle(
+        self: Arc<Self>,
         request: Request<Incoming>,
-    ) -> http::Response<http_body_util::Full<bytes::Bytes>> {
-        Proxy::handle(self, request).await
+    ) -> impl std::future::Future<Output = http::Response<http_body_util::Full<bytes::Bytes>>>
+           + Send
+           + 'static {
+        Proxy::serve(self, request)
     }
 }
 

@@ -8,6 +8,7 @@
 //! unchanged, with `X-Cache` and `Age`.
 
 mod call;
+mod fill;
 mod read;
 mod respond;
 mod state;
@@ -28,6 +29,7 @@ pub use call::Target;
 pub use respond::{RequestFamilies, RequestMetrics, ACCESS_LOG};
 pub use state::{App, DrainStage, Lane, RetrySettings, Shared, DEFAULT_CACHE_POLICY};
 
+use fill::Fill;
 use respond::{request_id, RequestCtx};
 
 use crate::body::{self, Canonical};
@@ -232,17 +234,43 @@ impl Proxy {
     }
 
     /// Answers one client request. Never fails: every error becomes an envelope.
-    pub async fn handle<B>(&self, request: Request<B>) -> Response<Full<Bytes>>
+    pub fn handle<'a, B>(
+        &'a self,
+        request: Request<B>,
+    ) -> impl Future<Output = Response<Full<Bytes>>> + 'a
+    where
+        B: Body<Data = Bytes> + 'a,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        // Taken apart before the future is made: the future holds the parts once, not the
+        // request as well (hyper moves each request's future into place).
+        let (parts, body) = request.into_parts();
+        async move { self.handle_parts(&parts, body).await }
+    }
+
+    /// [`handle`](Self::handle) for a server that needs a future owning the proxy.
+    pub fn serve<B>(
+        self: Arc<Self>,
+        request: Request<B>,
+    ) -> impl Future<Output = Response<Full<Bytes>>> + 'static
+    where
+        B: Body<Data = Bytes> + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (parts, body) = request.into_parts();
+        async move { self.handle_parts(&parts, body).await }
+    }
+
+    async fn handle_parts<B>(&self, parts: &http::request::Parts, body: B) -> Response<Full<Bytes>>
     where
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let (parts, body) = request.into_parts();
         // Counts the request in flight; if the client hangs up before the answer, its drop
         // still writes the access line and the metrics (status 499).
         let mut ctx = RequestCtx::enter(self, request_id(&parts.headers));
-        let reply = self.answer(&parts, body, &mut ctx).await;
-        self.respond(reply, &mut ctx, &parts)
+        let reply = self.answer(parts, body, &mut ctx).await;
+        self.respond(reply, &mut ctx, parts)
     }
 
     /// The phases up to `respond`, in order; each early return is the reply.
@@ -292,17 +320,26 @@ impl Proxy {
                         as u32,
                     body: canonical,
                 };
-                let (reply, status) = self.lookup(&target, key, body.raw, policy, deadline).await;
+                // A repeat hit is answered without awaiting anything. Every other path is
+                // boxed: it waits on moka, Redis or Tencent anyway, and inline its state
+                // would make each request's future (moved and kept per connection by hyper)
+                // several KiB instead of a few hundred bytes.
+                if let Some(cached) = self.shared.cache.lookup_hot(&key, &policy, Instant::now()) {
+                    ctx.cache = CacheStatus::Hit;
+                    return Reply::Cached(cached);
+                }
+                let lookup = self.lookup(&target, key, body.raw, policy, deadline);
+                let (reply, status) = Box::pin(lookup).await;
                 ctx.cache = status;
                 reply
             }
             // A cacheable read that is not cacheable as written (a repeated key): straight to
             // Tencent, uncached.
             (Some(_), Some(Canonical::RepeatedKey)) => {
-                let result = self.shared.call(&target, body.raw, deadline, true).await;
-                Reply::from(result)
+                let call = self.shared.call(&target, body.raw, deadline, true);
+                Reply::from(Box::pin(call).await)
             }
-            _ => self.write(&target, body.raw, deadline).await,
+            _ => Box::pin(self.write(&target, body.raw, deadline)).await,
         }
     }
 
@@ -525,53 +562,5 @@ impl Drop for InvalidateOnDrop<'_> {
             // Other gateways are told in the background.
             drop(self.shared.invalidate_after_write(self.target));
         }
-    }
-}
-
-/// One fetch that fills a cache entry: everything its task needs, owned.
-#[derive(Clone)]
-struct Fill {
-    key: CacheKey,
-    lane: Arc<Lane>,
-    body: Bytes,
-    policy: CachePolicy,
-    deadline: Instant,
-    /// False when a stale fallback exists: do not queue for a permit (see `Shared::call`).
-    may_wait: bool,
-}
-
-impl Shared {
-    /// Fetches for `fill` and completes its flight: stores a success, wakes every waiter.
-    async fn run_fill(self: Arc<Self>, mut flight: crate::cache::Flight, fill: Fill) {
-        // Another flight may have stored a fresh answer between our lookup and our
-        // registration (or just before a stale-while-revalidate refresh): use it.
-        if let Lookup::Fresh(cached) = self
-            .cache
-            .peek(&fill.key, &fill.policy, Instant::now())
-            .await
-        {
-            flight.complete_from_cache(&cached);
-            return;
-        }
-        // Fleet mode: another gateway may have it, or be fetching it.
-        // A caller with a stale answer to fall back on does not wait on another gateway.
-        let wait_until = if fill.may_wait {
-            fill.deadline
-        } else {
-            Instant::now()
-        };
-        if let Some(cached) = flight.claim_shared(&fill.policy, wait_until).await {
-            flight.complete_from_cache(&cached);
-            return;
-        }
-        let target = Target {
-            lane: &fill.lane,
-            command: fill.lane.label,
-            cache: Some(fill.policy),
-        };
-        let result = self
-            .call(&target, fill.body, fill.deadline, fill.may_wait)
-            .await;
-        flight.complete(result, fill.policy).await;
     }
 }

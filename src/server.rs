@@ -28,6 +28,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -71,10 +72,12 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(20);
 
 /// Something that answers requests; implemented by the proxy and the admin endpoints.
 pub trait Handler: Send + Sync + 'static {
+    /// The future owns what it needs (`'static`): the server stores it as it is, without an
+    /// async wrapper that would hold a second copy of the request.
     fn handle(
-        &self,
+        self: Arc<Self>,
         request: Request<Incoming>,
-    ) -> impl Future<Output = Response<Full<Bytes>>> + Send;
+    ) -> impl Future<Output = Response<Full<Bytes>>> + Send + 'static;
 }
 
 /// How much one listener holds and for how long.
@@ -243,13 +246,11 @@ pub async fn run<H: Handler, L: Accept>(
             let handler = Arc::clone(&handler);
             let watch = Arc::clone(&watch);
             service_fn(move |request| {
-                let handler = Arc::clone(&handler);
                 let guard = InHandler::enter(&watch);
-                async move {
-                    let response = handler.handle(request).await;
+                Arc::clone(&handler).handle(request).map(move |response| {
                     drop(guard);
                     Ok::<_, Infallible>(response)
-                }
+                })
             })
         };
         let upgrade = listener.upgrade(raw);
