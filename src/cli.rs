@@ -222,14 +222,23 @@ impl Task {
         }
     }
 
-    /// The multi-thread runtime to run this task on: `serve` gets the configured worker
-    /// threads (by default one per CPU the process may use), the rest tokio's default.
+    /// The runtime to run this task on: `serve` gets the configured worker threads (by
+    /// default one per CPU the process may use), the rest tokio's default. One worker is
+    /// tokio's single-threaded scheduler: no work-stealing bookkeeping for a thread that has
+    /// no one to steal from (README: about 5% more cache hits per second on one core).
     pub fn runtime(&self) -> tokio::runtime::Builder {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        let mut builder = match self {
+            Task::Serve { loaded, .. } => match loaded.config.server.effective_worker_threads() {
+                1 => tokio::runtime::Builder::new_current_thread(),
+                workers => {
+                    let mut builder = tokio::runtime::Builder::new_multi_thread();
+                    builder.worker_threads(workers);
+                    builder
+                }
+            },
+            _ => tokio::runtime::Builder::new_multi_thread(),
+        };
         builder.enable_all();
-        if let Task::Serve { loaded, .. } = self {
-            builder.worker_threads(loaded.config.server.effective_worker_threads());
-        }
         builder
     }
 

@@ -95,7 +95,8 @@ async fn wrong_key_is_logged_as_a_configuration_error() {
 /// a call already sent upstream finishes with its real answer, a request waiting for a
 /// throttle permit gets a clean 503 envelope, and the process exits 0. Margins: the waiting
 /// request waits on a 20 s pause (it cannot slip through before the signal), the upstream
-/// answers after 2 s, and the grace period is 10 s.
+/// answers after 2 s, and the grace period is 10 s. The gateway runs one worker (tokio's
+/// single-threaded runtime); every other process test runs the multi-thread one.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_and_exits_zero() {
     let sandbox = start_sandbox().await;
@@ -103,7 +104,8 @@ async fn sigterm_drains_and_exits_zero() {
         &sandbox,
         KEY,
         Extra {
-            server: r#"shutdown_grace = "10s""#,
+            // One worker: the single-threaded runtime drains as the multi-thread one does.
+            server: "shutdown_grace = \"10s\"\nworker_threads = 1",
             upstream: r#"deadline = "40s""#,
             tail: "[throttle]\nmax_wait = \"30s\"\nbackoff_base = \"20s\"\nbackoff_max = \"20s\"\n",
             ..Extra::default()

@@ -19,19 +19,32 @@ fn serve_command(dir: &tempfile::TempDir, server: &str) -> Command {
 }
 
 /// `serve`'s runtime starts `server.worker_threads` workers, and one per available CPU
-/// when the key is unset (issue 8, item 7).
+/// when the key is unset (issue 8, item 7); one worker is tokio's single-threaded runtime.
 #[test]
 fn serve_runtime_has_the_configured_worker_threads() {
+    use tokio::runtime::RuntimeFlavor;
     let dir = tempfile::tempdir().unwrap();
+    let cpus = crate::config::available_cpus();
+    let flavor = |workers| match workers {
+        1 => RuntimeFlavor::CurrentThread,
+        _ => RuntimeFlavor::MultiThread,
+    };
     let cases = [
         ("worker_threads = 3", 3),
-        ("", crate::config::available_cpus()),
+        ("worker_threads = 2", 2),
+        ("worker_threads = 1", 1),
+        ("", cpus),
     ];
     for (server, expected) in cases {
         let task = Task::prepare(serve_command(&dir, server), LogFormat::Human);
         assert!(matches!(task, Task::Serve { .. }), "{server}");
         let runtime = task.runtime().build().unwrap();
         assert_eq!(runtime.metrics().num_workers(), expected, "{server}");
+        assert_eq!(
+            runtime.handle().runtime_flavor(),
+            flavor(expected),
+            "{server}"
+        );
     }
 }
 
