@@ -96,7 +96,8 @@ async fn wrong_key_is_logged_as_a_configuration_error() {
 /// throttle permit gets a clean 503 envelope, and the process exits 0. Margins: the waiting
 /// request waits on a 20 s pause (it cannot slip through before the signal), the upstream
 /// answers after 2 s, and the grace period is 10 s. The gateway runs one worker (tokio's
-/// single-threaded runtime); every other process test runs the multi-thread one.
+/// single-threaded runtime); the other process tests run the default, one worker per CPU
+/// (the multi-thread runtime on a machine with more than one).
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_and_exits_zero() {
     let sandbox = start_sandbox().await;
