@@ -14,14 +14,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
 
 use crate::config::AdminToken;
 use crate::error::{envelope, GatewayError};
 use crate::origin::HostPolicy;
 use crate::proxy::Proxy;
 use crate::route::parse_query;
-use crate::server::Handler;
+use crate::server::{ClientBody, Handler, Refusal};
 
 /// Admin endpoints of one gateway.
 #[derive(Debug)]
@@ -109,7 +108,7 @@ impl Admin {
 }
 
 impl Handler for Admin {
-    async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn handle(self: Arc<Self>, request: Request<ClientBody>) -> Response<Full<Bytes>> {
         if let Err(refused) = self.hosts.check(request.headers()) {
             return GatewayError::from(refused).into_response();
         }
@@ -159,5 +158,9 @@ impl Handler for Admin {
                 "not found; try /metrics, /healthz, /readyz or POST /cache/purge\n",
             ),
         }
+    }
+
+    fn refuse(&self, refusal: Refusal) -> Response<Full<Bytes>> {
+        GatewayError::from(refusal).into_response()
     }
 }

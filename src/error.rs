@@ -11,6 +11,7 @@ use http_body_util::Full;
 
 use crate::body::BodyError;
 use crate::origin::BrowserError;
+use crate::server::Refusal;
 use crate::throttle::ThrottleError;
 use crate::upstream::UpstreamError;
 
@@ -50,6 +51,10 @@ pub enum GatewayError {
     UnknownCommand(String),
     #[error("method not allowed: use POST{}", if *.allows_get { " (or GET for a cacheable read with no body)" } else { "" })]
     MethodNotAllowed { allows_get: bool },
+    #[error("the request is not valid HTTP/1.1: {0}")]
+    BadHttp(&'static str),
+    #[error("the request head is larger than {limit} bytes or has more than 100 headers")]
+    HeadersTooLarge { limit: usize },
     #[error("the request body is not valid JSON: {0}")]
     InvalidJson(String),
     #[error("the request body must be a JSON object")]
@@ -112,6 +117,8 @@ impl GatewayError {
                 GatewayError::Browser(BrowserError::CrossSite) => 4014,
                 GatewayError::Browser(BrowserError::UnknownHost) => 4015,
                 GatewayError::AdminUnauthorized => 4016,
+                GatewayError::BadHttp(_) => 4017,
+                GatewayError::HeadersTooLarge { .. } => 4018,
             }
     }
 
@@ -141,6 +148,8 @@ impl GatewayError {
             GatewayError::Browser(BrowserError::CrossSite) => StatusCode::FORBIDDEN,
             GatewayError::Browser(BrowserError::UnknownHost) => StatusCode::MISDIRECTED_REQUEST,
             GatewayError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
+            GatewayError::BadHttp(_) => StatusCode::BAD_REQUEST,
+            GatewayError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
@@ -194,6 +203,15 @@ impl GatewayError {
             _ => {}
         }
         response
+    }
+}
+
+impl From<Refusal> for GatewayError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Malformed(reason) => GatewayError::BadHttp(reason),
+            Refusal::HeadTooLarge { limit } => GatewayError::HeadersTooLarge { limit },
+        }
     }
 }
 
@@ -264,6 +282,8 @@ mod tests {
             GatewayError::Browser(BrowserError::CrossSite),
             GatewayError::Browser(BrowserError::UnknownHost),
             GatewayError::AdminUnauthorized,
+            GatewayError::BadHttp("x"),
+            GatewayError::HeadersTooLarge { limit: 1 },
             GatewayError::Throttled(ThrottleError::UserSigRejected {
                 retry_after: std::time::Duration::from_secs(1),
             }),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::Request;
-use hyper::body::Incoming;
+
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -38,11 +38,26 @@ pub enum StartError {
 impl Handler for Proxy {
     fn handle(
         self: Arc<Self>,
-        request: Request<Incoming>,
+        request: Request<server::ClientBody>,
     ) -> impl std::future::Future<Output = http::Response<http_body_util::Full<bytes::Bytes>>>
            + Send
            + 'static {
         Proxy::serve(self, request)
+    }
+
+    fn answer_now(
+        &self,
+        request: &server::RawRequest<'_>,
+        answer: &mut server::Answer<'_>,
+    ) -> bool {
+        Proxy::answer_now(self, request, answer)
+    }
+
+    fn refuse(
+        &self,
+        refusal: server::Refusal,
+    ) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+        crate::error::GatewayError::from(refusal).into_response()
     }
 }
 

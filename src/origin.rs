@@ -31,8 +31,16 @@ pub enum BrowserError {
     UnknownHost,
 }
 
-/// Header names are lowercase in `http`.
 const SEC_FETCH_SITE: &str = "sec-fetch-site";
+
+/// A header value as text when it is visible ASCII (and tabs), as `HeaderValue::to_str` has it.
+fn visible_ascii(value: &[u8]) -> Option<&str> {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+        .then(|| std::str::from_utf8(value).ok())
+        .flatten()
+}
 
 /// The hosts one listener answers to.
 #[derive(Debug, Clone)]
@@ -74,35 +82,53 @@ impl HostPolicy {
     /// # Errors
     /// [`BrowserError::UnknownHost`] or [`BrowserError::CrossSite`], as the module says.
     pub fn check(&self, headers: &HeaderMap) -> Result<(), BrowserError> {
+        self.check_pairs(
+            headers
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_bytes())),
+        )
+    }
+
+    /// [`check`](Self::check) on headers as parsed off the wire (names in any case).
+    ///
+    /// # Errors
+    /// As [`check`](Self::check).
+    pub fn check_raw(&self, headers: &[httparse::Header<'_>]) -> Result<(), BrowserError> {
+        self.check_pairs(headers.iter().map(|header| (header.name, header.value)))
+    }
+
+    fn check_pairs<'h>(
+        &self,
+        headers: impl Iterator<Item = (&'h str, &'h [u8])>,
+    ) -> Result<(), BrowserError> {
         let mut host = None;
         let mut origin = None;
         // One pass over the few headers a request has: cheaper than three hashed lookups.
         for (name, value) in headers {
-            if name == header::HOST {
+            if name.eq_ignore_ascii_case(header::HOST.as_str()) {
                 if let Some(usual) = self
                     .usual_hosts
                     .iter()
-                    .find(|usual| usual.as_bytes() == value.as_bytes())
+                    .find(|usual| usual.as_bytes() == value)
                 {
                     host = Some(&**usual);
                     continue;
                 }
-                let authority = value.to_str().map_err(|_| BrowserError::UnknownHost)?;
+                let authority = visible_ascii(value).ok_or(BrowserError::UnknownHost)?;
                 if !self.is_allowed_host(strip_port(authority).ok_or(BrowserError::UnknownHost)?) {
                     return Err(BrowserError::UnknownHost);
                 }
                 host = Some(authority);
-            } else if name == header::ORIGIN {
+            } else if name.eq_ignore_ascii_case(header::ORIGIN.as_str()) {
                 if origin.is_some() {
                     return Err(BrowserError::CrossSite);
                 }
-                origin = Some(value.to_str().map_err(|_| BrowserError::CrossSite)?);
-            } else if name.as_str() == SEC_FETCH_SITE {
-                let site = value.as_bytes();
-                if !site.eq_ignore_ascii_case(b"same-origin") && !site.eq_ignore_ascii_case(b"none")
-                {
-                    return Err(BrowserError::CrossSite);
-                }
+                origin = Some(visible_ascii(value).ok_or(BrowserError::CrossSite)?);
+            } else if name.eq_ignore_ascii_case(SEC_FETCH_SITE)
+                && !value.eq_ignore_ascii_case(b"same-origin")
+                && !value.eq_ignore_ascii_case(b"none")
+            {
+                return Err(BrowserError::CrossSite);
             }
         }
         match origin {

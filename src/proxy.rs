@@ -9,6 +9,7 @@
 
 mod call;
 mod fill;
+mod now;
 mod read;
 mod respond;
 mod state;

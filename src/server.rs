@@ -18,7 +18,6 @@
 //!   once (idle keep-alive, half-sent headers); the others finish their request, and after
 //!   `limits.grace` whatever is left is dropped (its handler cancelled).
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -28,23 +27,25 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::FutureExt;
 use http::{Request, Response};
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::{Instant, Sleep};
 
+mod body;
+mod encode;
+mod framing;
+mod h1;
 pub mod tls;
 mod watch;
 
+pub use body::ClientBody;
+pub use encode::Answer;
+pub use h1::{RawRequest, Refusal, MAX_HEADERS};
 pub use watch::TICK;
-use watch::{Connections, Graceful, InHandler, Supervised, Watch};
+use watch::{Connections, Supervised, Watch};
 
 /// Listen backlog. tokio's default of 128 caused 1-second connect stalls under bursts of new
 /// connections (PRODUCT.md, "Performance notes").
@@ -60,8 +61,8 @@ pub const ADMIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a write may make no progress before the connection is closed.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Largest read buffer per connection (hyper's minimum is 8 KiB). Tencent's requests carry a
-/// few small headers; bodies stream through it and are bounded by `max_body_bytes` elsewhere.
+/// Largest request head (and read-ahead) per connection. Tencent's requests carry a few small
+/// headers; bodies stream through the buffer and are bounded by `max_body_bytes` elsewhere.
 pub const MAX_BUF_BYTES: usize = 16 * 1024;
 
 /// Failed accepts are logged at most this often.
@@ -76,8 +77,31 @@ pub trait Handler: Send + Sync + 'static {
     /// async wrapper that would hold a second copy of the request.
     fn handle(
         self: Arc<Self>,
-        request: Request<Incoming>,
+        request: Request<ClientBody>,
     ) -> impl Future<Output = Response<Full<Bytes>>> + Send + 'static;
+
+    /// Answers `request` at once if it can (a cache hit), writing the answer into `answer`
+    /// and returning `true`; `false` leaves nothing behind, and the request goes to
+    /// [`handle`](Self::handle). Offered only requests whose head and body are all buffered.
+    fn answer_now(&self, request: &RawRequest<'_>, answer: &mut Answer<'_>) -> bool {
+        let _ = (request, answer);
+        false
+    }
+
+    /// The answer to a request refused before it reached the handler (by default its status
+    /// and reason as text).
+    fn refuse(&self, refusal: Refusal) -> Response<Full<Bytes>> {
+        let (status, text) = match refusal {
+            Refusal::Malformed(reason) => (http::StatusCode::BAD_REQUEST, reason),
+            Refusal::HeadTooLarge { .. } => (
+                http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "the request head is too large",
+            ),
+        };
+        let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+        *response.status_mut() = status;
+        response
+    }
 }
 
 /// How much one listener holds and for how long.
@@ -205,14 +229,6 @@ pub async fn run<H: Handler, L: Accept>(
     shutdown: impl Future<Output = ()>,
     limits: Limits,
 ) -> bool {
-    let mut http = http1::Builder::new();
-    // The header timeout is the watch's (module `watch`): no timer per request. Answers go out
-    // with `writev` (hyper's default): `writev(false)` saved about 300 instructions of a small
-    // hit, but copies each body behind the head into a buffer that keeps its largest size for
-    // the connection's life (large cached answers × many keep-alive connections).
-    http.header_read_timeout(None)
-        .max_buf_size(MAX_BUF_BYTES)
-        .keep_alive(true);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     // Every connection task holds a clone; `recv` returns `None` once all are gone.
     let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
@@ -242,19 +258,8 @@ pub async fn run<H: Handler, L: Accept>(
             () = &mut shutdown => break,
         };
         let watch = connections.watch();
-        let service = {
-            let handler = Arc::clone(&handler);
-            let watch = Arc::clone(&watch);
-            service_fn(move |request| {
-                let guard = InHandler::enter(&watch);
-                Arc::clone(&handler).handle(request).map(move |response| {
-                    drop(guard);
-                    Ok::<_, Infallible>(response)
-                })
-            })
-        };
+        let handler = Arc::clone(&handler);
         let upgrade = listener.upgrade(raw);
-        let http = http.clone();
         let open = open_tx.clone();
         tokio::spawn(async move {
             let _open = open;
@@ -267,8 +272,7 @@ pub async fn run<H: Handler, L: Accept>(
                 }
             };
             let io = TimedWrites::new(stream, limits.write_timeout, Arc::clone(&watch));
-            let connection =
-                Supervised::new(http.serve_connection(TokioIo::new(io), service), watch);
+            let connection = Supervised::new(h1::serve(io, handler, Arc::clone(&watch)), watch);
             log_end(connection.await);
         });
     }
@@ -305,18 +309,7 @@ impl Drop for AbortOnDrop {
     }
 }
 
-impl<I, S> Graceful for http1::Connection<I, S>
-where
-    S: hyper::service::HttpService<Incoming, ResBody = Full<Bytes>>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
-{
-    fn graceful_shutdown(self: Pin<&mut Self>) {
-        http1::Connection::graceful_shutdown(self);
-    }
-}
-
-fn log_end(result: Result<(), hyper::Error>) {
+fn log_end(result: io::Result<()>) {
     if let Err(error) = result {
         tracing::debug!(%error, "client connection ended with an error");
     }

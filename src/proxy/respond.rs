@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use super::{CacheStatus, Proxy, Reply, Target};
 use crate::access_log::{self, AccessLine};
 use crate::metrics::{counter_vec, gauge, histogram_vec};
+use crate::server::{Answer, RawRequest};
 
 /// The metric families of client requests.
 #[derive(Debug, Clone)]
@@ -181,14 +182,20 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 /// The client's `X-Request-Id` when it is short visible ASCII, else 16 random hex digits.
 pub(super) fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     if let Some(id) = headers.get(&REQUEST_ID) {
-        let bytes = id.as_bytes();
-        if !bytes.is_empty()
-            && bytes.len() <= MAX_REQUEST_ID_LEN
-            && bytes.iter().all(|b| b.is_ascii_graphic())
-        {
+        if is_usable_id(id.as_bytes()) {
             return id.clone();
         }
     }
+    HeaderValue::from_bytes(&random_id()).expect("hex digits are a valid header value")
+}
+
+/// Whether a client's `X-Request-Id` is echoed back as it is.
+fn is_usable_id(id: &[u8]) -> bool {
+    !id.is_empty() && id.len() <= MAX_REQUEST_ID_LEN && id.iter().all(u8::is_ascii_graphic)
+}
+
+/// 16 random lowercase hex digits.
+fn random_id() -> [u8; 16] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     // An identifier, not a secret: fastrand's per-thread wyrand is a few multiplications,
     // where `rand`'s ChaCha costs about 150 instructions of a cache hit.
@@ -197,7 +204,7 @@ pub(super) fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     for (i, digit) in id.iter_mut().enumerate() {
         *digit = HEX[((random >> (60 - 4 * i)) & 0xf) as usize];
     }
-    HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
+    id
 }
 
 /// Ages below this many seconds have their `Age` value made once, so a hit clones a static
@@ -308,6 +315,60 @@ impl Proxy {
             error: error.as_deref(),
         });
         response
+    }
+}
+
+impl Proxy {
+    /// `respond` for a cache hit answered at once ([`Proxy::answer_now`]): the same status,
+    /// headers (in the same order) and body, the same metrics and access line, written
+    /// straight into the connection's output.
+    pub(super) fn respond_now(
+        &self,
+        target: &Target<'_>,
+        cached: &crate::cache::Cached,
+        request: &RawRequest<'_>,
+        started: Instant,
+        answer: &mut Answer<'_>,
+    ) {
+        let now = Instant::now();
+        let generated;
+        let request_id = match request.header(REQUEST_ID.as_str()) {
+            Some(id) if is_usable_id(id) => id,
+            _ => {
+                generated = random_id();
+                &generated
+            }
+        };
+        answer.status(cached.status);
+        answer.header(header::CONTENT_TYPE.as_str(), b"application/json");
+        answer.header(X_CACHE.as_str(), CacheStatus::Hit.as_str().as_bytes());
+        let age = cached.age(now).as_secs();
+        answer.header(
+            header::AGE.as_str(),
+            itoa::Buffer::new().format(age).as_bytes(),
+        );
+        answer.header(REQUEST_ID.as_str(), request_id);
+        answer.body(cached.body.clone());
+
+        let elapsed = now.saturating_duration_since(started);
+        let status = cached.status.as_u16();
+        target
+            .lane
+            .requests
+            .record(CacheStatus::Hit, status, elapsed);
+        access_log::write(&AccessLine {
+            // A usable id is visible ASCII; a generated one hex digits.
+            request_id: std::str::from_utf8(request_id).unwrap_or("-"),
+            method: None,
+            path: None,
+            app: self.apps()[target.lane.app].name.as_str(),
+            command: Some(target.command),
+            cache: Some(CacheStatus::Hit.as_str()),
+            status,
+            error_code: Some(0),
+            latency_us: elapsed.as_micros() as u64,
+            error: None,
+        });
     }
 }
 

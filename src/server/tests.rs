@@ -12,7 +12,7 @@ struct TestHandler {
 }
 
 impl Handler for TestHandler {
-    async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn handle(self: Arc<Self>, request: Request<ClientBody>) -> Response<Full<Bytes>> {
         if request.uri().path() == "/slow" {
             self.entered.notify_one();
             tokio::time::sleep(self.slow).await;

@@ -76,6 +76,11 @@ impl Watch {
         self.writing.load(Ordering::Acquire)
     }
 
+    /// Whether the listener ordered this connection to stop: its next answer is its last.
+    pub fn is_stopping(&self) -> bool {
+        self.order.load(Ordering::Acquire) >= STOP
+    }
+
     fn is_idle(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) == 0 && !self.is_writing()
     }
@@ -179,11 +184,6 @@ pub struct Supervised<C> {
     is_draining: bool,
 }
 
-/// What a supervised connection can be told: finish what is in flight, then close.
-pub trait Graceful: Future<Output = Result<(), hyper::Error>> {
-    fn graceful_shutdown(self: Pin<&mut Self>);
-}
-
 impl<C> Supervised<C> {
     pub fn new(connection: C, watch: Arc<Watch>) -> Supervised<C> {
         Supervised {
@@ -194,8 +194,8 @@ impl<C> Supervised<C> {
     }
 }
 
-impl<C: Graceful> Future for Supervised<C> {
-    type Output = Result<(), hyper::Error>;
+impl<C: Future<Output = std::io::Result<()>>> Future for Supervised<C> {
+    type Output = std::io::Result<()>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
@@ -225,9 +225,10 @@ impl<C: Graceful> Future for Supervised<C> {
                 if this.watch.is_idle() {
                     return Poll::Ready(Ok(()));
                 }
+                // The connection sees the order itself (`Watch::is_stopping`): its answer
+                // says `connection: close`, and it ends after writing it.
                 this.is_draining = true;
-                this.connection.as_mut().graceful_shutdown();
-                this.connection.as_mut().poll(cx)
+                Poll::Pending
             }
             _ => Poll::Ready(Ok(())),
         }
