@@ -340,3 +340,99 @@ async fn wait_for_log(served: &Served, marker: &str) -> bool {
     }
     false
 }
+
+/// Sends `request` on a fresh connection and returns everything until the gateway closes it,
+/// without the `date` and `age` lines (they move with the clock).
+async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    String::from_utf8_lossy(&answer)
+        .split_inclusive("\r\n")
+        .filter(|line| !line.starts_with("date: ") && !line.starts_with("age: "))
+        .collect()
+}
+
+/// Requests that are not HTTP/1.1 as RFC 9112 has it get Tencent's envelope (400 / 1904017;
+/// an oversized head 431 / 1904018) and the connection closes; nothing reaches Tencent.
+#[tokio::test]
+async fn malformed_http_gets_the_envelope() {
+    let sandbox = start_sandbox().await;
+    let served = serve(&sandbox, KEY);
+    let path = format!("/v4/{GET_ALL_ROBOTS}");
+    let smuggled = format!(
+        "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n",
+        served.addr
+    );
+    let envelope = r#"{"ActionStatus":"FAIL","ErrorInfo":"the request is not valid HTTP/1.1: both Transfer-Encoding and Content-Length are set","ErrorCode":1904017}"#;
+    assert_eq!(
+        raw_exchange(served.addr, smuggled.as_bytes()).await,
+        format!(
+            "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{envelope}",
+            envelope.len()
+        )
+    );
+    let oversized = format!(
+        "POST {path} HTTP/1.1\r\nhost: {}\r\nx-big: {}\r\n\r\n",
+        served.addr,
+        "a".repeat(20_000)
+    );
+    let envelope = r#"{"ActionStatus":"FAIL","ErrorInfo":"the request head is larger than 16384 bytes or has more than 100 headers","ErrorCode":1904018}"#;
+    assert_eq!(
+        raw_exchange(served.addr, oversized.as_bytes()).await,
+        format!(
+            "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{envelope}",
+            envelope.len()
+        )
+    );
+    assert_eq!(
+        sandbox.total_calls(),
+        0,
+        "no refused request reached Tencent"
+    );
+}
+
+/// A cache hit answered at once from the read buffer (`Proxy::answer_now`) and the same hit
+/// through the full path (a chunked body is not all buffered, so it takes `handle`) are the
+/// same bytes, apart from `date` and `age`; both are logged and counted as hits.
+#[tokio::test]
+async fn a_hit_answered_at_once_is_the_full_path_s_answer() {
+    let sandbox = start_sandbox().await;
+    let served = serve_with_env(&sandbox, KEY, &[("RUST_LOG", "info")]);
+    let path = format!("/v4/{GET_ALL_ROBOTS}");
+    let primed = call(served.addr, Method::POST, &path, b"{}".to_vec()).await;
+    assert_eq!(primed.x_cache(), "MISS");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {}\r\nx-request-id: same-id\r\nconnection: close\r\n",
+        served.addr
+    );
+    let at_once = raw_exchange(
+        served.addr,
+        format!("{head}content-length: 2\r\n\r\n{{}}").as_bytes(),
+    )
+    .await;
+    let full_path = raw_exchange(
+        served.addr,
+        format!("{head}transfer-encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(
+        at_once.starts_with("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-cache: HIT\r\nx-request-id: same-id\r\ncontent-length: "),
+        "{at_once}"
+    );
+    assert_eq!(at_once, full_path);
+    assert_eq!(sandbox.total_calls(), 1, "both were hits");
+    let metrics = metrics_text(served.admin).await;
+    let counted = format!(
+        "tim_gateway_requests_total{{app=\"main\",cache=\"HIT\",command=\"{GET_ALL_ROBOTS}\",status_class=\"2xx\"}} 2"
+    );
+    assert!(metrics.contains(&counted), "{metrics}");
+    let (_, log) = served.terminate();
+    let hits = log
+        .lines()
+        .filter(|l| l.contains("request_id=same-id") && l.contains("cache=HIT status=200"))
+        .count();
+    assert_eq!(hits, 2, "one access line each:\n{log}");
+}
