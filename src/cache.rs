@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::StatusCode;
 use moka::future::Cache;
 use prometheus::{IntCounter, Registry};
@@ -339,20 +340,29 @@ impl ResponseCache {
 
     /// The synchronous start of [`lookup`](Self::lookup): a fresh answer from this thread's
     /// hot slots, counted as a hit. `None` says nothing (the answer may still be in moka):
-    /// ask [`lookup`](Self::lookup), which looks at the hot slots again.
+    /// ask [`lookup`](Self::lookup).
     pub fn lookup_hot(
         &self,
         key: &CacheKey,
         policy: &CachePolicy,
         now: Instant,
     ) -> Option<Arc<Cached>> {
-        let cached = hot::get(
+        let found = hot::get(
             self.id,
             key,
             self.generation(key.app, key.command),
             policy.ttl,
             now,
         )?;
+        let cached = match found {
+            hot::Found::Served(cached) => cached,
+            hot::Found::Sampled(cached) => {
+                // Moka records the read for its eviction policy. Its `get` finishes at once
+                // unless its housekeeping is busy; then this sample is skipped.
+                let _ = self.entries.get(key).now_or_never();
+                cached
+            }
+        };
         self.count_lookup(key, LookupResult::Hit);
         Some(cached)
     }
@@ -373,7 +383,9 @@ impl ResponseCache {
     /// [`lookup`](Self::lookup) without counting: a flight's re-check before it fetches.
     pub async fn peek(&self, key: &CacheKey, policy: &CachePolicy, now: Instant) -> Lookup {
         let generation = self.generation(key.app, key.command);
-        if let Some(cached) = hot::get(self.id, key, generation, policy.ttl, now) {
+        if let Some(hot::Found::Served(cached)) =
+            hot::get(self.id, key, generation, policy.ttl, now)
+        {
             return Lookup::Fresh(cached);
         }
         let Some(cached) = self.entries.get(key).await else {

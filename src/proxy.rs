@@ -244,7 +244,7 @@ impl Proxy {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         // Taken apart before the future is made: the future holds the parts once, not the
-        // request as well (hyper moves each request's future into place).
+        // request as well (the connection keeps each request's future in place).
         let (parts, body) = request.into_parts();
         async move { self.handle_parts(&parts, body).await }
     }
@@ -321,10 +321,11 @@ impl Proxy {
                         as u32,
                     body: canonical,
                 };
-                // A repeat hit is answered without awaiting anything. Every other path is
-                // boxed: it waits on moka, Redis or Tencent anyway, and inline its state
-                // would make each request's future (moved and kept per connection by hyper)
-                // several KiB instead of a few hundred bytes.
+                // A repeat hit is answered without awaiting anything (most never get here:
+                // `answer_now` answers them from the read buffer). Every other path is boxed:
+                // it waits on moka, Redis or Tencent anyway, and inline its state would make
+                // each request's future (kept per connection) several KiB, not a few hundred
+                // bytes.
                 if let Some(cached) = self.shared.cache.lookup_hot(&key, &policy, Instant::now()) {
                     ctx.cache = CacheStatus::Hit;
                     return Reply::Cached(cached);
@@ -420,8 +421,8 @@ impl Proxy {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let limit = self.max_body_bytes;
-        // Refuse a declared oversized body before reading a byte of it: hyper's body knows
-        // its `Content-Length` (its size hint's lower bound), without a header lookup.
+        // Refuse a declared oversized body before reading a byte of it: the client's body
+        // knows its `Content-Length` (its size hint's lower bound), without a header lookup.
         if body.size_hint().lower() > limit as u64 {
             return Err(GatewayError::BodyTooLarge { limit });
         }

@@ -1,16 +1,20 @@
 //! Accepts client connections and serves HTTP/1.1 on them until told to stop, then drains.
+//! HTTP/1.1 itself is module `h1` (the gateway's own, not hyper's server: a cache hit is
+//! answered from the read buffer by [`Handler::answer_now`]).
 //!
 //! `run(listener, handler, shutdown, limits)` is the mini-redis shape: shutdown is an argument.
 //! Promises (issue 7, F3, F5, F6):
 //! - At most `limits.max_connections` connections are open at once; past that, new ones wait
 //!   in the kernel's backlog instead of taking file descriptors. Each listener has its own
 //!   cap, so the admin listener keeps its reserve however many clients flood the other.
-//! - A connection's read buffer is capped at [`MAX_BUF_BYTES`] (Tencent's requests are small;
-//!   a 390 KB half-sent header is refused with 431 instead of being buffered).
+//! - A request head is capped at [`MAX_BUF_BYTES`] and [`MAX_HEADERS`] headers (Tencent's
+//!   requests are small; a 390 KB half-sent header is refused with 431 instead of being
+//!   buffered).
 //! - Headers must arrive within `limits.header_read_timeout` (also the idle keep-alive
 //!   timeout), checked every [`TICK`] without a timer per request (module `watch`): a silent
-//!   connection closes between the timeout and one tick later, never earlier; a write that makes no progress for `limits.write_timeout` (a client that
-//!   stopped reading) closes the connection. There is no overall deadline per answer: a
+//!   connection closes between the timeout and one tick later, never earlier; a write that
+//!   makes no progress for `limits.write_timeout` (a client that stopped reading) closes the
+//!   connection. There is no overall deadline per answer: a
 //!   client that keeps reading, however slowly, keeps its connection.
 //! - Failed accepts (out of file descriptors) are logged at most once per
 //!   [`ACCEPT_ERROR_LOG_INTERVAL`], with how many were not logged.

@@ -11,8 +11,10 @@
 //!   invalidated or replaced; from then on no slot serves it);
 //! - it is fresh at `now`. Stale and missing entries take moka's path.
 //!
-//! Every [`SAMPLE`]th hit of a slot takes moka's path anyway, so that moka's eviction policy
-//! keeps seeing the key's reads (a fixed fraction of them, the same for every key).
+//! Every [`SAMPLE`]th hit of a slot is also read from moka ([`Found::Sampled`]), so that moka's
+//! eviction policy keeps seeing the key's reads (a fixed fraction of them, the same for every
+//! key). The slot's entry is still the answer: the checks above already make it one moka
+//! would serve.
 //!
 //! Memory: only answers up to [`MAX_BODY_BYTES`] are kept, in [`SLOTS`] slots per thread. An
 //! entry moka let go is released when its slot is next looked at, so at most
@@ -57,6 +59,13 @@ fn slot_of(key: &CacheKey) -> usize {
     (hasher.finish() >> (u64::BITS - SLOTS.trailing_zeros())) as usize
 }
 
+/// A slot's entry, and whether this hit is one moka should see too.
+pub enum Found {
+    Served(Arc<Cached>),
+    /// Every [`SAMPLE`]th hit: read the key from moka as well.
+    Sampled(Arc<Cached>),
+}
+
 /// This thread's entry for `key`, if moka would serve it as fresh at `now` (see the module).
 pub fn get(
     cache: u64,
@@ -64,7 +73,7 @@ pub fn get(
     generation: u64,
     ttl: Duration,
     now: Instant,
-) -> Option<Arc<Cached>> {
+) -> Option<Found> {
     HOT.try_with(|slots| {
         let mut slots = slots.try_borrow_mut().ok()?;
         let held = &mut slots[slot_of(key)];
@@ -83,10 +92,12 @@ pub fn get(
             return None;
         }
         slot.hits = slot.hits.wrapping_add(1);
-        if slot.hits.is_multiple_of(SAMPLE) {
-            return None;
-        }
-        Some(Arc::clone(&slot.entry))
+        let entry = Arc::clone(&slot.entry);
+        Some(if slot.hits.is_multiple_of(SAMPLE) {
+            Found::Sampled(entry)
+        } else {
+            Found::Served(entry)
+        })
     })
     .ok()
     .flatten()

@@ -407,4 +407,17 @@ async fn hot_slots_serve_only_what_moka_would() {
     fill(&cache, &large, Ok(response)).await;
     let entry = fresh(cache.lookup(&large, &p, now).await);
     assert_eq!(Arc::strong_count(&entry), 2, "moka, this caller");
+
+    // Every hit of a hot slot is answered from it at once, the sampled ones (every
+    // SAMPLE-th, also read from moka for its eviction policy) included.
+    let repeated = key(r#"{"b":1}"#);
+    fill(&cache, &repeated, ok(r#"{"ErrorCode":0}"#)).await;
+    let stored = fresh(cache.lookup(&repeated, &p, now).await);
+    for hit in 0..3 * hot::SAMPLE {
+        let served = cache.lookup_hot(&repeated, &p, now);
+        assert!(
+            served.is_some_and(|s| Arc::ptr_eq(&s, &stored)),
+            "hit {hit}"
+        );
+    }
 }

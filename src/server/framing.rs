@@ -1,8 +1,9 @@
-//! Where a request body ends: `Content-Length` bytes, or `Transfer-Encoding: chunked`
-//! decoded as it arrives (RFC 9112 §6–7). Every byte is looked at once; chunk extensions are
+//! Where a request body ends (RFC 9112 §6–7): what the framing headers say ([`inspect`]), then
+//! `Content-Length` bytes, or `Transfer-Encoding: chunked` decoded as it arrives. Every byte is looked at once; chunk extensions are
 //! skipped and trailers read and dropped (at most [`MAX_TRAILER_BYTES`]).
 
 use bytes::{Buf, Bytes, BytesMut};
+use http::Version;
 
 /// Largest trailer section accepted after a chunked body.
 pub const MAX_TRAILER_BYTES: usize = 16 * 1024;
@@ -16,6 +17,86 @@ pub enum Framing {
     Length(u64),
     /// Chunked.
     Chunked,
+}
+
+/// What the framing headers of a request say.
+#[derive(Debug, Clone, Copy)]
+pub struct Meta {
+    pub framing: Framing,
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+    pub version: Version,
+}
+
+/// What the framing headers say (RFC 9112 §6.3: `Transfer-Encoding` must end in `chunked`
+/// and not come with `Content-Length`, nor in HTTP/1.0; repeated lengths must agree).
+pub fn inspect(headers: &[httparse::Header<'_>], version: Version) -> Result<Meta, &'static str> {
+    let mut length: Option<u64> = None;
+    let mut is_chunked = None;
+    let mut close = false;
+    let mut keep_alive = false;
+    let mut expect_continue = false;
+    for header in headers {
+        let name = header.name.as_bytes();
+        match name.len() {
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                let value = parse_length(header.value).ok_or("Content-Length is not a number")?;
+                if length.is_some_and(|seen| seen != value) {
+                    return Err("the Content-Length headers disagree");
+                }
+                length = Some(value);
+            }
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                for coding in tokens(header.value) {
+                    if !coding.eq_ignore_ascii_case(b"chunked") || is_chunked == Some(true) {
+                        return Err("only Transfer-Encoding: chunked is supported");
+                    }
+                    is_chunked = Some(true);
+                }
+            }
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                for option in tokens(header.value) {
+                    close |= option.eq_ignore_ascii_case(b"close");
+                    keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
+                }
+            }
+            6 if name.eq_ignore_ascii_case(b"expect") => {
+                expect_continue = header.value.eq_ignore_ascii_case(b"100-continue");
+            }
+            _ => {}
+        }
+    }
+    let framing = match (is_chunked, length) {
+        (Some(_), Some(_)) => return Err("both Transfer-Encoding and Content-Length are set"),
+        (Some(_), None) if version == Version::HTTP_10 => {
+            return Err("HTTP/1.0 has no Transfer-Encoding")
+        }
+        (Some(_), None) => Framing::Chunked,
+        (None, Some(0) | None) => Framing::None,
+        (None, Some(length)) => Framing::Length(length),
+    };
+    Ok(Meta {
+        framing,
+        keep_alive: !close && (version == Version::HTTP_11 || keep_alive),
+        expect_continue: expect_continue && version == Version::HTTP_11,
+        version,
+    })
+}
+
+/// A `Content-Length` value: 1 to 18 digits.
+fn parse_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(value.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// The comma-separated, trimmed, non-empty elements of a header value.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|token| !token.is_empty())
 }
 
 /// A body being taken off the connection's read buffer.

@@ -31,7 +31,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::body::{ClientBody, Pipe, Room};
 use super::encode::{self, Answer};
-use super::framing::{Decoded, Decoder, Framing};
+use super::framing::{inspect, Decoded, Decoder, Framing, Meta};
 use super::watch::{InHandler, Watch};
 use super::{Handler, MAX_BUF_BYTES};
 
@@ -63,9 +63,10 @@ pub struct RawRequest<'a> {
 impl<'a> RawRequest<'a> {
     /// The path of the target (before any `?`).
     pub fn path(&self) -> &'a str {
-        self.target
-            .split_once('?')
-            .map_or(self.target, |(path, _)| path)
+        match self.target.bytes().position(|b| b == b'?') {
+            Some(end) => &self.target[..end],
+            None => self.target,
+        }
     }
 
     /// The value of the first header named `name` (any case).
@@ -85,15 +86,6 @@ pub enum Refusal {
     Malformed(&'static str),
     /// The head is over `limit` bytes, or has more than [`MAX_HEADERS`] headers.
     HeadTooLarge { limit: usize },
-}
-
-/// What the framing headers of a request say.
-#[derive(Debug, Clone, Copy)]
-struct Meta {
-    framing: Framing,
-    keep_alive: bool,
-    expect_continue: bool,
-    version: Version,
 }
 
 /// A body still (partly) on the wire, and where it goes.
@@ -506,77 +498,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.out.clear();
         self.io.flush().await
     }
-}
-
-/// What the framing headers say (RFC 9112 §6.3: `Transfer-Encoding` must end in `chunked`
-/// and not come with `Content-Length`, nor in HTTP/1.0; repeated lengths must agree).
-fn inspect(headers: &[httparse::Header<'_>], version: Version) -> Result<Meta, &'static str> {
-    let mut length: Option<u64> = None;
-    let mut is_chunked = None;
-    let mut close = false;
-    let mut keep_alive = false;
-    let mut expect_continue = false;
-    for header in headers {
-        let name = header.name.as_bytes();
-        match name.len() {
-            14 if name.eq_ignore_ascii_case(b"content-length") => {
-                let value = parse_length(header.value).ok_or("Content-Length is not a number")?;
-                if length.is_some_and(|seen| seen != value) {
-                    return Err("the Content-Length headers disagree");
-                }
-                length = Some(value);
-            }
-            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
-                for coding in tokens(header.value) {
-                    if !coding.eq_ignore_ascii_case(b"chunked") || is_chunked == Some(true) {
-                        return Err("only Transfer-Encoding: chunked is supported");
-                    }
-                    is_chunked = Some(true);
-                }
-            }
-            10 if name.eq_ignore_ascii_case(b"connection") => {
-                for option in tokens(header.value) {
-                    close |= option.eq_ignore_ascii_case(b"close");
-                    keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
-                }
-            }
-            6 if name.eq_ignore_ascii_case(b"expect") => {
-                expect_continue = header.value.eq_ignore_ascii_case(b"100-continue");
-            }
-            _ => {}
-        }
-    }
-    let framing = match (is_chunked, length) {
-        (Some(_), Some(_)) => return Err("both Transfer-Encoding and Content-Length are set"),
-        (Some(_), None) if version == Version::HTTP_10 => {
-            return Err("HTTP/1.0 has no Transfer-Encoding")
-        }
-        (Some(_), None) => Framing::Chunked,
-        (None, Some(0) | None) => Framing::None,
-        (None, Some(length)) => Framing::Length(length),
-    };
-    Ok(Meta {
-        framing,
-        keep_alive: !close && (version == Version::HTTP_11 || keep_alive),
-        expect_continue: expect_continue && version == Version::HTTP_11,
-        version,
-    })
-}
-
-/// A `Content-Length` value: 1 to 18 digits.
-fn parse_length(value: &[u8]) -> Option<u64> {
-    if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(value.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
-}
-
-/// The comma-separated, trimmed, non-empty elements of a header value.
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|token| !token.is_empty())
 }
 
 fn parse_error(error: httparse::Error) -> &'static str {

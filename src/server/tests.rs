@@ -207,7 +207,7 @@ async fn connections_past_the_cap_wait_for_a_slot() {
 }
 
 /// Reproduces issue 7, F3 (memory): a header larger than the read buffer cap is refused with
-/// 431 instead of being buffered up to hyper's default of ~400 KB.
+/// 431 instead of being buffered (hyper's server, used before, buffered ~400 KB by default).
 #[tokio::test]
 async fn oversized_headers_are_refused() {
     let server = start(limits(16), Duration::ZERO);

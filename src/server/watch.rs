@@ -1,8 +1,9 @@
 //! The listener's watch over its connections: header/idle timeouts, drain and kill, without a
 //! timer per request.
 //!
-//! hyper's own `header_read_timeout` arms and cancels a timer for every request (about 2,000
-//! instructions of a ~22,000-instruction cache hit, measured with callgrind). Here each
+//! hyper's `header_read_timeout` (when hyper served the listeners) armed and cancelled a timer
+//! for every request (about 2,000 instructions of a ~22,000-instruction cache hit, measured
+//! with callgrind). Here each
 //! connection instead keeps a [`Watch`]: the listener's coarse clock reading at its last sign of
 //! life outside the handler (accepted, a handler finished, a response byte written) and the count
 //! of requests in the handler. One sweeper per listener advances the clock every [`TICK`] and
