@@ -40,7 +40,7 @@ use tokio::time::{Instant, Sleep};
 
 mod body;
 mod encode;
-mod framing;
+pub mod framing;
 mod h1;
 pub mod tls;
 mod watch;

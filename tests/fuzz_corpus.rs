@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 mod body;
 #[path = "../fuzz/checks/config.rs"]
 mod config;
+#[path = "../fuzz/checks/http.rs"]
+mod http_framing;
 #[path = "../fuzz/checks/route.rs"]
 mod route;
 #[path = "../fuzz/checks/usersig.rs"]
@@ -56,4 +58,10 @@ fn usersig_corpus_keeps_its_invariants() {
 #[test]
 fn config_corpus_keeps_its_invariants() {
     replay("config", config::check);
+}
+
+/// Every request in the corpus has its body framed the same way whatever the read sizes.
+#[test]
+fn http_corpus_keeps_its_invariants() {
+    replay("http", http_framing::check);
 }
