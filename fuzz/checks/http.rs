@@ -41,7 +41,11 @@ pub fn check(data: &[u8]) {
     let rest = &data[head..];
     let whole = decode(meta.framing, rest, rest.len().max(1));
     for step in [1, 2, 3, 7, 64] {
-        assert_eq!(decode(meta.framing, rest, step), whole, "read {step} bytes at a time");
+        assert_eq!(
+            decode(meta.framing, rest, step),
+            whole,
+            "read {step} bytes at a time"
+        );
     }
     match (&whole, meta.framing) {
         (Verdict::Complete(body, taken), Framing::Length(length)) => {
@@ -52,7 +56,11 @@ pub fn check(data: &[u8]) {
         }
         (Verdict::Incomplete(body), _) => assert!(body.len() <= rest.len()),
         (Verdict::Malformed(_), framing) => {
-            assert_eq!(framing, Framing::Chunked, "only chunked framing can be malformed");
+            assert_eq!(
+                framing,
+                Framing::Chunked,
+                "only chunked framing can be malformed"
+            );
         }
     }
 }

@@ -475,6 +475,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// Writes every queued answer.
     async fn flush(&mut self) -> io::Result<()> {
+        if self.out.is_empty() && self.tail.is_none() {
+            // Every earlier write was flushed when it was made.
+            return Ok(());
+        }
         if let Some(tail) = self.tail.take() {
             let mut head = 0;
             let mut body = 0;
