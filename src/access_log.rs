@@ -12,12 +12,13 @@
 //!
 //! Each thread formats into its own buffer and hands it to the writer thread as one message
 //! when it passes [`BATCH_BYTES`], when its first line is [`MAX_BATCH_AGE`] old (checked when
-//! a line is added), when the thread goes idle ([`flush_thread`], a tokio `on_thread_park`
-//! hook), when the thread ends, and when the [`FlushGuard`] drops at exit: after that every
-//! line is handed over at once. So a line waits until its thread idles, or until a later line
-//! on the same thread finds the batch [`MAX_BATCH_AGE`] old, and none is left behind at a
-//! normal exit. Lines are in order per thread; lines of different threads can reach stderr
-//! out of timestamp order by that much.
+//! a line is added), when the thread ends, and when the [`FlushGuard`] drops at exit: after
+//! that every line is handed over at once. A sweeper thread started by [`install`] hands over
+//! every thread's lines each [`MAX_BATCH_AGE`], so the lines of a thread that went quiet wait
+//! about that long at most. (Handing over each time a worker idled, as before, cost a writer
+//! wake-up every few requests under load: about 7% of cache-hit throughput at 64
+//! connections.) None is left behind at a normal exit. Lines are in order per thread; lines
+//! of different threads can reach stderr out of timestamp order by that much.
 
 mod backlog;
 mod encode;
@@ -87,9 +88,20 @@ pub fn install(sender: Sender, format: Format) -> Result<FlushGuard, AlreadyInst
     let is_enabled = tracing::enabled!(target: TARGET, tracing::Level::INFO);
     SINK.set(Sink::new(sender, format, is_enabled))
         .map_err(|_| AlreadyInstalled)?;
-    Ok(FlushGuard {
-        sink: SINK.get().expect("set just above"),
-    })
+    let sink = SINK.get().expect("set just above");
+    let sweeper = std::thread::Builder::new()
+        .name("access-log-sweep".into())
+        .spawn(move || {
+            while !sink.is_closing.load(Ordering::Relaxed) {
+                std::thread::sleep(MAX_BATCH_AGE);
+                sink.sweep();
+            }
+        });
+    if let Err(error) = sweeper {
+        // Lines still go out when batches fill or age, and at exit.
+        tracing::warn!(%error, "cannot start the access log's sweeper thread");
+    }
+    Ok(FlushGuard { sink })
 }
 
 /// Asks the subscriber again whether the access log is on: call it after the log filter
@@ -135,17 +147,6 @@ pub fn tracing_event(line: &AccessLine<'_>) {
         error = line.error,
         "request"
     );
-}
-
-/// Hands this thread's lines to the writer thread now. Give it to the tokio runtime builder's
-/// `on_thread_park`, so a worker that runs out of work does not sit on its lines.
-pub fn flush_thread() {
-    // `try_with`: during thread exit the batch may be gone already, having flushed itself.
-    let _ = LOCAL.try_with(|local| {
-        if let Some(local) = local.get() {
-            lock(&local.batch).hand_over();
-        }
-    });
 }
 
 /// Keep until exit. Dropping it hands over the lines every thread still holds and makes every
@@ -218,6 +219,17 @@ impl Sink {
         Local { sink: self, batch }
     }
 
+    /// Hands over every thread's lines (the sweeper, each [`MAX_BATCH_AGE`]).
+    fn sweep(&self) {
+        let threads: Vec<_> = lock(&self.threads)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for batch in threads {
+            lock(&batch).hand_over();
+        }
+    }
+
     /// Hands over every thread's lines and ends batching.
     ///
     /// The flag is set before the batches are visited, and a writer reads it under its
@@ -226,13 +238,7 @@ impl Sink {
     /// taken the registry lock after `close` did, so it sees the flag too.
     fn close(&self) {
         self.is_closing.store(true, Ordering::Relaxed);
-        let threads: Vec<_> = lock(&self.threads)
-            .iter()
-            .filter_map(Weak::upgrade)
-            .collect();
-        for batch in threads {
-            lock(&batch).hand_over();
-        }
+        self.sweep();
     }
 }
 

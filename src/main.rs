@@ -101,13 +101,7 @@ fn main() -> ExitCode {
     let _log_writer = init_tracing(format);
     // `serve` reads its configuration before the runtime exists: it sets the worker threads.
     let task = cli::Task::prepare(cli.command, format);
-    let runtime = match task
-        .runtime()
-        // A worker that runs out of work hands over its batched access lines, so a quiet
-        // gateway's lines are not held back.
-        .on_thread_park(access_log::flush_thread)
-        .build()
-    {
+    let runtime = match task.runtime().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");

@@ -425,42 +425,32 @@ fn test_sink() -> (&'static Sink, Captured, WorkerGuard) {
     (sink, captured, guard)
 }
 
-/// `flush_thread` hands over the calling thread's lines only; a thread's lines are handed
-/// over when it exits.
+/// A sweep hands over the lines of a thread that went quiet; a thread's lines are also
+/// handed over when it exits.
 #[test]
-fn flush_thread_and_thread_exit_hand_lines_over() {
+fn a_sweep_and_thread_exit_hand_lines_over() {
     let (sink, captured, _guard) = test_sink();
     let (parked_tx, parked_rx) = mpsc::channel();
     let (go_tx, go_rx) = mpsc::channel::<()>();
-    let exiting = std::thread::spawn(move || {
-        sink.write_at(&line_with_id("exiting-1"), now());
-        sink.write_at(&line_with_id("exiting-2"), now());
+    let quiet = std::thread::spawn(move || {
+        sink.write_at(&line_with_id("quiet"), now());
         parked_tx.send(()).unwrap();
         go_rx.recv().unwrap();
+        assert_eq!(held_bytes(sink), 0, "the sweep emptied this thread's batch");
+        sink.write_at(&line_with_id("exiting-1"), now());
+        sink.write_at(&line_with_id("exiting-2"), now());
     });
     parked_rx.recv().unwrap();
-    std::thread::spawn(move || {
-        sink.write_at(&line_with_id("parking"), now());
-        flush_thread();
-        assert_eq!(
-            held_bytes(sink),
-            0,
-            "flush_thread empties this thread's batch"
-        );
-    })
-    .join()
-    .unwrap();
-    // The parking thread's line went at flush_thread, and again (nothing) at its exit.
-    let messages = captured.wait_for(1);
-    assert!(messages[0].contains("request_id=parking"), "{messages:?}");
     std::thread::sleep(Duration::from_millis(50));
-    assert_eq!(
-        captured.messages().len(),
-        1,
-        "the other thread still holds its lines"
+    assert!(
+        captured.messages().is_empty(),
+        "the quiet thread still holds its line"
     );
+    sink.sweep();
+    let messages = captured.wait_for(1);
+    assert!(messages[0].contains("request_id=quiet"), "{messages:?}");
     go_tx.send(()).unwrap();
-    exiting.join().unwrap();
+    quiet.join().unwrap();
     let messages = captured.wait_for(2);
     assert_eq!(messages.len(), 2);
     assert_eq!(messages[1].lines().count(), 2, "both lines in one message");
