@@ -151,6 +151,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             let keep_alive = match self.next(handler.as_ref()) {
                 Next::NeedMore => {
                     self.flush().await?;
+                    if self.watch.is_stopping() {
+                        // Draining and waiting for (the rest of) a request: close now, as the
+                        // listener closes idle connections (this one was busy writing when the
+                        // order came).
+                        return Ok(());
+                    }
                     if self.buf.len() >= MAX_BUF_BYTES {
                         self.refuse(
                             handler.as_ref(),
