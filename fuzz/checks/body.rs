@@ -12,6 +12,9 @@
 
 use tim_gateway::body::{canonical, validate, Canonical};
 
+/// The key serde_json's `raw_value` feature gives a meaning of its own.
+const RAW_VALUE_TOKEN: &[u8] = b"$serde_json::private::RawValue";
+
 /// Panics if `data` breaks one of the invariants above.
 pub fn check(data: &[u8]) {
     let validated = validate(data);
@@ -22,23 +25,30 @@ pub fn check(data: &[u8]) {
         "validate and canonical disagree: {validated:?} vs {canonicalised:?}"
     );
 
-    let parsed = serde_json::from_slice::<serde_json::Value>(data);
+    // serde_json, built with `raw_value` (the gateway uses it), reads an object whose key is
+    // this token as a raw value, not as an object: no oracle for such input (our validator
+    // takes it as the plain object it is).
+    let has_raw_value_token = data
+        .windows(RAW_VALUE_TOKEN.len())
+        .any(|window| window == RAW_VALUE_TOKEN);
+    let parsed = (!has_raw_value_token).then(|| serde_json::from_slice::<serde_json::Value>(data));
     match &parsed {
-        Ok(value) if value.is_object() => {
+        None => {}
+        Some(Ok(value)) if value.is_object() => {
             assert!(
                 validated.is_ok(),
                 "serde_json parses an object refused: {validated:?}"
             );
         }
-        Ok(_) => assert!(validated.is_err(), "a non-object was accepted"),
-        Err(e) if validated.is_ok() => {
+        Some(Ok(_)) => assert!(validated.is_err(), "a non-object was accepted"),
+        Some(Err(e)) if validated.is_ok() => {
             let reason = e.to_string();
             assert!(
                 reason.contains("recursion limit") || reason.contains("number out of range"),
                 "a valid body that serde_json refuses: {reason}"
             );
         }
-        Err(_) => {}
+        Some(Err(_)) => {}
     }
 
     let Ok(Canonical::Key(key)) = canonicalised else {
@@ -51,7 +61,7 @@ pub fn check(data: &[u8]) {
         "the key is not canonical"
     );
     // No repeated key (that would have been `RepeatedKey`), so serde_json keeps every member.
-    if let Ok(value) = parsed {
+    if let Some(Ok(value)) = parsed {
         let reparsed: serde_json::Value =
             serde_json::from_slice(&key).expect("serde_json parses the key of a body it parses");
         assert_eq!(reparsed, value, "the key is another document");
