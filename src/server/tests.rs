@@ -4,7 +4,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-/// Answers `/slow` after `slow` (paused time), everything else at once.
+/// Answers `/slow` after `slow` (paused time), `/big` with [`BIG`] bytes (more than the
+/// sockets' buffers hold), everything else at once with `ok`.
 struct TestHandler {
     slow: Duration,
     /// Told each time a `/slow` request reaches the handler.
@@ -17,9 +18,17 @@ impl Handler for TestHandler {
             self.entered.notify_one();
             tokio::time::sleep(self.slow).await;
         }
+        if request.uri().path() == "/big" {
+            self.entered.notify_one();
+            return Response::new(Full::new(Bytes::from(vec![b'x'; BIG])));
+        }
         Response::new(Full::new(Bytes::from_static(b"ok")))
     }
 }
+
+/// `/big`'s length: above what loopback's send and receive buffers hold together (a few MiB
+/// each), so its write waits for the client.
+const BIG: usize = 32 << 20;
 
 /// A server on 127.0.0.1:0 with `limits`, and the switch that stops it.
 struct Running {
@@ -184,6 +193,38 @@ async fn drain_finishes_requests_in_flight() {
     assert!(answer.ends_with("\r\n\r\nok"), "{answer}");
     assert!(server.task.await.unwrap());
     assert_eq!(started.elapsed(), Duration::from_secs(5));
+}
+
+/// A connection still writing its answer when shutdown starts (its client reads slowly) is
+/// not cut off: the answer goes out whole, then the connection closes at once, without
+/// waiting for another request until the grace period ends; the drain takes no time beyond
+/// the client's reading.
+#[tokio::test(start_paused = true)]
+async fn drain_closes_a_connection_once_its_answer_is_written() {
+    let server = start(limits(16), Duration::ZERO);
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"GET /big HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    // The handler's answer is written in the same poll until the socket is full: from here
+    // the connection is waiting for its client.
+    server.entered.notified().await;
+    let started = Instant::now();
+    server.stop.notify_one();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let head_end = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&answer[..head_end]);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(
+        head.contains(&format!("content-length: {BIG}\r\n")),
+        "{head}"
+    );
+    assert_eq!(answer.len() - head_end, BIG);
+    assert!(answer[head_end..].iter().all(|&b| b == b'x'));
+    assert!(server.task.await.unwrap(), "the drain completed");
+    assert_eq!(started.elapsed(), Duration::ZERO);
 }
 
 /// At the cap, a further connection is not accepted (its request waits in the backlog, with
