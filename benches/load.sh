@@ -8,7 +8,8 @@
 # Every server is pinned to CPU 0 and wrk to CPU 1; clients POST `{}` as SDKs do. Rounds
 # alternate the servers (the order rotates every round, so none always runs first or last);
 # the table gives medians, the spread (max − min) / median of each, and ratios to the bare
-# server and to nginx with its log on, computed from the medians of the same run.
+# server and to nginx with its log on, computed from the medians of the same run; the last
+# lines give the same ratios round by round (median, lowest, highest), to show the noise.
 #
 # Usage: benches/load.sh [rounds, default 5] [seconds per run, default 10] [connections, default "64 256"]
 # Needs root for apt-get (it installs wrk and nginx from Debian if they are missing).
@@ -198,4 +199,15 @@ for c in levels:
     off = med[(c, 'gateway_nolog')]
     print(f"c{c}: gateway (log on) / bare = {g / b:.3f} (target >= 0.85); / nginx log on = {g / nl:.3f} "
           f"(target >= 1.3); access log cost = {1 - g / off:.1%} of log-off throughput (target <= 10%)")
+# The same ratios taken within each round (servers of one round ran minutes apart at most, so
+# the VM's drift between rounds cancels): how far one round's ratio can stray from the medians'.
+for c in levels:
+    by_round = {}
+    for r in rows:
+        if int(r[0]) == c:
+            by_round.setdefault(r[1], {})[r[2]] = float(r[3])
+    def paired(other):
+        xs = sorted(v['gateway_log'] / v[other] for v in by_round.values())
+        return f"median {statistics.median(xs):.3f}, min {xs[0]:.3f}, max {xs[-1]:.3f}"
+    print(f"c{c} per round: gateway (log on) / bare {paired('bare')}; / nginx log on {paired('nginx_log')}")
 PY
