@@ -31,12 +31,17 @@ BIN=target/release/tim-gateway
 BARE=target/release/examples/bare_hyper
 
 WORK=$(mktemp -d)
+# Logs live in memory (tmpfs) and are emptied before each run: written to disk, one server's
+# log (about 30 MB/s for the gateway, 12 MB/s for nginx) would be written back while the next
+# server runs, charging it for the previous one's log. Each server still formats and writes
+# every line.
+LOGS=$(mktemp -d -p /dev/shm 2>/dev/null || mktemp -d)
 PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
   wait 2>/dev/null || true
-  if [ -n "${KEEP_WORK:-}" ]; then echo "work dir kept: $WORK" >&2; else rm -rf "$WORK"; fi
+  if [ -n "${KEEP_WORK:-}" ]; then echo "work dir kept: $WORK (logs: $LOGS)" >&2; else rm -rf "$WORK" "$LOGS"; fi
 }
 trap cleanup EXIT
 
@@ -78,7 +83,7 @@ command = "openim_robot_http_svc/get_all_robots"
 ttl = "1h"
 TOML
   if [ -n "${4:-}" ]; then export RUST_LOG=$4; else unset RUST_LOG; fi
-  TIM_GATEWAY_SECRET_KEY=$KEY taskset -c $SERVER_CPU "$BIN" serve --config "$WORK/$1.toml" 2>"$WORK/$1.log" & PIDS+=($!)
+  TIM_GATEWAY_SECRET_KEY=$KEY taskset -c $SERVER_CPU "$BIN" serve --config "$WORK/$1.toml" 2>>"$LOGS/$1.log" & PIDS+=($!)
   unset RUST_LOG
   wait_port "$2"
   curl -sf "http://$2$PATH_Q" -d '{}' > "$WORK/body.json"   # primes the cache
@@ -118,7 +123,7 @@ http {
   open_file_cache max=1000 inactive=1h;
   server {
     listen ${ADDR[nginx_log]};
-    access_log $WORK/nginx-access.log combined buffer=64k flush=1s;
+    access_log $LOGS/nginx-access.log combined buffer=64k flush=1s;
     $CACHED_LOCATION
   }
   server {
@@ -143,6 +148,7 @@ wrk.method = "POST"
 wrk.body = "{}"
 LUA
 run() { # addr connections seconds → "rps p99_us non2xx"
+  for log in "$LOGS"/*.log; do : > "$log"; done   # appended to (O_APPEND), so emptying is safe
   taskset -c $CLIENT_CPU wrk -t1 -c"$2" -d"${3}s" --latency -s "$WORK/post.lua" "http://$1$PATH_Q" > "$WORK/last.wrk"
   python3 - "$WORK/last.wrk" <<'PY'
 import re, sys
