@@ -11,11 +11,11 @@
 # server and to nginx with its log on, computed from the medians of the same run; the last
 # lines give the same ratios round by round (median, lowest, highest), to show the noise.
 #
-# Usage: benches/load.sh [rounds, default 5] [seconds per run, default 10] [connections, default "64 256"]
+# Usage: benches/load.sh [rounds, default 9] [seconds per run, default 10] [connections, default "64 256"]
 # Needs root for apt-get (it installs wrk and nginx from Debian if they are missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROUNDS=${1:-5}
+ROUNDS=${1:-9}
 DURATION=${2:-10}
 CONNECTION_LEVELS=${3:-"64 256"}
 SERVER_CPU=0
