@@ -13,7 +13,29 @@
 use tim_gateway::body::{canonical, validate, Canonical};
 
 /// The key serde_json's `raw_value` feature gives a meaning of its own.
-const RAW_VALUE_TOKEN: &[u8] = b"$serde_json::private::RawValue";
+const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
+
+/// Whether a string literal of `data` decodes to [`RAW_VALUE_TOKEN`], however it is escaped
+/// (`"\u0024serde_json…"` is the token too). Literals are found as serde_json tokenises
+/// them: a `"` outside a literal opens one, `\` takes the next byte with it, `"` closes it.
+fn mentions_raw_value_token(data: &[u8]) -> bool {
+    let mut at = 0;
+    while let Some(offset) = data[at..].iter().position(|&b| b == b'"') {
+        let start = at + offset;
+        let mut end = start + 1;
+        while end < data.len() && data[end] != b'"' {
+            end += if data[end] == b'\\' { 2 } else { 1 };
+        }
+        let Some(literal) = data.get(start..=end) else {
+            return false;
+        };
+        if serde_json::from_slice::<String>(literal).is_ok_and(|text| text == RAW_VALUE_TOKEN) {
+            return true;
+        }
+        at = end + 1;
+    }
+    false
+}
 
 /// Panics if `data` breaks one of the invariants above.
 pub fn check(data: &[u8]) {
@@ -25,13 +47,11 @@ pub fn check(data: &[u8]) {
         "validate and canonical disagree: {validated:?} vs {canonicalised:?}"
     );
 
-    // serde_json, built with `raw_value` (the gateway uses it), reads an object whose key is
-    // this token as a raw value, not as an object: no oracle for such input (our validator
-    // takes it as the plain object it is).
-    let has_raw_value_token = data
-        .windows(RAW_VALUE_TOKEN.len())
-        .any(|window| window == RAW_VALUE_TOKEN);
-    let parsed = (!has_raw_value_token).then(|| serde_json::from_slice::<serde_json::Value>(data));
+    // serde_json, built with `raw_value` (the gateway uses it), reads an object whose key
+    // decodes to this token as a raw value, not as an object: no oracle for such input (our
+    // validator takes it as the plain object it is).
+    let parsed = (!mentions_raw_value_token(data))
+        .then(|| serde_json::from_slice::<serde_json::Value>(data));
     match &parsed {
         None => {}
         Some(Ok(value)) if value.is_object() => {
