@@ -32,9 +32,9 @@ BARE=target/release/examples/bare_hyper
 
 WORK=$(mktemp -d)
 # Logs live in memory (tmpfs) and are emptied before each run: written to disk, one server's
-# log (about 30 MB/s for the gateway, 12 MB/s for nginx) would be written back while the next
-# server runs, charging it for the previous one's log. Each server still formats and writes
-# every line.
+# log (a gateway hit's line is about 195 bytes, some 29 MB/s at 150,000 hits/s) would be
+# written back while the next server runs, charging it for the previous one's log. Each server
+# still formats and writes every line.
 LOGS=$(mktemp -d -p /dev/shm 2>/dev/null || mktemp -d)
 PIDS=()
 cleanup() {

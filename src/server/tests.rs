@@ -207,8 +207,8 @@ async fn drain_closes_a_connection_once_its_answer_is_written() {
         .write_all(b"GET /big HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
         .await
         .unwrap();
-    // The handler's answer is written in the same poll until the socket is full: from here
-    // the connection is waiting for its client.
+    // The answer is on its way; 32 MiB cannot all fit in the sockets' buffers, so its write
+    // waits for the client, which reads only after the stop order.
     server.entered.notified().await;
     let started = Instant::now();
     server.stop.notify_one();
